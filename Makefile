@@ -1,0 +1,48 @@
+# The few verbs everyone uses. `make run` and `make test` work on a fresh machine.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+KAFKA_DATA ?= var/kafka
+
+.PHONY: setup kafka kafka-stop topics migrate worker demo run test lint bench clean
+
+$(BIN)/sluice: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+setup: $(BIN)/sluice            ## Python deps + the Kafka broker jars
+	PYTHON=$(BIN)/python scripts/kafka.sh fetch
+
+kafka: setup                    ## start the local single-node KRaft broker on 127.0.0.1:9092
+	PYTHON=$(BIN)/python scripts/kafka.sh start --data-dir $(KAFKA_DATA)
+
+kafka-stop:
+	PYTHON=$(BIN)/python scripts/kafka.sh stop --data-dir $(KAFKA_DATA)
+
+topics: kafka
+	$(BIN)/sluice topics create
+
+migrate: setup
+	$(BIN)/sluice olap migrate
+
+demo: topics                    ## a few thousand realistic demo events
+	$(BIN)/python -m sluice.demo var/demo.jsonl
+	$(BIN)/sluice produce --file var/demo.jsonl
+
+run: topics migrate demo        ## everything: broker, topics, tables, demo traffic, the worker
+	$(BIN)/sluice worker
+
+test: setup                     ## the whole test suite (starts its own broker if none is set)
+	$(BIN)/pytest -q tests
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: setup
+	$(BIN)/python -m bench.run
+
+clean:
+	rm -rf var .pytest_cache

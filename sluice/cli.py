@@ -1,0 +1,295 @@
+"""The ``sluice`` command line.
+
+Every error a user can cause (bad settings, a bad file, an unreachable broker) is one
+clear line on stderr and a non-zero exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import typer
+from pydantic import ValidationError as SettingsError
+from rich.console import Console
+from rich.table import Table
+
+from sluice.commands.schemas import app as schemas_app
+
+app = typer.Typer(
+    help="Sluice: route taxonomy-typed Avro events and keep a lean ClickHouse OLAP.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+topics_app = typer.Typer(help="Kafka topics of the catalog.", no_args_is_help=True)
+olap_app = typer.Typer(help="The ClickHouse OLAP warehouse.", no_args_is_help=True)
+app.add_typer(topics_app, name="topics")
+app.add_typer(olap_app, name="olap")
+app.add_typer(schemas_app, name="schemas", help="Avro schemas of the taxonomy.")
+
+out = Console()
+err = Console(stderr=True)
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def settings():  # noqa: ANN201 - Settings, imported lazily for fast --help
+    from sluice.settings import get_settings
+
+    try:
+        return get_settings()
+    except SettingsError as exc:
+        first = exc.errors()[0]
+        name = str(first["loc"][0]).upper() if first.get("loc") else "settings"
+        raise fail(f"invalid setting {name}: {first['msg']}") from None
+
+
+# -- worker ----------------------------------------------------------------------------
+@app.command()
+def worker(
+    loglevel: str = typer.Option("info", help="Log level of the worker."),
+) -> None:
+    """Run the long-running stream processor (stops cleanly on SIGTERM)."""
+    import faust
+
+    from streams.app import create_worker
+
+    s = settings()
+    w = create_worker(s)
+    try:
+        w.olap  # open and migrate the OLAP store before taking any event  # noqa: B018
+    except Exception as exc:
+        raise fail(str(exc)) from None
+    faust.Worker(w.app, loglevel=loglevel, quiet=True).execute_from_commandline()
+
+
+# -- produce ---------------------------------------------------------------------------
+@app.command()
+def produce(
+    file: Path = typer.Option(..., "--file", "-f", help="JSON lines, one event per line."),
+    skip_invalid: bool = typer.Option(
+        False, help="Send the valid lines even if some are invalid (default: send nothing)."
+    ),
+) -> None:
+    """Validate and produce events from a JSON-lines file."""
+    from sluice.codec import Codec, ValidationError
+    from sluice.producer import DeliveryError, EventProducer
+    from sluice.taxonomy import family_of
+
+    s = settings()
+    if not file.is_file():
+        raise fail(f"{file}: no such file")
+    codec = Codec()
+    good: list[dict[str, Any]] = []
+    bad: list[tuple[int, str]] = []
+    with file.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                event = json.loads(line)
+                if not isinstance(event, dict):
+                    raise ValueError("a line must be a JSON object")
+                family = family_of(str(event.get("event_type", "")))
+                if family is None:
+                    raise ValidationError(
+                        f"event_type {event.get('event_type')!r} is not in the taxonomy"
+                    )
+                codec.validate(family, event)
+            except (ValueError, ValidationError) as exc:
+                bad.append((lineno, str(exc)))
+            else:
+                good.append(event)
+    for lineno, message in bad[:50]:
+        err.print(f"{file}:{lineno}: {message}", highlight=False)
+    if len(bad) > 50:
+        err.print(f"... and {len(bad) - 50} more bad lines", highlight=False)
+    if bad and not skip_invalid:
+        raise fail(f"{len(bad)} invalid line(s); nothing was sent (use --skip-invalid to send the {len(good)} valid ones)")
+    from rich.progress import Progress
+
+    try:
+        producer = EventProducer(s)
+        with Progress(console=err, transient=True) as progress:
+            task = progress.add_task("producing", total=len(good))
+            for event in good:
+                producer.send(event)
+                progress.advance(task)
+        stats = producer.flush()
+    except DeliveryError as exc:
+        raise fail(f"{exc} ({len(good) - len(exc.failures)} delivered)") from None
+    except Exception as exc:  # broker unreachable, etc.
+        raise fail(f"producing failed: {exc}") from None
+    out.print(
+        f"sent {stats.delivered} event(s) from {file}"
+        + (f"; skipped {len(bad)} invalid line(s)" if bad else ""),
+        highlight=False,
+    )
+
+
+# -- topics ----------------------------------------------------------------------------
+@topics_app.command("create")
+def topics_create() -> None:
+    """Create the catalog's topics (idempotent: existing topics are left alone)."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    from topics.catalog import catalog
+
+    s = settings()
+    admin = AdminClient({"bootstrap.servers": s.kafka_bootstrap_servers})
+    try:
+        existing = set(admin.list_topics(timeout=15).topics)
+    except Exception as exc:
+        raise fail(f"cannot reach Kafka at {s.kafka_bootstrap_servers}: {exc}") from None
+    wanted = [
+        NewTopic(spec.name, num_partitions=spec.partitions, replication_factor=-1, config=spec.topic_config())
+        for spec in catalog().values()
+        if spec.name not in existing
+    ]
+    for spec in catalog().values():
+        if spec.name in existing:
+            out.print(f"exists   {spec.name}", highlight=False)
+    if wanted:
+        for name, future in admin.create_topics(wanted, request_timeout=30).items():
+            try:
+                future.result()
+                out.print(f"created  {name}", highlight=False)
+            except Exception as exc:
+                if "TOPIC_ALREADY_EXISTS" in str(exc):
+                    out.print(f"exists   {name}", highlight=False)
+                else:
+                    raise fail(f"creating {name}: {exc}") from None
+
+
+@topics_app.command("list")
+def topics_list() -> None:
+    """Show the topic catalog."""
+    from topics.catalog import catalog
+
+    settings()
+    table = Table("topic", "partitions", "retention (days)", "key", "schema", "dead letters")
+    for spec in catalog().values():
+        table.add_row(
+            spec.name, str(spec.partitions), f"{spec.retention_ms / 86_400_000:g}", spec.key,
+            spec.schema or "-", spec.dlq or "-",
+        )
+    out.print(table)
+
+
+# -- olap ------------------------------------------------------------------------------
+@olap_app.command("migrate")
+def olap_migrate() -> None:
+    """Create or upgrade the OLAP tables (versioned, idempotent)."""
+    from sluice.olap import OlapError, connect, migrate
+
+    s = settings()
+    try:
+        applied = migrate(connect(s.clickhouse_url))
+    except OlapError as exc:
+        raise fail(_chdb_hint(str(exc))) from None
+    if applied:
+        for m in applied:
+            out.print(f"applied  {m.version:03d}_{m.name}", highlight=False)
+    else:
+        out.print("up to date", highlight=False)
+
+
+@olap_app.command("query")
+def olap_query(
+    sql: str = typer.Argument(..., help="A read-only SQL query."),
+    fmt: str = typer.Option("table", "--format", help="table, json or csv"),
+) -> None:
+    """Run a read-only query on the OLAP store.
+
+    With the embedded chDB store the running worker owns the files: the query is sent
+    to the worker's HTTP endpoint when it answers, and run directly otherwise.
+    """
+    from sluice.olap import OlapError, connect
+
+    s = settings()
+    result = _query_worker(s, sql) if s.clickhouse_url.startswith("chdb://") else None
+    if result is None:
+        try:
+            columns, rows = connect(s.clickhouse_url).query(sql)
+        except OlapError as exc:
+            raise fail(_chdb_hint(str(exc))) from None
+    else:
+        columns, rows = result
+    if fmt == "json":
+        out.print_json(json.dumps([dict(zip(columns, map(_plain, r), strict=True)) for r in rows]))
+    elif fmt == "csv":
+        import csv
+
+        writer = csv.writer(sys.stdout)
+        writer.writerow(columns)
+        writer.writerows([[_plain(v) for v in r] for r in rows])
+    else:
+        table = Table(*columns)
+        for r in rows:
+            table.add_row(*(str(_plain(v)) for v in r))
+        out.print(table)
+
+
+def _plain(value: Any) -> Any:
+    return value if isinstance(value, (int, float, str, bool)) or value is None else str(value)
+
+
+def _query_worker(s: Any, sql: str) -> tuple[list[str], list[list]] | None:
+    url = f"http://{s.sluice_web_host}:{s.sluice_web_port}/sluice/query/"
+    request = urllib.request.Request(
+        url, data=json.dumps({"sql": sql}).encode(), headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            body = json.load(response)
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.load(exc).get("error", str(exc))
+        except Exception:
+            message = str(exc)
+        raise fail(f"query failed (via the worker): {message}") from None
+    except (urllib.error.URLError, OSError):
+        return None  # no worker running: open the store directly
+    return body["columns"], body["rows"]
+
+
+def _chdb_hint(message: str) -> str:
+    if "lock" in message.lower() or "already" in message.lower():
+        return f"{message} (is a worker using this chDB store? stop it, or query through it)"
+    return message
+
+
+# -- status ----------------------------------------------------------------------------
+@app.command()
+def status(fmt: str = typer.Option("table", "--format", help="table or json")) -> None:
+    """Show what the running worker is doing (from its HTTP endpoint)."""
+    s = settings()
+    url = f"http://{s.sluice_web_host}:{s.sluice_web_port}/sluice/status/"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            body = json.load(response)
+    except (urllib.error.URLError, OSError) as exc:
+        raise fail(f"no worker answers at {url} ({exc})") from None
+    if fmt == "json":
+        out.print_json(json.dumps(body))
+        return
+    table = Table("field", "value")
+    for key, value in body.items():
+        table.add_row(key, json.dumps(value) if not isinstance(value, str) else value)
+    out.print(table)
+
+
+def main() -> None:
+    """Entry point of the ``sluice`` script."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Sub-command groups of the ``sluice`` CLI (mounted by :mod:`sluice.cli`)."""

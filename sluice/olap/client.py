@@ -1,0 +1,131 @@
+"""One ClickHouse client for both backends: embedded chDB (``chdb://PATH``) and a server
+(``http(s)://user:pass@host:port/db``), through clickhouse-connect — the same code path.
+
+chDB hosts one engine per process and its store is single-writer: the worker owns it.
+Other processes read through the worker's HTTP endpoint (see ``sluice olap query``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import clickhouse_connect
+from clickhouse_connect.driver.client import Client
+
+from sluice.olap.catalog import INTERNAL_TABLES, OLAP_TABLES
+
+
+class OlapError(RuntimeError):
+    """A ClickHouse operation failed (message says which and why)."""
+
+
+def chdb_path(url: str) -> Path | None:
+    """The filesystem path of a ``chdb://`` URL (relative paths resolve from the cwd)."""
+    if not url.startswith("chdb://"):
+        return None
+    raw = url[len("chdb://") :] or "./var/olap"
+    return Path(raw).expanduser().resolve()
+
+
+def connect(url: str) -> OlapClient:
+    """Open the OLAP store named by ``url``."""
+    try:
+        path = chdb_path(url)
+        if path is not None:
+            path.mkdir(parents=True, exist_ok=True)
+            client = clickhouse_connect.get_client(interface="chdb", path=str(path))
+        else:
+            parsed = urlparse(url)
+            if parsed.scheme not in {"http", "https"}:
+                raise OlapError(f"unsupported CLICKHOUSE_URL scheme {parsed.scheme!r}")
+            client = clickhouse_connect.get_client(dsn=url)
+    except OlapError:
+        raise
+    except Exception as exc:  # the drivers raise many kinds; one clear message here
+        raise OlapError(f"cannot open ClickHouse at {redact(url)}: {exc}") from exc
+    return OlapClient(client, url)
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    parsed = urlparse(url)
+    if parsed.password:
+        netloc = parsed.netloc.replace(f":{parsed.password}@", ":***@")
+        return parsed._replace(netloc=netloc).geturl()
+    return url
+
+
+class OlapClient:
+    """Thin wrapper: catalog-guarded idempotent inserts, commands and queries.
+
+    Calls are serialized by a lock, so the worker may call from an executor thread.
+    """
+
+    def __init__(self, client: Client, url: str) -> None:
+        self._client = client
+        self.url = url
+        self._lock = threading.Lock()
+
+    @property
+    def is_embedded(self) -> bool:
+        return self.url.startswith("chdb://")
+
+    def command(self, sql: str) -> Any:
+        with self._lock:
+            try:
+                return self._client.command(sql)
+            except Exception as exc:
+                raise OlapError(str(exc)) from exc
+
+    def query(self, sql: str, parameters: dict[str, Any] | None = None) -> tuple[list[str], list[tuple]]:
+        """Run a query; return (column names, rows)."""
+        with self._lock:
+            try:
+                result = self._client.query(sql, parameters=parameters)
+            except Exception as exc:
+                raise OlapError(str(exc)) from exc
+            return list(result.column_names), [tuple(r) for r in result.result_rows]
+
+    def insert(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+        """Insert rows idempotently; return the deduplication token used.
+
+        The token is a hash of the table, columns and rows, so replaying the same flush
+        (after a timeout whose insert in fact succeeded, say) is dropped by ClickHouse
+        (``non_replicated_deduplication_window`` is set on every catalog table).
+        """
+        if table not in OLAP_TABLES and table not in INTERNAL_TABLES:
+            raise OlapError(f"refusing to write {table!r}: not in the OLAP catalog")
+        token = dedup_token(table, columns, rows)
+        with self._lock:
+            try:
+                self._client.insert(
+                    table,
+                    rows,
+                    column_names=list(columns),
+                    settings={"insert_deduplication_token": token},
+                )
+            except Exception as exc:
+                raise OlapError(f"insert into {table} failed: {exc}") from exc
+        return token
+
+    def close(self) -> None:
+        with self._lock:
+            try:
+                self._client.close()
+            except Exception:  # closing is best effort
+                pass
+
+
+def dedup_token(table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    digest = hashlib.sha256()
+    digest.update(json.dumps([table, list(columns)]).encode())
+    for row in rows:
+        digest.update(json.dumps(row, default=str).encode())
+        digest.update(b"\n")
+    return f"{table}-{digest.hexdigest()[:32]}"
