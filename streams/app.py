@@ -168,10 +168,7 @@ class Worker:
                 await self.dead_letter(event, exc.reason, exc.detail)
                 engine.advance(engine.state(message.partition), message.topic, message.offset)
             else:
-                if family == "email":
-                    engine.apply_email(message.partition, message.topic, message.offset, record)
-                else:
-                    engine.advance(engine.state(message.partition), message.topic, message.offset)
+                engine.apply(message.partition, message.topic, message.offset, family, record)
             self.pending.append(event)
         self.stats["events"] += len(events)
 
@@ -262,12 +259,28 @@ class Worker:
             "app_id": self.settings.sluice_app_id,
             "assigned": sorted(f"{tp.topic}:{tp.partition}" for tp in self.app.consumer.assignment()),
             "pending_events": len(self.pending),
+            "commits": self._commit_view(),
             "partitions": {
                 p: {"emails": len(ps.email.emails), "positions": ps.positions}
                 for p, ps in sorted(self.engine.partitions.items())
             },
             **self.stats,
         }
+
+    def _commit_view(self) -> dict[str, Any]:
+        """Per source partition: Faust's committed offset and acked-but-uncommitted offsets."""
+        consumer = self.app.consumer
+        view: dict[str, Any] = {}
+        for tp in sorted(consumer.assignment()):
+            if tp.topic not in self.families:
+                continue
+            acked = consumer._acked.get(tp) or []  # noqa: SLF001 - read-only diagnostics
+            view[f"{tp.topic}:{tp.partition}"] = {
+                "committed": consumer._committed_offset.get(tp),  # noqa: SLF001
+                "acked_uncommitted": len(acked),
+                "first_acked": min(acked) if acked else None,
+            }
+        return view
 
     async def query(self, web: Any, request: Any) -> Any:
         """Read-only SQL on the worker's embedded store (chDB allows one process)."""

@@ -74,10 +74,15 @@ class Engine:
         return ps
 
     # -- the hot path -----------------------------------------------------------------
-    def apply_email(self, partition: int, topic: str, offset: int, event: Mapping) -> None:
+    def apply(self, partition: int, topic: str, offset: int, family: str, event: Mapping) -> None:
+        """Apply one decoded event of ``family`` read at ``topic[partition]@offset``."""
         ps = self.state(partition)
-        ps.email.apply(event)
+        if family == "email":
+            ps.email.apply(event)
         self.advance(ps, topic, offset)
+
+    def apply_email(self, partition: int, topic: str, offset: int, event: Mapping) -> None:
+        self.apply(partition, topic, offset, "email", event)
 
     def advance(self, ps: PartitionState, topic: str, offset: int) -> None:
         """Record that ``offset`` of ``topic`` was applied (dead letters count too)."""
