@@ -40,9 +40,10 @@ test: setup                     ## the whole test suite (starts its own broker i
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/sluice olap lint sluice/olap/migrations/*.sql
 
-bench: setup
-	$(BIN)/python -m bench.run
+bench: kafka                    ## routing throughput through the real worker (bench/)
+	$(BIN)/python -m bench.routing
 
 clean:
 	rm -rf var .pytest_cache

@@ -38,7 +38,9 @@ def dead_letter_headers(
     return [(HEADER_PREFIX + k, v.encode()) for k, v in fields.items()]
 
 
-def parse_headers(headers: Sequence[tuple[str, bytes]] | Mapping[str, bytes] | None) -> dict[str, str]:
+def parse_headers(
+    headers: Sequence[tuple[str, bytes]] | Mapping[str, bytes] | None,
+) -> dict[str, str]:
     """Read a dead letter's ``sluice.*`` headers back into a dict (prefix removed)."""
     items = headers.items() if isinstance(headers, Mapping) else (headers or [])
     return {

@@ -27,8 +27,10 @@ app = typer.Typer(
 )
 topics_app = typer.Typer(help="Kafka topics of the catalog.", no_args_is_help=True)
 olap_app = typer.Typer(help="The ClickHouse OLAP warehouse.", no_args_is_help=True)
+audit_app = typer.Typer(help="The compliance audit log.", no_args_is_help=True)
 app.add_typer(topics_app, name="topics")
 app.add_typer(olap_app, name="olap")
+app.add_typer(audit_app, name="audit")
 app.add_typer(schemas_app, name="schemas", help="Avro schemas of the taxonomy.")
 
 out = Console()
@@ -112,7 +114,10 @@ def produce(
     if len(bad) > 50:
         err.print(f"... and {len(bad) - 50} more bad lines", highlight=False)
     if bad and not skip_invalid:
-        raise fail(f"{len(bad)} invalid line(s); nothing was sent (use --skip-invalid to send the {len(good)} valid ones)")
+        raise fail(
+            f"{len(bad)} invalid line(s); nothing was sent "
+            f"(use --skip-invalid to send the {len(good)} valid ones)"
+        )
     from rich.progress import Progress
 
     try:
@@ -149,7 +154,12 @@ def topics_create() -> None:
     except Exception as exc:
         raise fail(f"cannot reach Kafka at {s.kafka_bootstrap_servers}: {exc}") from None
     wanted = [
-        NewTopic(spec.name, num_partitions=spec.partitions, replication_factor=-1, config=spec.topic_config())
+        NewTopic(
+            spec.name,
+            num_partitions=spec.partitions,
+            replication_factor=-1,
+            config=spec.topic_config(),
+        )
         for spec in catalog().values()
         if spec.name not in existing
     ]
@@ -177,8 +187,12 @@ def topics_list() -> None:
     table = Table("topic", "partitions", "retention (days)", "key", "schema", "dead letters")
     for spec in catalog().values():
         table.add_row(
-            spec.name, str(spec.partitions), f"{spec.retention_ms / 86_400_000:g}", spec.key,
-            spec.schema or "-", spec.dlq or "-",
+            spec.name,
+            str(spec.partitions),
+            f"{spec.retention_ms / 86_400_000:g}",
+            spec.key,
+            spec.schema or "-",
+            spec.dlq or "-",
         )
     out.print(table)
 
@@ -211,17 +225,7 @@ def olap_query(
     With the embedded chDB store the running worker owns the files: the query is sent
     to the worker's HTTP endpoint when it answers, and run directly otherwise.
     """
-    from sluice.olap import OlapError, connect
-
-    s = settings()
-    result = _query_worker(s, sql) if s.clickhouse_url.startswith("chdb://") else None
-    if result is None:
-        try:
-            columns, rows = connect(s.clickhouse_url).query(sql)
-        except OlapError as exc:
-            raise fail(_chdb_hint(str(exc))) from None
-    else:
-        columns, rows = result
+    columns, rows = _read_olap(settings(), sql)
     if fmt == "json":
         out.print_json(json.dumps([dict(zip(columns, map(_plain, r), strict=True)) for r in rows]))
     elif fmt == "csv":
@@ -235,6 +239,42 @@ def olap_query(
         for r in rows:
             table.add_row(*(str(_plain(v)) for v in r))
         out.print(table)
+
+
+@olap_app.command("lint")
+def olap_lint(
+    files: list[Path] = typer.Argument(..., help="SQL files with CREATE TABLE proposals."),
+) -> None:
+    """Check OLAP table proposals against the design rules (spec §5).
+
+    Prints one line per problem, naming the rule broken, and exits 1; prints "ok" and
+    exits 0 when every table is fit for the lean OLAP.
+    """
+    from sluice.olaplint import lint_file
+
+    problems: list[str] = []
+    for path in files:
+        if not path.is_file():
+            raise fail(f"{path}: no such file", code=2)
+        problems.extend(lint_file(path))
+    for line in problems:
+        out.print(line, highlight=False, markup=False, soft_wrap=True)
+    if problems:
+        raise typer.Exit(1)
+    out.print("ok", highlight=False)
+
+
+def _read_olap(s: Any, sql: str) -> tuple[list[str], list]:
+    """Run a read-only query: through the running worker for chDB, else directly."""
+    from sluice.olap import OlapError, connect
+
+    result = _query_worker(s, sql) if s.clickhouse_url.startswith("chdb://") else None
+    if result is not None:
+        return result
+    try:
+        return connect(s.clickhouse_url).query(sql)
+    except OlapError as exc:
+        raise fail(_chdb_hint(str(exc))) from None
 
 
 def _plain(value: Any) -> Any:
@@ -264,6 +304,50 @@ def _chdb_hint(message: str) -> str:
     if "lock" in message.lower() or "already" in message.lower():
         return f"{message} (is a worker using this chDB store? stop it, or query through it)"
     return message
+
+
+# -- audit -----------------------------------------------------------------------------
+@audit_app.command("verify")
+def audit_verify(
+    tenant: str | None = typer.Option(None, "--tenant", help="Verify only this tenant."),
+) -> None:
+    """Verify the admin_audit_log hash chains; report the first broken link per tenant.
+
+    Exits 1 if any row was altered, removed or inserted. Prints each tenant's head
+    (last seq and row_hash): keep it elsewhere to detect a truncated or rewritten tail.
+    """
+    from sluice.audit import CONFLICTS_SQL, VERIFY_SQL, verify, where_tenant
+
+    s = settings()
+    where = where_tenant(tenant)
+    columns, rows = _read_olap(s, VERIFY_SQL.format(where=where))
+    _, conflicts = _read_olap(s, CONFLICTS_SQL.format(where=where))
+    reports = verify(
+        (dict(zip(columns, r, strict=True)) for r in rows),
+        [(r[0], int(r[1])) for r in conflicts],
+    )
+    if not reports:
+        out.print(f"no audit rows{f' for tenant {tenant}' if tenant else ''}", highlight=False)
+        return
+    for report in reports:
+        if report.first_break is None:
+            out.print(
+                f"ok      {report.tenant}: {report.rows} rows, head seq {report.head_seq} "
+                f"{report.head_hash}",
+                highlight=False,
+                markup=False,
+                soft_wrap=True,
+            )
+        else:
+            b = report.first_break
+            out.print(
+                f"BROKEN  {report.tenant}: first broken link at seq {b.seq} ({b.kind}): {b.detail}",
+                highlight=False,
+                markup=False,
+                soft_wrap=True,
+            )
+    if any(not r.ok for r in reports):
+        raise typer.Exit(1)
 
 
 # -- status ----------------------------------------------------------------------------

@@ -98,7 +98,9 @@ class EventProducer:
 
         while True:
             try:
-                self._producer.produce(topic, value=value, key=key.encode(), on_delivery=on_delivery)
+                self._producer.produce(
+                    topic, value=value, key=key.encode(), on_delivery=on_delivery
+                )
                 break
             except BufferError:
                 self._producer.poll(0.1)  # local queue full: serve callbacks, then retry

@@ -22,9 +22,7 @@ EVENT_TYPES: MappingProxyType[str, frozenset[str]] = MappingProxyType(
                 "email_spam_complaint",
             }
         ),
-        "warmup": frozenset(
-            {"warmup_email_sent", "warmup_email_landed", "warmup_email_replied"}
-        ),
+        "warmup": frozenset({"warmup_email_sent", "warmup_email_landed", "warmup_email_replied"}),
         "security": frozenset(
             {
                 "security_login_succeeded",

@@ -1,17 +1,37 @@
 """The Faust application: one agent over every event topic, kept thin.
 
-decode → apply to state → (checkpoint: changelog, OLAP, DLQ durable) → ack.
+decode → route → apply to state → (checkpoint: sinks, changelog, OLAP, DLQ durable) → commit.
 
 Delivery semantics
 ------------------
 At-least-once from Kafka, made exact by idempotent state merges and idempotent OLAP
-writes (see :mod:`streams.engine`). Events are taken with ``noack_take`` and acknowledged
-only after the checkpoint that covers them succeeded — Faust's ``take()`` would ack a
-batch even when processing raised. Faust commits offsets of acknowledged events only.
+writes (see :mod:`streams.engine`). Sluice commits offsets itself, only after the
+checkpoint that covers them succeeded: the committed offset of a partition is one past
+the last event applied without a gap in the current consumer generation.
 
-Before a rebalance revokes partitions, and before shutdown, Faust waits for every
-unacknowledged event (``stream_wait_empty``); Sluice hooks that wait to checkpoint at
-once, so a SIGTERM or a rebalance flushes everything and loses nothing.
+Why not Faust's ack tracking: it commits the longest run of consecutive acked offsets,
+and re-deliveries around a rebalance left duplicate offsets in that run, which stalled
+commits for good (lag never returned to 0 in our restart test). The source topic is
+therefore declared with ``acks=False``.
+
+Why the gap check: Faust can drop records it already fetched when a fetch races the seek
+to committed offsets that follows every rebalance (seen as offset holes right after
+start-up, and as a partition tail that never arrives). Committing past such a hole would
+lose the events in it. So ``process()`` refuses to apply past a hole, the timer notices
+partitions that stopped short of their high watermark, and ``heal()`` re-reads every
+partition from its committed offset (Faust's own stop-flow / seek / resume sequence).
+
+Routing (:mod:`streams.routing`): every decoded event is also handed to the sinks its
+route names (PostHog, observability, SIEM), which buffer it in bounded batches. A
+checkpoint flushes every sink first and commits nothing unless all of them made their
+events durable; an event a sink refused for good (e.g. HTTP 400) is dead-lettered with
+stage = the sink's name before the commit. A sink that stays down fails the checkpoint,
+so events pile up only to ``MAX_PENDING`` (then the agent stops taking: backpressure).
+
+Before a rebalance revokes partitions, and before shutdown, Faust calls
+``_consumer_wait_empty``; Sluice checkpoints there, so a SIGTERM or a rebalance flushes
+and commits everything and loses nothing. Events fetched in an older generation are
+skipped: the seek that follows every rebalance delivers them again.
 """
 
 from __future__ import annotations
@@ -24,14 +44,18 @@ from pathlib import Path
 from typing import Any
 
 import faust
+from faust.types import TP, EventT
 from faust.web import View
-from faust.types import EventT
 
+from sinks.base import Envelope, Rejected
 from sinks.dlq import dead_letter_headers
+from sinks.health import CONTENT_TYPE_LATEST, HealthMetrics
+from sinks.registry import build_sinks
 from sluice.codec import Codec, DecodeError
 from sluice.olap import OlapClient, OlapError, connect, migrate
 from sluice.settings import Settings, get_settings
 from streams.engine import Engine
+from streams.routing import Router
 from topics.catalog import dlq_topic, event_topics
 
 log = logging.getLogger("sluice.worker")
@@ -39,6 +63,14 @@ log = logging.getLogger("sluice.worker")
 # Most unacknowledged events held between checkpoints before the agent stops taking more
 # (backpressure when ClickHouse is down: Kafka keeps the events, not our memory).
 MAX_PENDING = 200_000
+# A partition with unread events and no progress for this many checkpoint intervals
+# (at least STALL_MIN_S) is re-read (see heal()). A false alarm only re-reads what came
+# after the last commit.
+STALL_INTERVALS = 3
+STALL_MIN_S = 5.0
+# Faust's per-partition buffer in front of the agent. Faust stops fetching a partition
+# whose buffer is full; the bigger buffer keeps checkpoints from stalling the fetcher.
+STREAM_BUFFER = 100_000
 
 
 class SluiceApp(faust.App):
@@ -53,6 +85,12 @@ class SluiceApp(faust.App):
             await self.sluice.drain()
         await super()._consumer_wait_empty(consumer, logger)
 
+    async def on_shutdown(self) -> None:
+        # After the consumer stopped (and its last drain flushed every sink).
+        if self.sluice is not None:
+            await self.sluice.router.close()
+        await super().on_shutdown()
+
 
 class Worker:
     """Binds the engine, the codec and the sinks to one Faust app."""
@@ -62,8 +100,20 @@ class Worker:
         self.engine = Engine()
         self.codec = Codec()
         self._olap = olap
+        self.health = HealthMetrics()
+        self.router = Router(
+            build_sinks(settings, self.health.observer()),
+            on_routed=lambda sink, n: self.health.routed.labels(sink).inc(n),
+        )
         self.families = {spec.name: spec.family for spec in event_topics()}
-        self.pending: list[EventT] = []
+        # one past the last offset applied per source partition, this generation only
+        self.applied: dict[TP, int] = {}
+        self.committed: dict[TP, int] = {}  # what this generation committed last
+        self._generation: int | None = None
+        self.holes: set[TP] = set()  # partitions held at an offset hole until heal()
+        self._progress: dict[TP, tuple[int, float]] = {}  # position, since when
+        self._failures_seen = 0
+        self.unflushed = 0  # events applied since the last successful checkpoint
         self.stream: Any = None
         self.draining = False
         self.last_checkpoint = time.monotonic()
@@ -81,7 +131,9 @@ class Worker:
     def _build_app(self) -> SluiceApp:
         s = self.settings
         Path(s.sluice_data_dir, "faust").mkdir(parents=True, exist_ok=True)
-        brokers = [f"kafka://{h.strip()}" for h in s.kafka_bootstrap_servers.split(",") if h.strip()]
+        brokers = [
+            f"kafka://{h.strip()}" for h in s.kafka_bootstrap_servers.split(",") if h.strip()
+        ]
         app = SluiceApp(
             s.sluice_app_id,
             broker=brokers,
@@ -92,6 +144,7 @@ class Worker:
             table_standby_replicas=0,
             consumer_auto_offset_reset="earliest",
             stream_wait_empty=True,
+            stream_buffer_maxsize=STREAM_BUFFER,
             producer_linger=0.05,
             producer_max_request_size=16 * 1024 * 1024,
             consumer_max_fetch_size=16 * 1024 * 1024,
@@ -107,8 +160,12 @@ class Worker:
         )
         app.sluice = self
         self.source = app.topic(
-            *self.families, key_type=bytes, value_type=bytes, key_serializer="raw",
+            *self.families,
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
             value_serializer="raw",
+            acks=False,  # Sluice commits offsets itself after each checkpoint
         )
         self.dlq = app.topic(
             dlq_topic().name, key_serializer="raw", value_serializer="raw", internal=False
@@ -129,6 +186,8 @@ class Worker:
         app.timer(s.sluice_flush_interval_s, on_leader=False)(self._timer)
         app.page("/sluice/status/")(StatusView)
         app.page("/sluice/query/")(QueryView)
+        app.page("/metrics")(MetricsView)
+        app.task(self.router.start)
         return app
 
     @property
@@ -140,28 +199,62 @@ class Worker:
 
     # -- the agent ----------------------------------------------------------------------
     async def _agent(self, stream: faust.StreamT) -> None:
+        # Event by event, not ``take()`` (it acks a batch even when processing raised) nor
+        # ``noack_take`` (with it we saw offset holes of one at batch boundaries, e.g.
+        # 950 -> 951, before the hole check and heal() existed; not re-tested since).
+        # The expensive work, every checkpoint, is batched anyway.
         self.stream = stream
-        s = self.settings
-        async for events in stream.noack_take(s.sluice_batch_max, s.sluice_batch_within_s):
-            await self.process(events)
-            if self.draining or time.monotonic() - self.last_checkpoint >= s.sluice_flush_interval_s:
+        interval = self.settings.sluice_flush_interval_s
+        async for event in stream.events():
+            await self.process((event,))
+            if self.holes:
+                await self.heal()
+            elif self.draining or time.monotonic() - self.last_checkpoint >= interval:
                 await self.checkpoint()
-            while len(self.pending) >= MAX_PENDING:
+            while self.unflushed >= MAX_PENDING:
                 # backpressure: hold this batch's slot until a checkpoint gets through
                 await asyncio.sleep(1.0)
                 await self.checkpoint()
 
     async def process(self, events: Sequence[EventT]) -> None:
         """Decode and apply one batch; dead-letter what cannot be decoded."""
-        assigned = {tp.partition for tp in self.app.consumer.assignment()}
+        generation = self.app.consumer_generation_id
+        if generation != self._generation:
+            # a rebalance: Faust sought every partition to its committed offset
+            self._generation = generation
+            self.applied = {}
+            self.committed = {}
+            self.holes = set()
+        applied = self.applied
         decode = self.codec.decode
         engine = self.engine
         families = self.families
         for event in events:
             message = event.message
-            if message.partition not in assigned:
-                continue  # revoked while buffered: its new owner reprocesses it
+            tp = message.tp
+            if message.generation_id != generation:
+                continue  # fetched before a rebalance: the seek after it delivers it again
+            if tp in self.holes:
+                continue  # see below: this partition waits for a restart or rebalance
+            expected = applied.get(tp)
+            if expected is None:
+                expected = self._committed(tp)
+            if expected is not None and message.offset > expected:
+                # Offsets are applied without holes, or committing past a hole would lose
+                # the events in it. A hole means the client skipped records (Faust can,
+                # when a fetch races its post-rebalance seek): hold the partition at the
+                # hole; heal() re-reads from the committed offset.
+                log.warning(
+                    "offset hole on %s: expected %s, got %s; re-reading",
+                    tp,
+                    expected,
+                    message.offset,
+                )
+                self.holes.add(tp)
+                self.stats["offset_holes"] = self.stats.get("offset_holes", 0) + 1
+                continue
             family = families[message.topic]
+            self.health.consumed.labels(family).inc()
             try:
                 record = decode(event.value, family)
             except DecodeError as exc:
@@ -169,25 +262,139 @@ class Worker:
                 engine.advance(engine.state(message.partition), message.topic, message.offset)
             else:
                 engine.apply(message.partition, message.topic, message.offset, family, record)
-            self.pending.append(event)
+                # to the sinks now, before any await: a checkpoint meanwhile commits it
+                self.router.add(
+                    Envelope(
+                        record,
+                        message.topic,
+                        message.partition,
+                        message.offset,
+                        message.key,
+                        event.value,
+                    )
+                )
+            if expected is None or message.offset + 1 > expected:
+                applied[tp] = message.offset + 1
+            self.unflushed += 1
         self.stats["events"] += len(events)
+
+    def _committed(self, tp: TP) -> int | None:
+        """The committed offset Faust sought ``tp`` to at the last rebalance, if known."""
+        offset = self.app.consumer._committed_offset.get(tp)  # noqa: SLF001 - set by perform_seek
+        return offset if isinstance(offset, int) and offset > 0 else None
 
     async def dead_letter(self, event: EventT, reason: str, detail: str) -> None:
         m = event.message
         self.stats["dead_letters"] += 1
+        self.health.dead_letters.labels("decode", reason).inc()
         log.warning("dead letter %s[%s]@%s: %s: %s", m.topic, m.partition, m.offset, reason, detail)
         await self.dlq.send(
             key=m.key,
             value=event.value,
             headers=dead_letter_headers(
-                reason=reason, detail=detail, topic=m.topic, partition=m.partition,
-                offset=m.offset, stage="decode",
+                reason=reason,
+                detail=detail,
+                topic=m.topic,
+                partition=m.partition,
+                offset=m.offset,
+                stage="decode",
+            ),
+        )
+
+    async def dead_letter_rejected(self, rejected: Rejected) -> None:
+        """Dead-letter an event a sink refused for good (stage = the sink's name)."""
+        env = rejected.envelope
+        self.stats["dead_letters"] += 1
+        self.health.dead_letters.labels(rejected.sink, rejected.reason).inc()
+        # reason only: a destination's error text may echo the event back
+        log.warning(
+            "dead letter %s[%s]@%s: %s refused it: %s",
+            env.topic,
+            env.partition,
+            env.offset,
+            rejected.sink,
+            rejected.reason,
+        )
+        await self.dlq.send(
+            key=env.key,
+            value=env.value,
+            headers=dead_letter_headers(
+                reason=rejected.reason,
+                detail=rejected.detail,
+                topic=env.topic,
+                partition=env.partition,
+                offset=env.offset,
+                stage=rejected.sink,
             ),
         )
 
     # -- checkpoints --------------------------------------------------------------------
     async def _timer(self) -> None:
         await self.checkpoint()
+        if self._stalled():
+            await self.heal()
+
+    def _stalled(self) -> bool:
+        """True when a partition has had unread events and no progress for a while.
+
+        The tail of a partition skipped by the client leaves no hole to notice (nothing
+        comes after it), so the timer compares positions with high watermarks.
+        """
+        if self.unflushed >= MAX_PENDING or self.stats["checkpoint_failures"] > self._failures_seen:
+            # held back on purpose (a sink or ClickHouse is down): not a stall
+            self._failures_seen = self.stats["checkpoint_failures"]
+            self._progress.clear()
+            return False
+        consumer = self.app.consumer
+        now = time.monotonic()
+        stalled = False
+        for tp in consumer.assignment():
+            if tp.topic not in self.families:
+                continue
+            position = self.applied.get(tp) or self._committed(tp) or 0
+            highwater = consumer.highwater(tp)
+            if highwater is None or highwater <= position:
+                self._progress.pop(tp, None)
+                continue
+            last = self._progress.get(tp)
+            if last is None or last[0] != position:
+                self._progress[tp] = (position, now)
+            elif now - last[1] > max(
+                STALL_MIN_S, STALL_INTERVALS * self.settings.sluice_flush_interval_s
+            ):
+                log.warning(
+                    "%s has made no progress at %s (end %s) for %.0fs",
+                    tp,
+                    position,
+                    highwater,
+                    now - last[1],
+                )
+                stalled = True
+        return stalled
+
+    async def heal(self) -> None:
+        """Commit what is contiguous, then re-read every partition from its commit.
+
+        Faust's documented way to move the fetcher: stop the flow, wait for the fetcher
+        to be idle, seek, resume. Events still queued for the agent are cleared (they
+        come again); everything re-read is applied idempotently.
+        """
+        await self.checkpoint()
+        consumer = self.app.consumer
+        async with self._ckpt_lock:
+            self.stats["heals"] = self.stats.get("heals", 0) + 1
+            consumer.stop_flow()
+            self.app.flow_control.suspend()
+            self.app.flow_control.clear()
+            try:
+                await consumer.wait_for_stopped_flow()
+                await consumer.perform_seek()
+            finally:
+                self.applied, self.committed, self.holes = {}, {}, set()
+                self._progress.clear()
+                self.app.flow_control.resume()
+                consumer.resume_flow()
+            log.info("re-reading every partition from its committed offset")
 
     async def drain(self) -> None:
         """Checkpoint everything now (before revoke/shutdown); keep doing so per batch."""
@@ -195,40 +402,68 @@ class Worker:
         await self.checkpoint()
 
     async def checkpoint(self) -> bool:
-        """Persist state changes, write OLAP rows, then ack. Return True on success."""
+        """Flush sinks, persist state changes, write OLAP rows, then commit offsets.
+
+        Returns True on success; on failure nothing is committed and everything is retried.
+        """
         async with self._ckpt_lock:
             self.last_checkpoint = time.monotonic()
             ckpt = self.engine.snapshot()
-            pending, self.pending = self.pending, []
-            if ckpt.empty() and not pending:
+            generation = self.app.consumer_generation_id
+            offsets = {tp: o for tp, o in self.applied.items() if self.committed.get(tp) != o}
+            unflushed, self.unflushed = self.unflushed, 0
+            if ckpt.empty() and not offsets and not unflushed:
                 return True
             started = time.perf_counter()
+            rejected: list[Rejected] = []
             try:
+                # sinks first: nothing is committed unless every routed event is durable
+                rejected = await self.router.flush()
+                for item in rejected:
+                    await self.dead_letter_rejected(item)
                 for partition, key, value in ckpt.changelog:
                     self.table.send_changelog(partition, key, value)
                 await self.app.producer.flush()
+                rejected = []  # their dead letters are durable now: never send them twice
                 if ckpt.rows:
-                    await asyncio.get_running_loop().run_in_executor(None, self._write_rows, ckpt.rows)
-            except Exception as exc:  # any failure: nothing acked, everything retried
+                    await asyncio.get_running_loop().run_in_executor(
+                        None, self._write_rows, ckpt.rows
+                    )
+            except Exception as exc:  # any failure: nothing committed, everything retried
+                self.router.restore_rejected(rejected)
+                self.health.checkpoint_failures.inc()
                 self.engine.requeue(ckpt)
-                self.pending = pending + self.pending
+                self.unflushed += unflushed
                 self.stats["checkpoint_failures"] += 1
                 log.error("checkpoint failed, will retry: %s", exc)
                 return False
-            assigned = {tp for tp in self.app.consumer.assignment()}
-            for event in pending:
-                if event.message.tp in assigned:
-                    await self.stream.ack(event)
-            await self.app.consumer.commit()
+            if generation == self.app.consumer_generation_id:
+                # (after a rebalance the seek to committed offsets replays the rest)
+                assigned = self.app.consumer.assignment()
+                offsets = {
+                    tp: o
+                    for tp, o in offsets.items()
+                    if tp in assigned and self.committed.get(tp) != o
+                }
+                if offsets:
+                    if await self.app.consumer._commit(offsets):  # noqa: SLF001
+                        self.committed.update(offsets)
+                    else:
+                        log.warning(
+                            "offset commit refused (rebalancing); the next checkpoint retries"
+                        )
             self.stats["checkpoints"] += 1
             elapsed = time.perf_counter() - started
+            self.health.checkpoint_seconds.observe(elapsed)
             now = time.time()
             for table in ckpt.rows:
                 self.stats["last_flush"][table] = now
             log.info(
-                "checkpoint: %d events acked, %d changelog entries, %s rows in %.3fs",
-                len(pending), len(ckpt.changelog),
-                {t: len(r) for t, r in ckpt.rows.items()}, elapsed,
+                "checkpoint: %d events, %d changelog entries, %s rows in %.3fs",
+                unflushed,
+                len(ckpt.changelog),
+                {t: len(r) for t, r in ckpt.rows.items()},
+                elapsed,
             )
             return True
 
@@ -238,10 +473,12 @@ class Worker:
 
     # -- rebalancing ----------------------------------------------------------------------
     async def _on_revoked(self, app: Any, revoked: set, **_: Any) -> None:
-        # drain() ran in _consumer_wait_empty; whatever was not acked is reprocessed by the
-        # partition's next owner, so the state can go.
+        # drain() ran in _consumer_wait_empty; whatever was not committed is reprocessed
+        # by the partition's next owner (maybe us, after the seek), so the state can go.
         self.engine.drop({tp.partition for tp in revoked})
-        self.pending = [e for e in self.pending if e.message.tp not in revoked]
+        self.router.forget({(tp.topic, tp.partition) for tp in revoked})
+        self.applied = {tp: o for tp, o in self.applied.items() if tp not in revoked}
+        self.committed = {tp: o for tp, o in self.committed.items() if tp not in revoked}
 
     async def _on_assigned(self, app: Any, assigned: set, **_: Any) -> None:
         self.draining = False
@@ -257,9 +494,11 @@ class Worker:
     def status(self) -> dict[str, Any]:
         return {
             "app_id": self.settings.sluice_app_id,
-            "assigned": sorted(f"{tp.topic}:{tp.partition}" for tp in self.app.consumer.assignment()),
-            "pending_events": len(self.pending),
-            "commits": self._commit_view(),
+            "assigned": sorted(
+                f"{tp.topic}:{tp.partition}" for tp in self.app.consumer.assignment()
+            ),
+            "unflushed_events": self.unflushed,
+            "sinks": {"buffered": self.router.buffered(), "unconfigured": self.router.unconfigured},
             "partitions": {
                 p: {"emails": len(ps.email.emails), "positions": ps.positions}
                 for p, ps in sorted(self.engine.partitions.items())
@@ -267,20 +506,20 @@ class Worker:
             **self.stats,
         }
 
-    def _commit_view(self) -> dict[str, Any]:
-        """Per source partition: Faust's committed offset and acked-but-uncommitted offsets."""
+    def metrics(self) -> bytes:
+        """Prometheus exposition of the worker's health (gauges refreshed on scrape)."""
+        h = self.health
+        h.pending.set(self.unflushed)
+        for sink, count in self.router.buffered().items():
+            h.buffered.labels(sink).set(count)
         consumer = self.app.consumer
-        view: dict[str, Any] = {}
-        for tp in sorted(consumer.assignment()):
-            if tp.topic not in self.families:
-                continue
-            acked = consumer._acked.get(tp) or []  # noqa: SLF001 - read-only diagnostics
-            view[f"{tp.topic}:{tp.partition}"] = {
-                "committed": consumer._committed_offset.get(tp),  # noqa: SLF001
-                "acked_uncommitted": len(acked),
-                "first_acked": min(acked) if acked else None,
-            }
-        return view
+        for tp in consumer.assignment():
+            state = self.engine.partitions.get(tp.partition)
+            position = state.positions.get(tp.topic) if state is not None else None
+            highwater = consumer.highwater(tp) if tp.topic in self.families else None
+            if highwater is not None and position is not None:  # changelogs are not ours
+                h.lag.labels(tp.topic, str(tp.partition)).set(max(0, highwater - position))
+        return h.exposition()
 
     async def query(self, web: Any, request: Any) -> Any:
         """Read-only SQL on the worker's embedded store (chDB allows one process)."""
@@ -302,6 +541,14 @@ class StatusView(View):
 
     async def get(self, request: Any) -> Any:
         return self.json(self.app.sluice.status())
+
+
+class MetricsView(View):
+    """GET /metrics: Sluice's own health for Prometheus (see :mod:`sinks.health`)."""
+
+    async def get(self, request: Any) -> Any:
+        body = self.app.sluice.metrics()
+        return self.bytes(body, content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
 
 class QueryView(View):

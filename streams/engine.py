@@ -1,30 +1,95 @@
-"""The worker's state, without Faust: per-partition rollup state, checkpoints, restore.
+"""The worker's state, without Faust: per-partition components, checkpoints, restore.
 
 The Faust app (:mod:`streams.app`) feeds decoded events in and persists what a
 checkpoint hands out; everything here is synchronous and testable without a broker.
+Each partition's state is a set of components (:mod:`streams.state`): email and warm-up
+attribution, plan changes, the audit chain, sensitive access, system events.
 
 Checkpoint order (why it is safe)
 ---------------------------------
-1. changed email states go to the changelog topic and the producer is flushed;
-2. changed rollup rows are written to ClickHouse (absolute values, idempotent);
+1. changed state goes to the changelog topic and the producer is flushed;
+2. changed OLAP rows are written to ClickHouse (absolute values, idempotent);
 3. only then are the events acknowledged, so Faust commits their offsets.
 
 A crash anywhere replays events whose effects may already be in the changelog or the
 OLAP: merges are idempotent and rows are absolute values, so the replay changes nothing.
 Row versions come from source offsets, never from clocks, so a late write of an older
 snapshot cannot win over a newer one after a rebalance between hosts with skewed clocks.
+
+The caller hands a failed checkpoint back with :meth:`Engine.requeue` *before* taking the
+next snapshot; a snapshot taken without a requeue tells the components the previous one
+succeeded (the audit chain marks its rows written then).
+
+Changelog format: keys are JSON lists — ``[tenant, email_id]`` for email states (the
+first release's format), ``["\\x00pos", topic, partition]`` for positions, and
+``[component tag, ...]`` for every other component. Values are lists whose first element
+is the partition. Entries with a tag this version does not know are ignored.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from streams.rollups import EMAIL_ROLLUPS, EmailRollups, EmailState, Rollup, RowKey
+from streams.compliance import AuditLog, SensitiveAccess
+from streams.incidents import SystemEvents
+from streams.rollups import BILLING_SENDS, BillingPlans, EmailRollups, WarmupRollups
+from streams.state import Component, Taken, sort_key
 
 POSITION_TAG = "\x00pos"
+VERSION_COLUMNS = ("updated", "_version")
+
+
+def default_components() -> list[Component]:
+    """Every component of one partition, wired together (the worker's configuration)."""
+    email = EmailRollups()
+    billing_rows = email.rows[BILLING_SENDS.table]
+    return [
+        email,
+        WarmupRollups(),
+        # a late plan change re-dates months that only have sends: it must see those rows
+        BillingPlans(other_keys=billing_rows.keys),
+        AuditLog(),
+        SensitiveAccess(),
+        SystemEvents(),
+    ]
+
+
+@dataclass(frozen=True)
+class TableLayout:
+    """How one OLAP table's rows are assembled from the components that fill it."""
+
+    name: str
+    key_columns: tuple[str, ...]
+    parts: tuple[tuple[str, tuple[str, ...]], ...]  # (component tag, value columns)
+    versioned: bool
+
+    @property
+    def columns(self) -> list[str]:
+        values = [c for _, cols in self.parts for c in cols]
+        return [*self.key_columns, *values, *(VERSION_COLUMNS if self.versioned else ())]
+
+
+def layouts(components: Iterable[Component]) -> dict[str, TableLayout]:
+    """Join the components' table parts; parts of one table must agree on key and kind."""
+    found: dict[str, TableLayout] = {}
+    for component in components:
+        for part in component.parts():
+            layout = found.get(part.table)
+            entry = (component.tag, part.value_columns)
+            if layout is None:
+                found[part.table] = TableLayout(
+                    part.table, part.key_columns, (entry,), part.versioned
+                )
+                continue
+            if (layout.key_columns, layout.versioned) != (part.key_columns, part.versioned):
+                raise ValueError(f"components disagree on the key of {part.table}")
+            found[part.table] = TableLayout(
+                part.table, layout.key_columns, (*layout.parts, entry), layout.versioned
+            )
+    return found
 
 
 @dataclass
@@ -32,10 +97,24 @@ class PartitionState:
     """Everything the worker knows about one partition number (all event topics)."""
 
     partition: int
-    email: EmailRollups = field(default_factory=EmailRollups)
+    components: Sequence[Component] = field(default_factory=default_components)
     # next offset to apply, per source topic (monotonic; restored from the changelog)
     positions: dict[str, int] = field(default_factory=dict)
     positions_dirty: bool = False
+
+    def __post_init__(self) -> None:
+        self.by_tag: dict[str, Component] = {c.tag: c for c in self.components}
+        self.by_family: dict[str, list[Component]] = {}
+        for component in self.components:
+            for family in component.families:
+                self.by_family.setdefault(family, []).append(component)
+
+    @property
+    def email(self) -> EmailRollups:
+        """The email attribution component (untagged)."""
+        component = self.by_tag[""]
+        assert isinstance(component, EmailRollups)
+        return component
 
     def version(self) -> int:
         """A number that only grows as this partition's events are applied."""
@@ -48,12 +127,9 @@ class Checkpoint:
 
     changelog: list[tuple[int, str, list]] = field(default_factory=list)
     rows: dict[str, list[list]] = field(default_factory=dict)
-    dirty_rows: dict[int, dict[str, list[tuple[RowKey, tuple[int, ...]]]]] = field(
-        default_factory=dict
-    )
-    dirty_emails: dict[int, list[tuple[tuple[str, str], EmailState]]] = field(
-        default_factory=dict
-    )
+    # partition -> component tag -> what the component handed out
+    taken: dict[int, dict[str, Taken]] = field(default_factory=dict)
+    positions: set[int] = field(default_factory=set)
 
     def empty(self) -> bool:
         return not self.changelog and not self.rows
@@ -62,23 +138,23 @@ class Checkpoint:
 class Engine:
     """Per-partition state of one worker process."""
 
-    def __init__(self, rollups: Iterable[Rollup] = EMAIL_ROLLUPS) -> None:
-        self.rollups = tuple(rollups)
-        self._by_table = {r.table: r for r in self.rollups}
+    def __init__(self, components: Callable[[], Sequence[Component]] = default_components) -> None:
+        self.factory = components
+        self.layouts = layouts(components())
         self.partitions: dict[int, PartitionState] = {}
 
     def state(self, partition: int) -> PartitionState:
         ps = self.partitions.get(partition)
         if ps is None:
-            ps = self.partitions[partition] = PartitionState(partition, EmailRollups(self.rollups))
+            ps = self.partitions[partition] = PartitionState(partition, self.factory())
         return ps
 
     # -- the hot path -----------------------------------------------------------------
     def apply(self, partition: int, topic: str, offset: int, family: str, event: Mapping) -> None:
         """Apply one decoded event of ``family`` read at ``topic[partition]@offset``."""
         ps = self.state(partition)
-        if family == "email":
-            ps.email.apply(event)
+        for component in ps.by_family.get(family, ()):
+            component.apply(event)
         self.advance(ps, topic, offset)
 
     def apply_email(self, partition: int, topic: str, offset: int, event: Mapping) -> None:
@@ -96,40 +172,59 @@ class Engine:
         now = now or datetime.now(tz=UTC)
         ckpt = Checkpoint()
         for partition, ps in self.partitions.items():
-            emails = ps.email.take_dirty_emails()
-            if emails:
-                ckpt.dirty_emails[partition] = emails
-                for (tenant, email_id), state in emails:
-                    ckpt.changelog.append((partition, changelog_key(tenant, email_id), [partition, *state]))
+            taken = {c.tag: c.take() for c in ps.components}
+            ckpt.taken[partition] = taken
+            for tag, t in taken.items():
+                for key, value in t.changelog:
+                    ckpt.changelog.append(
+                        (partition, changelog_key(*key, tag=tag), [partition, *value])
+                    )
             if ps.positions_dirty:
+                ckpt.positions.add(partition)
                 for topic, pos in ps.positions.items():
                     ckpt.changelog.append(
                         (partition, json.dumps([POSITION_TAG, topic, partition]), [partition, pos])
                     )
                 ps.positions_dirty = False
-            dirty = ps.email.take_dirty_rows()
-            if dirty:
-                ckpt.dirty_rows[partition] = dirty
-                version = ps.version()
-                for table, items in dirty.items():
-                    out = ckpt.rows.setdefault(table, [])
-                    out.extend([*key, *values, now, version] for key, values in items)
+            version = ps.version()
+            for layout in self.layouts.values():
+                rows = self._assemble(ps, layout, taken)
+                if rows:
+                    suffix = [now, version] if layout.versioned else []
+                    ckpt.rows.setdefault(layout.name, []).extend(r + suffix for r in rows)
         return ckpt
 
+    def _assemble(
+        self, ps: PartitionState, layout: TableLayout, taken: Mapping[str, Taken]
+    ) -> list[list]:
+        """Rows of one table: each dirty key with every component's part joined."""
+        parts = [taken[tag].rows.get(layout.name, {}) for tag, _ in layout.parts]
+        if len(parts) == 1:
+            return [[*key, *values] for key, values in parts[0].items()]
+        keys = sorted(set().union(*parts), key=sort_key)
+        rows = []
+        for key in keys:
+            row = list(key)
+            for (tag, _), part in zip(layout.parts, parts, strict=True):
+                values = part.get(key)
+                row.extend(values if values is not None else ps.by_tag[tag].value(layout.name, key))
+            rows.append(row)
+        return rows
+
     def requeue(self, ckpt: Checkpoint) -> None:
-        """A checkpoint failed: mark its rows and emails dirty again (current values win)."""
-        for partition, tables in ckpt.dirty_rows.items():
-            if partition in self.partitions:
-                self.partitions[partition].email.requeue(tables)
-        for partition, emails in ckpt.dirty_emails.items():
-            if partition in self.partitions:
-                ps = self.partitions[partition]
-                ps.email.dirty_emails.update(k for k, _ in emails if k in ps.email.emails)
+        """A checkpoint failed: mark what it carried dirty again (current values win)."""
+        for partition, taken in ckpt.taken.items():
+            ps = self.partitions.get(partition)
+            if ps is None:
+                continue  # revoked meanwhile: its new owner restores and replays
+            for tag, t in taken.items():
+                ps.by_tag[tag].requeue(t)
+            if partition in ckpt.positions:
                 ps.positions_dirty = True
 
     def columns(self, table: str) -> list[str]:
-        rollup = self._by_table[table]
-        return [*rollup.key_columns, *(m for m, _ in rollup.metrics), "updated", "_version"]
+        """Column names of the rows :meth:`snapshot` hands out for ``table``."""
+        return self.layouts[table].columns
 
     # -- rebalancing ------------------------------------------------------------------
     def drop(self, partitions: Iterable[int]) -> None:
@@ -150,19 +245,21 @@ class Engine:
             ps = self.state(partition)
             touched.add(partition)
             parsed = json.loads(key)
-            if parsed[0] == POSITION_TAG:
+            head = parsed[0]
+            if head == POSITION_TAG:
                 topic = parsed[1]
                 ps.positions[topic] = max(ps.positions.get(topic, 0), value[1])
-            else:
-                tenant, email_id = parsed
-                ps.email.restore(tenant, email_id, value[1:])
+            elif head in ps.by_tag and head:
+                ps.by_tag[head].restore(parsed[1:], value[1:])
+            elif not head.startswith("\x00"):
+                ps.email.restore(parsed, value[1:])
+            # else: a tag from a newer version; its owner will rebuild it
         for partition in touched:
-            self.partitions[partition].email.mark_all_dirty()
-            # don't resend the restored states to the changelog they came from
-            self.partitions[partition].email.dirty_emails.clear()
+            for component in self.partitions[partition].components:
+                component.restored()
         return touched
 
 
-def changelog_key(tenant: str, email_id: str) -> str:
-    """Changelog key of one email: JSON, so no separator inside an id can collide."""
-    return json.dumps([tenant, email_id], ensure_ascii=False)
+def changelog_key(*parts: object, tag: str = "") -> str:
+    """Changelog key: JSON, so no separator inside an id can collide; tag first if any."""
+    return json.dumps([tag, *parts] if tag else list(parts), ensure_ascii=False)

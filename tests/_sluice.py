@@ -72,13 +72,25 @@ class Deployment:
     def topic(self, family: str) -> str:
         return f"{self.prefix}events.{family}"
 
-    def run(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+    def run(
+        self,
+        *args: str,
+        check: bool = True,
+        timeout: float = 300,
+        env_extra: dict[str, str] | None = None,
+    ) -> subprocess.CompletedProcess:
         proc = subprocess.run(
-            [*SLUICE, *args], env=self.env(), cwd=self.root, capture_output=True, text=True,
+            [*SLUICE, *args],
+            env=self.env(**(env_extra or {})),
+            cwd=self.root,
+            capture_output=True,
+            text=True,
             timeout=timeout,
         )
         if check and proc.returncode != 0:
-            raise AssertionError(f"sluice {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+            raise AssertionError(
+                f"sluice {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+            )
         return proc
 
     def produce(self, events: list[dict[str, Any]]) -> subprocess.CompletedProcess:
@@ -91,7 +103,11 @@ class Deployment:
     def start_worker(self) -> subprocess.Popen:
         log = (self.root / "worker.log").open("a")
         self.worker = subprocess.Popen(
-            [*SLUICE, "worker"], env=self.env(), cwd=self.root, stdout=log, stderr=subprocess.STDOUT,
+            [*SLUICE, "worker"],
+            env=self.env(),
+            cwd=self.root,
+            stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         return self.worker
@@ -109,10 +125,17 @@ class Deployment:
 
     def lag(self) -> int:
         """Events not yet committed by the worker's group, over every event topic."""
-        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": self.group,
-                             "enable.auto.commit": False})
+        consumer = Consumer(
+            {
+                "bootstrap.servers": self.bootstrap,
+                "group.id": self.group,
+                "enable.auto.commit": False,
+            }
+        )
         try:
-            tps = [TopicPartition(self.topic(f), p) for f in FAMILIES for p in range(self.partitions)]
+            tps = [
+                TopicPartition(self.topic(f), p) for f in FAMILIES for p in range(self.partitions)
+            ]
             committed = consumer.committed(tps, timeout=10)
             total = 0
             for tp in committed:
@@ -131,7 +154,9 @@ class Deployment:
             if self.lag() == 0:
                 return time.monotonic() - start
             time.sleep(0.5)
-        raise AssertionError(f"worker did not drain in {timeout}s (lag {self.lag()}):\n{self.log_tail()}")
+        raise AssertionError(
+            f"worker did not drain in {timeout}s (lag {self.lag()}):\n{self.log_tail()}"
+        )
 
     def query(self, sql: str) -> list[dict[str, Any]]:
         proc = self.run("olap", "query", "--format", "json", sql)

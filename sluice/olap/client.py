@@ -7,6 +7,7 @@ Other processes read through the worker's HTTP endpoint (see ``sluice olap query
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import threading
@@ -83,7 +84,9 @@ class OlapClient:
             except Exception as exc:
                 raise OlapError(str(exc)) from exc
 
-    def query(self, sql: str, parameters: dict[str, Any] | None = None) -> tuple[list[str], list[tuple]]:
+    def query(
+        self, sql: str, parameters: dict[str, Any] | None = None
+    ) -> tuple[list[str], list[tuple]]:
         """Run a query; return (column names, rows)."""
         with self._lock:
             try:
@@ -115,11 +118,8 @@ class OlapClient:
         return token
 
     def close(self) -> None:
-        with self._lock:
-            try:
-                self._client.close()
-            except Exception:  # closing is best effort
-                pass
+        with self._lock, contextlib.suppress(Exception):  # closing is best effort
+            self._client.close()
 
 
 def dedup_token(table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

@@ -11,13 +11,28 @@ import signal
 
 import pytest
 
-from sluice.workload import EMAILS_DDL, EMAIL_FACT_COLUMNS, REFERENCE_CAMPAIGN_SQL, email_workload, fact_rows, iso
+from sluice.workload import (
+    EMAIL_FACT_COLUMNS,
+    EMAILS_DDL,
+    REFERENCE_CAMPAIGN_SQL,
+    email_workload,
+    fact_rows,
+    iso,
+)
 from tests._sluice import Deployment
 
 pytestmark = [pytest.mark.kafka, pytest.mark.integration]
 
-METRICS = ["sent", "delivered", "opened_tracked", "clicked_tracked", "replied", "bounced",
-           "unsubscribed", "spam_complaints"]
+METRICS = [
+    "sent",
+    "delivered",
+    "opened_tracked",
+    "clicked_tracked",
+    "replied",
+    "bounced",
+    "unsubscribed",
+    "spam_complaints",
+]
 
 
 def reference_rows(reference_olap, facts) -> dict:
@@ -30,15 +45,20 @@ def reference_rows(reference_olap, facts) -> dict:
 
 def olap_rows(dep: Deployment) -> dict:
     got = dep.query(
-        "SELECT company_id, campaign_id, toString(day) AS day, " + ", ".join(METRICS)
+        "SELECT company_id, campaign_id, toString(day) AS day, "
+        + ", ".join(METRICS)
         + " FROM campaign_analytics FINAL WHERE sent > 0"
     )
-    return {(r["company_id"], r["campaign_id"], r["day"]): tuple(r[m] for m in METRICS) for r in got}
+    return {
+        (r["company_id"], r["campaign_id"], r["day"]): tuple(r[m] for m in METRICS) for r in got
+    }
 
 
 def test_campaign_analytics_equals_the_spec_query(kafka_bootstrap, reference_olap, tmp_path):
     wl = email_workload(emails=3000, days=4, seed=11)
-    events = [{**e, "occurred_at": iso(e["occurred_at"])} if i % 2 else e for i, e in enumerate(wl.events)]
+    events = [
+        {**e, "occurred_at": iso(e["occurred_at"])} if i % 2 else e for i, e in enumerate(wl.events)
+    ]
     first, second = events[: len(events) // 2], events[len(events) // 2 :]
 
     dep = Deployment(kafka_bootstrap, tmp_path)
@@ -63,7 +83,10 @@ def test_campaign_analytics_equals_the_spec_query(kafka_bootstrap, reference_ola
     wrong = {k: (got[k], expected[k]) for k in set(got) & set(expected) if got[k] != expected[k]}
     assert not missing and not extra and not wrong, (missing, extra, list(wrong.items())[:5])
     # one row per key in what users read (FINAL / the view)
-    view = dep.query("SELECT count() AS n, uniqExact(company_id, campaign_id, day) AS k FROM campaign_analytics_v")
+    view = dep.query(
+        "SELECT count() AS n, uniqExact(company_id, campaign_id, day) AS k "
+        "FROM campaign_analytics_v"
+    )
     assert view[0]["n"] == view[0]["k"]
 
 

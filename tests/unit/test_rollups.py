@@ -7,16 +7,23 @@ import random
 from collections import Counter
 from datetime import date
 
+from sluice.workload import email_workload
 from streams.engine import Engine
 from streams.rollups import CAMPAIGN_ANALYTICS, EmailRollups
-from sluice.workload import email_workload
 
 DAY = 86_400_000
 T0 = 1_793_491_200_000  # 2026-11-01T00:00:00Z
 
 
-def ev(event_type: str, at: int, email: str = "e1", tenant: str = "t1", campaign: str = "c1",
-       event_id: str | None = None, **extra):
+def ev(
+    event_type: str,
+    at: int,
+    email: str = "e1",
+    tenant: str = "t1",
+    campaign: str = "c1",
+    event_id: str | None = None,
+    **extra,
+):
     return {
         "event_id": event_id or f"{event_type}-{email}-{at}",
         "event_type": event_type,
@@ -88,9 +95,13 @@ def test_earliest_send_wins_and_the_email_moves_rows():
 
 def test_any_order_gives_the_same_rows():
     events = [
-        ev("email_sent", T0), ev("email_delivered", T0 + 5), ev("email_opened", T0 + 9),
-        ev("email_clicked", T0 + 12), ev("email_bounced", T0 + 13, bounce_type="hard"),
-        ev("email_sent", T0 + 7, email="e2"), ev("email_replied", T0 + 8, email="e2"),
+        ev("email_sent", T0),
+        ev("email_delivered", T0 + 5),
+        ev("email_opened", T0 + 9),
+        ev("email_clicked", T0 + 12),
+        ev("email_bounced", T0 + 13, bounce_type="hard"),
+        ev("email_sent", T0 + 7, email="e2"),
+        ev("email_replied", T0 + 8, email="e2"),
     ]
     results = set()
     for perm in itertools.islice(itertools.permutations(events), 0, 5040, 7):
@@ -114,8 +125,16 @@ def test_rows_equal_the_facts_for_a_generated_workload():
         day = _utc_day(f.sent_at)
         key = (f.tenant_id, f.campaign_id, day)
         for i, flag in enumerate(
-            (True, f.delivered, f.opened, f.clicked, f.replied, f.bounce_type is not None,
-             f.unsubscribed, f.spam_complaint)
+            (
+                True,
+                f.delivered,
+                f.opened,
+                f.clicked,
+                f.replied,
+                f.bounce_type is not None,
+                f.unsubscribed,
+                f.spam_complaint,
+            )
         ):
             expected[(key, i)] += int(flag)
     got = rows(r)
@@ -160,8 +179,18 @@ def test_failed_checkpoint_requeues_rows():
 
 def test_campaign_rollup_columns():
     assert Engine().columns("campaign_analytics") == [
-        "company_id", "campaign_id", "day", "sent", "delivered", "opened_tracked",
-        "clicked_tracked", "replied", "bounced", "unsubscribed", "spam_complaints",
-        "updated", "_version",
+        "company_id",
+        "campaign_id",
+        "day",
+        "sent",
+        "delivered",
+        "opened_tracked",
+        "clicked_tracked",
+        "replied",
+        "bounced",
+        "unsubscribed",
+        "spam_complaints",
+        "updated",
+        "_version",
     ]
     assert CAMPAIGN_ANALYTICS.table == "campaign_analytics"

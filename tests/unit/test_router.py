@@ -1,0 +1,112 @@
+"""The Router: fan-out by the routing table, flush of every sink, rejects kept until durable."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from sinks.base import Envelope, Rejected, Sink, SinkUnavailable
+from streams.routing import Router
+
+
+class Recording:
+    """A Sink test double: remembers what it got; can fail or reject on flush."""
+
+    def __init__(self, name: str, fail: bool = False, reject: bool = False) -> None:
+        self.name, self.fail, self.reject = name, fail, reject
+        self.buffer: list[Envelope] = []
+        self.flushed: list[Envelope] = []
+
+    async def start(self) -> None: ...
+    def write(self, batch: Any) -> None:
+        self.buffer.extend(batch)
+
+    async def flush(self) -> list[Rejected]:
+        if self.fail:
+            raise SinkUnavailable(f"{self.name} down")
+        out = [Rejected(e, self.name, "http_400", "") for e in self.buffer] if self.reject else []
+        self.flushed += self.buffer
+        self.buffer = []
+        return out
+
+    async def close(self) -> None: ...
+    def forget(self, tps: set[tuple[str, int]]) -> None:
+        self.buffer = [e for e in self.buffer if (e.topic, e.partition) not in tps]
+
+    def buffered(self) -> int:
+        return len(self.buffer)
+
+
+def env(event_type: str, partition: int = 0, **fields: Any) -> Envelope:
+    return Envelope({"event_type": event_type, "event_id": event_type, **fields}, "t", partition, 0)
+
+
+def test_recording_double_satisfies_the_protocol():
+    assert isinstance(Recording("x"), Sink)
+
+
+def test_events_go_to_the_sinks_of_their_route_only():
+    ph, obs, siem = Recording("posthog"), Recording("observability"), Recording("siem.hec")
+    routed: dict[str, int] = {}
+    router = Router(
+        {"posthog": [ph], "observability": [obs], "siem": [siem]},
+        on_routed=lambda s, n: routed.__setitem__(s, routed.get(s, 0) + n),
+    )
+    router.write(
+        [
+            env("email_opened"),
+            env("infra_latency"),
+            env("security_login_failed"),
+            env("warmup_email_sent"),
+            env("admin_role_changed"),
+        ]
+    )
+    router.add(env("admin_ui_viewed"))
+    assert [e.record["event_type"] for e in ph.buffer] == ["email_opened", "admin_ui_viewed"]
+    assert [e.record["event_type"] for e in obs.buffer] == ["infra_latency"]
+    assert [e.record["event_type"] for e in siem.buffer] == [
+        "security_login_failed",
+        "admin_role_changed",
+    ]
+    assert routed == {"posthog": 2, "observability": 1, "siem.hec": 2}
+
+
+def test_a_destination_without_a_sink_is_counted_not_failed():
+    router = Router({})
+    router.write([env("email_opened"), env("security_login_failed")])
+    assert router.unconfigured == {"posthog": 1, "siem": 1}
+    assert asyncio.run(router.flush()) == []
+
+
+def test_unknown_destination_names_are_refused():
+    with pytest.raises(ValueError):
+        Router({"audit_log": [Recording("x")]})
+
+
+def test_one_failing_sink_fails_the_flush_and_rejects_survive_until_success():
+    good, bad = Recording("siem.hec", reject=True), Recording("siem.syslog", fail=True)
+    router = Router({"siem": [good, bad]})
+    router.write([env("security_login_failed")])
+
+    async def main() -> list[Rejected]:
+        with pytest.raises(SinkUnavailable):
+            await router.flush()
+        bad.fail = False
+        return await router.flush()
+
+    rejected = asyncio.run(main())
+    assert [(r.sink, r.envelope.record["event_type"]) for r in rejected] == [
+        ("siem.hec", "security_login_failed")
+    ]
+
+
+def test_restore_rejected_and_forget():
+    ph = Recording("posthog")
+    router = Router({"posthog": [ph]})
+    router.write([env("email_opened", partition=0), env("email_opened", partition=1)])
+    router.restore_rejected([Rejected(env("email_opened", partition=1), "posthog", "http_400", "")])
+    router.forget({("t", 1)})
+    assert [e.partition for e in ph.buffer] == [0]
+    assert asyncio.run(router.flush()) == []
