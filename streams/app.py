@@ -130,7 +130,9 @@ class Worker:
     # -- wiring -------------------------------------------------------------------------
     def _build_app(self) -> SluiceApp:
         s = self.settings
-        Path(s.sluice_data_dir, "faust").mkdir(parents=True, exist_ok=True)
+        # absolute: Faust resolves a relative tabledir inside its datadir
+        data_dir = Path(s.sluice_data_dir).resolve()
+        (data_dir / "faust").mkdir(parents=True, exist_ok=True)
         brokers = [
             f"kafka://{h.strip()}" for h in s.kafka_bootstrap_servers.split(",") if h.strip()
         ]
@@ -154,8 +156,8 @@ class Worker:
             web_port=s.sluice_web_port,
             web_bind=s.sluice_web_host,
             web_host=s.sluice_web_host,
-            datadir=f"{s.sluice_data_dir}/faust",
-            tabledir=f"{s.sluice_data_dir}/tables",
+            datadir=str(data_dir / "faust"),
+            tabledir=str(data_dir / "tables"),
             logging_config=None,
         )
         app.sluice = self
