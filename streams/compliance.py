@@ -34,6 +34,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from sluice.audit import AUDIT_COLUMNS, GENESIS_HASH, audit_row, ms_to_datetime
+from sluice.olap.catalog import OLAP_TABLES
 from sluice.taxonomy import COMPLIANCE_ACTIONS
 from streams.state import Component, RowKey, TablePart, Taken
 
@@ -164,18 +165,8 @@ def _row_values(row: Mapping[str, Any]) -> tuple:
 # --------------------------------------------------------------------------------------
 
 SENSITIVE_TABLE = "sensitive_access_log"
-SENSITIVE_KEY = ("tenant_id", "event_id")
-SENSITIVE_VALUES: tuple[str, ...] = (
-    "occurred_at",
-    "kind",
-    "actor_user_id",
-    "impersonator_user_id",
-    "data_scope",
-    "record_count",
-    "target",
-    "approval_of",
-    "outcome",
-)
+SENSITIVE_KEY = OLAP_TABLES[SENSITIVE_TABLE].key
+SENSITIVE_VALUES = OLAP_TABLES[SENSITIVE_TABLE].value_columns
 
 #: data_scope values that make a security_data_access event sensitive even when the
 #: producer did not set ``sensitive`` (personal, contact, payment or contractual data).

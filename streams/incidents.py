@@ -28,30 +28,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from sluice.audit import ms_to_datetime
+from sluice.olap.catalog import OLAP_TABLES
 from streams.state import Component, RowKey, TablePart, Taken
 
 TABLE = "admin_system_events"
-KEY_COLUMNS = ("tenant_id", "event_key")
-VALUE_COLUMNS: tuple[str, ...] = (
-    "kind",
-    "occurred_at",
-    "title",
-    "severity",
-    "status",
-    "summary",
-    "incident_id",
-    "incident_key",
-    "maintenance_id",
-    "affected_services",
-    "started_at",
-    "ended_at",
-    "alert_name",
-    "service",
-    "first_seen",
-    "last_seen",
-    "alert_count",
-    "_deleted",
-)
+KEY_COLUMNS = OLAP_TABLES[TABLE].key
+VALUE_COLUMNS = OLAP_TABLES[TABLE].value_columns
 
 #: Alerts of one rule and service further apart than this are separate storms.
 STORM_GAP_MS = 30 * 60 * 1000

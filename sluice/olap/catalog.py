@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sluice.audit import AUDIT_COLUMNS
+
 _ROW_VERSION = ("updated", "_version")
 _CAMPAIGN_METRICS = (
     "sent",
@@ -30,6 +32,11 @@ class OlapTable:
     grain: str
     key: tuple[str, ...]
     columns: tuple[str, ...]
+
+    @property
+    def value_columns(self) -> tuple[str, ...]:
+        """The columns a writer fills besides the key and the row version."""
+        return tuple(c for c in self.columns if c not in self.key and c not in _ROW_VERSION)
 
 
 OLAP_TABLES: dict[str, OlapTable] = {
@@ -127,23 +134,7 @@ OLAP_TABLES: dict[str, OlapTable] = {
             name="admin_audit_log",
             grain="one row per compliance admin action (compliance record, hash-chained)",
             key=("tenant_id", "seq", "event_id"),
-            columns=(
-                "tenant_id",
-                "seq",
-                "event_id",
-                "occurred_at",
-                "action",
-                "actor_user_id",
-                "impersonator_user_id",
-                "target_type",
-                "target_id",
-                "before_summary",
-                "after_summary",
-                "reason",
-                "source",
-                "prev_hash",
-                "row_hash",
-            ),
+            columns=AUDIT_COLUMNS,
         ),
         OlapTable(
             name="sensitive_access_log",
