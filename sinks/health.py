@@ -7,6 +7,7 @@ email or event id ever becomes a label value.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Container
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -28,6 +29,10 @@ class HealthMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        # epoch seconds, per sink, for `sluice status` (not metrics: timestamps as gauges
+        # would need a label per sink anyway and Prometheus has the counters' rates)
+        self.last_flush: dict[str, float] = {}
+        self.last_delivery: dict[str, float] = {}
         r = self.registry
         self.consumed = Counter(
             "sluice_events_consumed", "Events taken from Kafka, per family.", ["family"], registry=r
@@ -100,6 +105,16 @@ class HealthMetrics:
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 
+    def dead_letter_counts(self) -> dict[str, dict[str, int]]:
+        """Dead letters produced by this worker: {stage: {reason: count}}."""
+        counts: dict[str, dict[str, int]] = {}
+        for metric in self.dead_letters.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_total"):
+                    stage, reason = sample.labels["stage"], sample.labels["reason"]
+                    counts.setdefault(stage, {})[reason] = int(sample.value)
+        return counts
+
 
 class SinkObserverAdapter:
     """:class:`HealthMetrics` seen as a sinks' observer (names kept apart from the metrics)."""
@@ -109,6 +124,7 @@ class SinkObserverAdapter:
 
     def delivered(self, sink: str, count: int) -> None:
         self.health.delivered.labels(sink).inc(count)
+        self.health.last_delivery[sink] = time.time()
 
     def retried(self, sink: str, reason: str) -> None:
         self.health.retries.labels(sink, reason).inc()
@@ -121,3 +137,4 @@ class SinkObserverAdapter:
 
     def flushed(self, sink: str, seconds: float) -> None:
         self.health.flush_seconds.labels(sink).observe(seconds)
+        self.health.last_flush[sink] = time.time()

@@ -28,9 +28,11 @@ app = typer.Typer(
 topics_app = typer.Typer(help="Kafka topics of the catalog.", no_args_is_help=True)
 olap_app = typer.Typer(help="The ClickHouse OLAP warehouse.", no_args_is_help=True)
 audit_app = typer.Typer(help="The compliance audit log.", no_args_is_help=True)
+dlq_app = typer.Typer(help="The dead-letter topic: summarise and replay.", no_args_is_help=True)
 app.add_typer(topics_app, name="topics")
 app.add_typer(olap_app, name="olap")
 app.add_typer(audit_app, name="audit")
+app.add_typer(dlq_app, name="dlq")
 app.add_typer(schemas_app, name="schemas", help="Avro schemas of the taxonomy.")
 
 out = Console()
@@ -38,8 +40,34 @@ err = Console(stderr=True)
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
+
+
+class KafkaClientErrors:
+    """Quiet confluent-kafka clients for the CLI: librdkafka's log lines go nowhere and
+    the first client-side error (authentication, TLS) is kept for the one error line."""
+
+    def __init__(self) -> None:
+        import logging
+
+        self.first: str | None = None
+        self.logger = logging.getLogger("sluice.cli.librdkafka")
+        self.logger.propagate = False
+        if not self.logger.handlers:
+            self.logger.addHandler(logging.NullHandler())
+
+    def config(self, s: Any, **extra: Any) -> dict[str, Any]:
+        from sluice.security import kafka_config
+
+        return {**kafka_config(s), "logger": self.logger, "error_cb": self._on_error, **extra}
+
+    def _on_error(self, error: Any) -> None:
+        if self.first is None:
+            self.first = error.str()
+
+    def describe(self, exc: Exception) -> str:
+        return self.first or str(exc)
 
 
 def settings():  # noqa: ANN201 - Settings, imported lazily for fast --help
@@ -49,8 +77,10 @@ def settings():  # noqa: ANN201 - Settings, imported lazily for fast --help
         return get_settings()
     except SettingsError as exc:
         first = exc.errors()[0]
-        name = str(first["loc"][0]).upper() if first.get("loc") else "settings"
-        raise fail(f"invalid setting {name}: {first['msg']}") from None
+        message = str(first["msg"]).removeprefix("Value error, ")
+        if first.get("loc"):
+            raise fail(f"invalid setting {str(first['loc'][0]).upper()}: {message}") from None
+        raise fail(f"invalid settings: {message}") from None
 
 
 # -- worker ----------------------------------------------------------------------------
@@ -121,7 +151,7 @@ def produce(
     from rich.progress import Progress
 
     try:
-        producer = EventProducer(s)
+        producer = EventProducer(s, logger=KafkaClientErrors().logger)
         with Progress(console=err, transient=True) as progress:
             task = progress.add_task("producing", total=len(good))
             for event in good:
@@ -148,11 +178,14 @@ def topics_create() -> None:
     from topics.catalog import catalog
 
     s = settings()
-    admin = AdminClient({"bootstrap.servers": s.kafka_bootstrap_servers})
+    errors = KafkaClientErrors()
+    admin = AdminClient(errors.config(s))
     try:
         existing = set(admin.list_topics(timeout=15).topics)
     except Exception as exc:
-        raise fail(f"cannot reach Kafka at {s.kafka_bootstrap_servers}: {exc}") from None
+        raise fail(
+            f"cannot reach Kafka at {s.kafka_bootstrap_servers}: {errors.describe(exc)}"
+        ) from None
     wanted = [
         NewTopic(
             spec.name,
@@ -202,10 +235,12 @@ def topics_list() -> None:
 def olap_migrate() -> None:
     """Create or upgrade the OLAP tables (versioned, idempotent)."""
     from sluice.olap import OlapError, connect, migrate
+    from sluice.security import clickhouse_options
 
     s = settings()
+    _quiet_clickhouse()
     try:
-        applied = migrate(connect(s.clickhouse_url))
+        applied = migrate(connect(s.clickhouse_url, **clickhouse_options(s)))
     except OlapError as exc:
         raise fail(_chdb_hint(str(exc))) from None
     if applied:
@@ -264,15 +299,24 @@ def olap_lint(
     out.print("ok", highlight=False)
 
 
+def _quiet_clickhouse() -> None:
+    # clickhouse-connect logs its own line before raising; the CLI prints one error line
+    import logging
+
+    logging.getLogger("clickhouse_connect").setLevel(logging.CRITICAL)
+
+
 def _read_olap(s: Any, sql: str) -> tuple[list[str], list]:
     """Run a read-only query: through the running worker for chDB, else directly."""
+    _quiet_clickhouse()
     from sluice.olap import OlapError, connect
+    from sluice.security import clickhouse_options
 
     result = _query_worker(s, sql) if s.clickhouse_url.startswith("chdb://") else None
     if result is not None:
         return result
     try:
-        return connect(s.clickhouse_url).query(sql)
+        return connect(s.clickhouse_url, **clickhouse_options(s)).query(sql)
     except OlapError as exc:
         raise fail(_chdb_hint(str(exc))) from None
 
@@ -350,29 +394,236 @@ def audit_verify(
         raise typer.Exit(1)
 
 
-# -- status ----------------------------------------------------------------------------
-@app.command()
-def status(fmt: str = typer.Option("table", "--format", help="table or json")) -> None:
-    """Show what the running worker is doing (from its HTTP endpoint)."""
-    s = settings()
-    url = f"http://{s.sluice_web_host}:{s.sluice_web_port}/sluice/status/"
+# -- dead letters ----------------------------------------------------------------------
+def _dead_letters(s: Any) -> list:
+    from sluice.dlq import read_dead_letters
+    from topics.catalog import dlq_topic
+
+    errors = KafkaClientErrors()
     try:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            body = json.load(response)
-    except (urllib.error.URLError, OSError) as exc:
-        raise fail(f"no worker answers at {url} ({exc})") from None
+        return read_dead_letters(errors.config(s), dlq_topic().name)
+    except Exception as exc:
+        raise fail(
+            f"cannot read the dead letters from Kafka at {s.kafka_bootstrap_servers}: "
+            f"{errors.describe(exc)}"
+        ) from None
+
+
+def _ms_iso(ms: int | None) -> str:
+    from datetime import UTC, datetime
+
+    if ms is None:
+        return "-"
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dlq_app.command("list")
+def dlq_list(fmt: str = typer.Option("table", "--format", help="table or json")) -> None:
+    """Summarise the dead letters by reason, stage and source topic."""
+    from sluice.dlq import summarize
+
+    if fmt not in {"table", "json"}:
+        raise fail(f"--format must be table or json (got {fmt!r})", code=2)
+    groups = summarize(_dead_letters(settings()))
     if fmt == "json":
-        out.print_json(json.dumps(body))
+        out.print_json(json.dumps(groups))
         return
-    table = Table("field", "value")
-    for key, value in body.items():
-        table.add_row(key, json.dumps(value) if not isinstance(value, str) else value)
+    if not groups:
+        out.print("no dead letters", highlight=False)
+        return
+    table = Table("reason", "stage", "source topic", "count", "first failed", "last failed")
+    for g in groups:
+        table.add_row(
+            g["reason"],
+            g["stage"],
+            g["source_topic"],
+            str(g["count"]),
+            _ms_iso(g["first_failed_at"]),
+            _ms_iso(g["last_failed_at"]),
+        )
     out.print(table)
 
 
+@dlq_app.command("replay")
+def dlq_replay(
+    reason: str | None = typer.Option(None, "--reason", help="Only dead letters with this reason."),
+    since: str | None = typer.Option(
+        None, "--since", help="Only those failed at/after TIME (ISO-8601, epoch ms, or 2h, 7d)."
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Report what would be replayed."),
+    fmt: str = typer.Option("table", "--format", help="table or json"),
+) -> None:
+    """Re-produce dead letters that decode now to their source topic (raw bytes, same key).
+
+    Safe to repeat: the worker applies a replayed event like a redelivery (idempotent).
+    """
+    from collections import Counter
+
+    from sluice.codec import Codec, DecodeError
+    from sluice.dlq import REPLAYED, WOULD_REPLAY, parse_time, plan_replay, replay
+    from topics.catalog import event_topics
+
+    if fmt not in {"table", "json"}:
+        raise fail(f"--format must be table or json (got {fmt!r})", code=2)
+    try:
+        since_ms = parse_time(since) if since is not None else None
+    except ValueError as exc:
+        raise fail(f"--since: {exc}", code=2) from None
+    s = settings()
+    letters = _dead_letters(s)
+    codec = Codec()
+    families = {spec.name: spec.family for spec in event_topics()}
+
+    def decodes(value: bytes, family: str) -> str | None:
+        try:
+            codec.decode(value, family)
+        except DecodeError as exc:
+            return exc.reason
+        return None
+
+    plan = list(plan_replay(letters, decodes, families.get, reason=reason, since_ms=since_ms))
+    outcomes = Counter(outcome for _, outcome in plan)
+    chosen = [letter for letter, outcome in plan if outcome == WOULD_REPLAY]
+    if chosen and not dry_run:
+        errors = KafkaClientErrors()
+        try:
+            replay(errors.config(s), chosen)
+        except Exception as exc:
+            raise fail(f"replay failed: {errors.describe(exc)}") from None
+        outcomes[REPLAYED] = outcomes.pop(WOULD_REPLAY)
+    result = {"dry_run": dry_run, "dead_letters": len(letters), "outcomes": dict(outcomes)}
+    if fmt == "json":
+        out.print_json(json.dumps(result))
+        return
+    table = Table("outcome", "count")
+    for outcome, count in sorted(outcomes.items()):
+        table.add_row(outcome, str(count))
+    out.print(table)
+    verb = "would replay" if dry_run else "replayed"
+    out.print(f"{verb} {len(chosen)} of {len(letters)} dead letter(s)", highlight=False)
+
+
+# -- status ----------------------------------------------------------------------------
+@app.command()
+def status(fmt: str = typer.Option("table", "--format", help="table or json")) -> None:
+    """Consumer lag per topic and partition (from Kafka) and what the worker reports.
+
+    Lag and committed offsets come from Kafka (the worker's consumer group), so they show
+    even when no worker runs; flushes per OLAP table and sink and dead-letter counts come
+    from the running worker's HTTP endpoint. Exits 1 when no worker answers.
+    """
+    from sluice.lag import group_lag
+    from topics.catalog import event_topics
+
+    if fmt not in {"table", "json"}:
+        raise fail(f"--format must be table or json (got {fmt!r})", code=2)
+    s = settings()
+    errors = KafkaClientErrors()
+    try:
+        lag = group_lag(errors.config(s), s.sluice_app_id, [spec.name for spec in event_topics()])
+        kafka_error = None
+    except Exception as exc:
+        lag, kafka_error = (
+            [],
+            f"cannot reach Kafka at {s.kafka_bootstrap_servers}: {errors.describe(exc)}",
+        )
+    url = f"http://{s.sluice_web_host}:{s.sluice_web_port}/sluice/status/"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            worker_status = json.load(response)
+        worker_error = None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        worker_status, worker_error = None, f"no worker answers at {url} ({reason})"
+    if fmt == "json":
+        out.print_json(
+            json.dumps(
+                {
+                    "group": s.sluice_app_id,
+                    "lag": lag,
+                    "total_lag": sum(r["lag"] for r in lag),
+                    "worker": worker_status,
+                    "errors": [e for e in (kafka_error, worker_error) if e],
+                }
+            )
+        )
+    else:
+        _print_status(s.sluice_app_id, lag, worker_status, kafka_ok=kafka_error is None)
+    if kafka_error and worker_error:
+        raise fail(f"{kafka_error}; {worker_error}")
+    for message in (kafka_error, worker_error):
+        if message:
+            raise fail(message)
+
+
+def _print_status(
+    group: str, lag: list[dict[str, Any]], worker: dict[str, Any] | None, kafka_ok: bool = True
+) -> None:
+    table = Table("topic", "partition", "committed", "end", "lag", title=f"consumer group {group}")
+    for r in lag:
+        committed = "-" if r["committed"] is None else str(r["committed"])
+        table.add_row(r["topic"], str(r["partition"]), committed, str(r["high"]), str(r["lag"]))
+    if lag:
+        out.print(table)
+        out.print(f"total lag: {sum(r['lag'] for r in lag)}", highlight=False)
+    elif kafka_ok:
+        out.print(f"no event topics found for group {group} (run `sluice topics create`)")
+    if worker is None:
+        return
+    sec = lambda t: _ms_iso(int(t * 1000)) if t else "-"  # noqa: E731
+    flushes = Table("OLAP table / sink", "last successful flush", "last flush attempt")
+    for table_name, at in sorted(worker.get("last_flush", {}).items()):
+        flushes.add_row(table_name, sec(at), "")
+    sinks = worker.get("sinks", {})
+    for sink in sorted(set(sinks.get("last_flush", {})) | set(sinks.get("last_delivery", {}))):
+        flushes.add_row(
+            f"sink {sink}",
+            sec(sinks.get("last_delivery", {}).get(sink)),
+            sec(sinks.get("last_flush", {}).get(sink)),
+        )
+    out.print(flushes)
+    letters = Table("dead letters: stage", "reason", "count (this worker)")
+    for stage, reasons in sorted(worker.get("dead_letters_by_reason", {}).items()):
+        for reason, count in sorted(reasons.items()):
+            letters.add_row(stage, reason, str(count))
+    out.print(letters)
+    summary = Table("worker", "value")
+    for key in ("app_id", "events", "checkpoints", "checkpoint_failures", "unflushed_events"):
+        if key in worker:
+            summary.add_row(key, str(worker[key]))
+    summary.add_row("assigned", ", ".join(worker.get("assigned", [])) or "-")
+    out.print(summary)
+
+
 def main() -> None:
-    """Entry point of the ``sluice`` script."""
-    app()
+    """Entry point of the ``sluice`` script: usage errors are one line too (exit 2)."""
+    try:  # typer >= 0.20 vendors click
+        from typer._click import exceptions as click_errors  # type: ignore[import-not-found]
+        from typer.exceptions import Abort  # type: ignore[attr-defined]
+    except ImportError:  # pragma: no cover - older typer
+        import click.exceptions as click_errors  # type: ignore[no-redef]
+        from click.exceptions import Abort  # type: ignore[no-redef,assignment]
+
+    try:
+        code = app(standalone_mode=False)
+    except click_errors.UsageError as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError" and exc.ctx is not None:
+            out.print(exc.ctx.get_help(), highlight=False, markup=False)
+            sys.exit(exc.exit_code)
+        where = f"{exc.ctx.command_path} --help" if exc.ctx is not None else "sluice --help"
+        err.print(
+            f"[bold red]error:[/] {exc.format_message()} (see {where})",
+            highlight=False,
+            soft_wrap=True,
+        )
+        sys.exit(exc.exit_code)
+    except click_errors.ClickException as exc:
+        err.print(f"[bold red]error:[/] {exc.format_message()}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except Abort:
+        err.print("aborted", highlight=False)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from typing import Any
 from confluent_kafka import KafkaError, Message, Producer
 
 from sluice.codec import Codec, ValidationError
+from sluice.security import kafka_config
 from sluice.settings import Settings, get_settings
 from sluice.taxonomy import family_of
 from topics.catalog import topic_for_family
@@ -43,9 +44,9 @@ class ProduceStats:
 
 
 def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
-    """librdkafka configuration for event producers."""
+    """librdkafka configuration for event producers (security from settings)."""
     return {
-        "bootstrap.servers": settings.kafka_bootstrap_servers,
+        **kafka_config(settings),
         "enable.idempotence": True,
         "acks": "all",
         "partitioner": "murmur2_random",
@@ -68,8 +69,16 @@ class EventProducer:
     ) -> None:
         self.settings = settings or get_settings()
         self.codec = codec or Codec()
-        self._producer = Producer(producer_config(self.settings, **config_overrides))
+        self._client_error: str | None = None
+        self._producer = Producer(
+            producer_config(self.settings, **{"error_cb": self._on_error, **config_overrides})
+        )
         self.stats = ProduceStats()
+
+    def _on_error(self, err: KafkaError) -> None:
+        # Authentication / TLS failures never heal by waiting: fail the flush at once.
+        if err.fatal() or err.code() in (KafkaError._AUTHENTICATION, KafkaError._SSL):  # noqa: SLF001
+            self._client_error = err.str()
 
     def send(self, event: Mapping[str, Any]) -> str:
         """Validate and queue one event; return its event_id.
@@ -109,8 +118,17 @@ class EventProducer:
 
     def flush(self, timeout: float = 60.0) -> ProduceStats:
         """Wait for every queued event; raise DeliveryError if any was not delivered."""
-        remaining = self._producer.flush(timeout)
-        if remaining:
+        import time
+
+        deadline = time.monotonic() + timeout
+        remaining = self._producer.flush(0)
+        while remaining and self._client_error is None and time.monotonic() < deadline:
+            remaining = self._producer.flush(min(0.5, max(0.0, deadline - time.monotonic())))
+        if remaining and self._client_error is not None:
+            self.stats.failures.append(
+                ("*", f"{remaining} event(s) not sent: {self._client_error}")
+            )
+        elif remaining:
             self.stats.failures.append(("*", f"{remaining} event(s) still queued after {timeout}s"))
         if self.stats.failures:
             raise DeliveryError(self.stats.failures)

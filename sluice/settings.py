@@ -9,9 +9,10 @@ error naming the variable.
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Any, Literal
 from urllib.parse import urlparse
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_serializer, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from sluice.taxonomy import FAMILY_OF
@@ -25,10 +26,56 @@ class Settings(BaseSettings):
     kafka_bootstrap_servers: str = Field(
         "localhost:9092", description="Kafka bootstrap servers, comma separated."
     )
+    sluice_profile: Literal["development", "production"] = Field(
+        "development",
+        description="`production` refuses to start with plaintext Kafka, unverified TLS, "
+        "or ClickHouse credentials over plain http://.",
+    )
+    # -- Kafka client security (every client: producer SDK, CLI, worker; sluice/security.py)
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_SSL"] = Field(
+        "PLAINTEXT",
+        description="PLAINTEXT, SSL (TLS, optionally mTLS with a client cert) or SASL_SSL "
+        "(SCRAM over TLS).",
+    )
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "SCRAM-SHA-512", description="SASL mechanism for SASL_SSL."
+    )
+    kafka_sasl_username: str | None = Field(None, description="SASL/SCRAM username.")
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL/SCRAM password.")
+    kafka_ssl_ca_file: str | None = Field(
+        None,
+        description="PEM CA bundle that signed the brokers' certificates (system CAs if unset).",
+    )
+    kafka_ssl_cert_file: str | None = Field(
+        None, description="PEM client certificate for mTLS (with KAFKA_SSL_KEY_FILE)."
+    )
+    kafka_ssl_key_file: str | None = Field(None, description="PEM private key of the client cert.")
+    kafka_ssl_key_password: SecretStr | None = Field(
+        None, description="Password of an encrypted KAFKA_SSL_KEY_FILE."
+    )
+    kafka_ssl_check_hostname: bool = Field(
+        True,
+        description="Verify that the broker certificate names the host connected to. "
+        "Never turn off in production (refused there).",
+    )
     clickhouse_url: str = Field(
         "chdb://./var/olap",
         description="chdb://PATH for the embedded engine, http(s)://user:pass@host:port/db "
         "for a ClickHouse server.",
+    )
+    clickhouse_user: str | None = Field(
+        None, description="ClickHouse user (overrides the URL's user)."
+    )
+    clickhouse_password: SecretStr | None = Field(
+        None, description="ClickHouse password (overrides the URL's password)."
+    )
+    clickhouse_ca_file: str | None = Field(
+        None, description="PEM CA bundle to verify an https:// ClickHouse server."
+    )
+    clickhouse_verify: bool = Field(
+        True,
+        description="Verify the https:// ClickHouse server's certificate "
+        "(refused off in production).",
     )
     schema_registry_url: str | None = Field(
         None,
@@ -95,6 +142,13 @@ class Settings(BaseSettings):
     sluice_flush_interval_s: float = Field(
         5.0, gt=0, description="Seconds between checkpoints (OLAP flush + offset commit)."
     )
+    kafka_session_timeout_s: float = Field(
+        45.0,
+        ge=1,
+        description="Consumer-group session timeout: how long a crashed or paused worker "
+        "keeps its partitions before the group hands them to the others (heartbeats every "
+        "tenth of it, at most 3 s).",
+    )
     sluice_app_id: str = Field(
         "sluice", description="Faust app id = Kafka consumer group of the worker."
     )
@@ -141,6 +195,57 @@ class Settings(BaseSettings):
             return self.otel_exporter_otlp_endpoint.rstrip("/") + "/v1/metrics"
         return None
 
+    @model_validator(mode="after")
+    def _check_security(self) -> Settings:
+        problems = self.security_problems()
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def security_problems(self) -> list[str]:
+        """Inconsistent security settings, plus what the production profile refuses."""
+        problems: list[str] = []
+        if self.kafka_security_protocol == "SASL_SSL" and not (
+            self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            problems.append(
+                "KAFKA_SECURITY_PROTOCOL=SASL_SSL needs KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD"
+            )
+        if bool(self.kafka_ssl_cert_file) != bool(self.kafka_ssl_key_file):
+            problems.append("KAFKA_SSL_CERT_FILE and KAFKA_SSL_KEY_FILE go together (mTLS)")
+        if self.sluice_profile != "production":
+            return problems
+        url = urlparse(self.clickhouse_url)
+        if self.kafka_security_protocol == "PLAINTEXT":
+            problems.append(
+                "production profile refuses plaintext Kafka "
+                "(set KAFKA_SECURITY_PROTOCOL=SSL or SASL_SSL)"
+            )
+        if not self.kafka_ssl_check_hostname:
+            problems.append("production profile refuses KAFKA_SSL_CHECK_HOSTNAME=false")
+        if url.scheme == "http" and (url.password or self.clickhouse_password):
+            problems.append(
+                "production profile refuses ClickHouse credentials over http:// (use https://)"
+            )
+        if url.scheme == "https" and not self.clickhouse_verify:
+            problems.append("production profile refuses CLICKHOUSE_VERIFY=false")
+        for name, value in (
+            ("POSTHOG_HOST", self.posthog_host if self.posthog_api_key else None),
+            ("SIEM_HEC_URL", self.siem_hec_url if self.siem_hec_token else None),
+        ):
+            if value and urlparse(value).scheme == "http":
+                problems.append(f"production profile refuses a secret sent over http:// ({name})")
+        return problems
+
+    @field_serializer("clickhouse_url")
+    def _dump_clickhouse_url(self, value: str) -> str:
+        return redact_url(value)  # dumps (JSON, status) never carry the password
+
+    def __repr_args__(self) -> Any:
+        # A ClickHouse URL may carry a password: never print it.
+        for name, value in super().__repr_args__():
+            yield name, (redact_url(value) if name == "clickhouse_url" else value)
+
     @field_validator("clickhouse_url")
     @classmethod
     def _check_clickhouse_url(cls, value: str) -> str:
@@ -152,7 +257,37 @@ class Settings(BaseSettings):
         return value
 
 
+def redact_url(url: str) -> str:
+    """The URL without its password, for messages, logs and reprs."""
+    parsed = urlparse(url)
+    if parsed.password:
+        netloc = parsed.netloc.replace(f":{parsed.password}@", ":***@")
+        return parsed._replace(netloc=netloc).geturl()
+    return url
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """Return the process-wide settings, validated on first use."""
     return Settings()
+
+
+def reference_markdown() -> str:
+    """The configuration reference table (docs/operations.md embeds it; a test keeps it
+    in sync): ``python -c "from sluice.settings import reference_markdown as r; print(r())"``.
+    """
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        if field.default_factory is not None:
+            default = f"`{field.default_factory()}`"
+        elif field.default is None:
+            default = "unset"
+        else:
+            value = field.default
+            text = str(value).lower() if isinstance(value, bool) else str(value)
+            default = f"`{text}`" if text != "" else "empty"
+        if field.annotation is not None and "SecretStr" in str(field.annotation):
+            default += " (secret)"
+        meaning = (field.description or "").replace("|", "\\|").replace("\n", " ")
+        rows.append(f"| `{name.upper()}` | {default} | {meaning} |")
+    return "\n".join(rows) + "\n"

@@ -53,6 +53,7 @@ from sinks.health import CONTENT_TYPE_LATEST, HealthMetrics
 from sinks.registry import build_sinks
 from sluice.codec import Codec, DecodeError
 from sluice.olap import OlapClient, OlapError, connect, migrate
+from sluice.security import clickhouse_options, faust_credentials
 from sluice.settings import Settings, get_settings
 from streams.engine import Engine
 from streams.routing import Router
@@ -111,6 +112,7 @@ class Worker:
         self.committed: dict[TP, int] = {}  # what this generation committed last
         self._generation: int | None = None
         self.holes: set[TP] = set()  # partitions held at an offset hole until heal()
+        self._starts: dict[TP, int] = {}  # first offset in the log, for uncommitted partitions
         self._progress: dict[TP, tuple[int, float]] = {}  # position, since when
         self._failures_seen = 0
         self.unflushed = 0  # events applied since the last successful checkpoint
@@ -139,6 +141,7 @@ class Worker:
         app = SluiceApp(
             s.sluice_app_id,
             broker=brokers,
+            broker_credentials=faust_credentials(s),  # TLS / SASL_SSL from settings
             store="memory://",
             topic_partitions=s.sluice_topic_partitions,
             topic_allow_declare=True,
@@ -152,6 +155,8 @@ class Worker:
             consumer_max_fetch_size=16 * 1024 * 1024,
             producer_acks=-1,
             broker_commit_every=1_000_000_000,  # commits happen after our checkpoints
+            broker_session_timeout=s.kafka_session_timeout_s,
+            broker_heartbeat_interval=min(3.0, s.kafka_session_timeout_s / 10),
             web_enabled=True,
             web_port=s.sluice_web_port,
             web_bind=s.sluice_web_host,
@@ -195,7 +200,7 @@ class Worker:
     @property
     def olap(self) -> OlapClient:
         if self._olap is None:
-            self._olap = connect(self.settings.clickhouse_url)
+            self._olap = connect(self.settings.clickhouse_url, **clickhouse_options(self.settings))
             migrate(self._olap)
         return self._olap
 
@@ -227,6 +232,7 @@ class Worker:
             self.applied = {}
             self.committed = {}
             self.holes = set()
+            self._starts = {}
         applied = self.applied
         decode = self.codec.decode
         engine = self.engine
@@ -241,6 +247,16 @@ class Worker:
             expected = applied.get(tp)
             if expected is None:
                 expected = self._committed(tp)
+                if expected is None:
+                    # nothing committed yet (a new group): the partition's first event is
+                    # the one expected, or a skip at start-up would go unnoticed for good
+                    expected = await self._log_start(tp)
+                    if (
+                        self.app.consumer_generation_id != generation
+                        or self.applied is not applied
+                        or tp not in self.app.consumer.assignment()
+                    ):
+                        return  # rebalancing meanwhile: the seek after it delivers it again
             if expected is not None and message.offset > expected:
                 # Offsets are applied without holes, or committing past a hole would lose
                 # the events in it. A hole means the client skipped records (Faust can,
@@ -284,6 +300,21 @@ class Worker:
         """The committed offset Faust sought ``tp`` to at the last rebalance, if known."""
         offset = self.app.consumer._committed_offset.get(tp)  # noqa: SLF001 - set by perform_seek
         return offset if isinstance(offset, int) and offset > 0 else None
+
+    async def _log_start(self, tp: TP) -> int | None:
+        """The first offset still in ``tp`` (where a group without a commit starts)."""
+        start = self._starts.get(tp)
+        if start is None:
+            try:
+                found = await self.app.consumer.earliest_offsets(tp)
+            except Exception as exc:  # no verdict: apply without the check, as before
+                log.warning("cannot read the start offset of %s: %s", tp, exc)
+                return None
+            start = found.get(tp)
+            if not isinstance(start, int) or start < 0:
+                return None
+            self._starts[tp] = start
+        return start
 
     async def dead_letter(self, event: EventT, reason: str, detail: str) -> None:
         m = event.message
@@ -391,6 +422,14 @@ class Worker:
             try:
                 await consumer.wait_for_stopped_flow()
                 await consumer.perform_seek()
+                # partitions without a commit stay where the fetcher is: rewind them to
+                # their first offset (the hole may be right at the start of the log)
+                for tp in consumer.assignment():
+                    if tp.topic in self.families and self._committed(tp) is None:
+                        self._starts.pop(tp, None)
+                        start = await self._log_start(tp)
+                        if start is not None:
+                            await consumer.seek(tp, start)
             finally:
                 self.applied, self.committed, self.holes = {}, {}, set()
                 self._progress.clear()
@@ -470,8 +509,7 @@ class Worker:
             return True
 
     def _write_rows(self, rows: dict[str, list[list]]) -> None:
-        for table, table_rows in rows.items():
-            self.olap.insert(table, self.engine.columns(table), table_rows)
+        self.olap.write({t: (self.engine.columns(t), r) for t, r in rows.items()})
 
     # -- rebalancing ----------------------------------------------------------------------
     async def _on_revoked(self, app: Any, revoked: set, **_: Any) -> None:
@@ -500,7 +538,14 @@ class Worker:
                 f"{tp.topic}:{tp.partition}" for tp in self.app.consumer.assignment()
             ),
             "unflushed_events": self.unflushed,
-            "sinks": {"buffered": self.router.buffered(), "unconfigured": self.router.unconfigured},
+            "sinks": {
+                "buffered": self.router.buffered(),
+                "unconfigured": self.router.unconfigured,
+                # epoch seconds: last flush attempt / last batch a destination accepted
+                "last_flush": dict(self.health.last_flush),
+                "last_delivery": dict(self.health.last_delivery),
+            },
+            "dead_letters_by_reason": self.health.dead_letter_counts(),
             "partitions": {
                 p: {"emails": len(ps.email.emails), "positions": ps.positions}
                 for p, ps in sorted(self.engine.partitions.items())

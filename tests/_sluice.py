@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -14,9 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from sluice.taxonomy import FAMILIES
+
+# librdkafka logs every refused connection to stderr unless given a logger.
+_QUIET = logging.getLogger("tests.sluice.librdkafka")
+_QUIET.propagate = False
+_QUIET.addHandler(logging.NullHandler())
 
 REPO = Path(__file__).resolve().parents[1]
 SLUICE = [sys.executable, "-m", "sluice.cli"]
@@ -38,6 +44,7 @@ class Deployment:
     name: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:10]}")
     web_port: int = field(default_factory=free_port)
     flush_interval_s: float = 1.0
+    session_timeout_s: float = 6.0
     worker: subprocess.Popen | None = None
     group_name: str | None = None
 
@@ -64,6 +71,8 @@ class Deployment:
             SLUICE_DATA_DIR=str(self.root / "var"),
             SLUICE_FLUSH_INTERVAL_S=str(self.flush_interval_s),
             SLUICE_TOPIC_PARTITIONS=str(self.partitions),
+            # a killed worker's partitions move on after this (Kafka's default is 45 s)
+            KAFKA_SESSION_TIMEOUT_S=str(self.session_timeout_s),
             PYTHONUNBUFFERED="1",
         )
         env.update(extra)
@@ -100,11 +109,11 @@ class Deployment:
                 fh.write(json.dumps(e) + "\n")
         return self.run("produce", "--file", str(path))
 
-    def start_worker(self) -> subprocess.Popen:
+    def start_worker(self, env_extra: dict[str, str] | None = None) -> subprocess.Popen:
         log = (self.root / "worker.log").open("a")
         self.worker = subprocess.Popen(
             [*SLUICE, "worker"],
-            env=self.env(),
+            env=self.env(**(env_extra or {})),
             cwd=self.root,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -123,27 +132,56 @@ class Deployment:
         path = self.root / "worker.log"
         return "\n".join(path.read_text().splitlines()[-lines:]) if path.exists() else ""
 
+    def close(self) -> None:
+        """Kill the worker if one still runs (a failed test must not leave it behind)."""
+        if self.worker is not None:
+            if self.worker.poll() is None:
+                self.worker.kill()
+                self.worker.wait(timeout=30)
+            self.worker = None
+
+    def offsets(self, attempts: int = 8) -> tuple[int, int]:
+        """(committed, end) summed over every event topic partition of the group.
+
+        Retries what a coordinator change answers (NOT_COORDINATOR, COORDINATOR_LOAD_IN_
+        PROGRESS, a broker restarting...): those are transient, not a verdict.
+        """
+        tps = [TopicPartition(self.topic(f), p) for f in FAMILIES for p in range(self.partitions)]
+        last: Exception | None = None
+        for attempt in range(attempts):
+            consumer = Consumer(
+                {
+                    "bootstrap.servers": self.bootstrap,
+                    "group.id": self.group,
+                    "enable.auto.commit": False,
+                    "logger": _QUIET,
+                }
+            )
+            try:
+                committed = consumer.committed(tps, timeout=10)
+                done = end = 0
+                for tp in committed:
+                    if tp.error is not None:
+                        raise KafkaException(tp.error)
+                    _, high = consumer.get_watermark_offsets(tp, timeout=10)
+                    done += max(tp.offset, 0)
+                    end += high
+                return done, end
+            except KafkaException as exc:
+                last = exc
+                time.sleep(min(0.25 * 2**attempt, 3.0))
+            finally:
+                consumer.close()
+        raise AssertionError(f"cannot read the group's offsets: {last}")
+
+    def committed(self) -> int:
+        """Events committed by the worker's group, over every event topic."""
+        return self.offsets()[0]
+
     def lag(self) -> int:
         """Events not yet committed by the worker's group, over every event topic."""
-        consumer = Consumer(
-            {
-                "bootstrap.servers": self.bootstrap,
-                "group.id": self.group,
-                "enable.auto.commit": False,
-            }
-        )
-        try:
-            tps = [
-                TopicPartition(self.topic(f), p) for f in FAMILIES for p in range(self.partitions)
-            ]
-            committed = consumer.committed(tps, timeout=10)
-            total = 0
-            for tp in committed:
-                _, high = consumer.get_watermark_offsets(tp, timeout=10)
-                total += high - max(tp.offset, 0)
-            return total
-        finally:
-            consumer.close()
+        done, end = self.offsets()
+        return end - done
 
     def wait_drained(self, timeout: float = 240) -> float:
         """Wait until the worker committed every event; return the seconds it took."""

@@ -62,3 +62,19 @@ def reference_olap(tmp_path_factory: pytest.TempPathFactory):
     client = connect(f"chdb://{tmp_path_factory.mktemp('reference-olap')}")
     yield client
     client.close()
+
+
+# --------------------------------------------------------------------- a Sluice deployment
+
+
+@pytest.fixture
+def deployment(kafka_bootstrap: str, tmp_path):
+    """An isolated Sluice deployment whose worker is killed when the test ends, pass or fail."""
+    try:
+        from tests._sluice import Deployment
+    except ModuleNotFoundError:
+        from _sluice import Deployment
+
+    dep = Deployment(kafka_bootstrap, tmp_path)
+    yield dep
+    dep.close()

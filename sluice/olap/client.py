@@ -10,8 +10,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
+import os
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -26,6 +29,58 @@ class OlapError(RuntimeError):
     """A ClickHouse operation failed (message says which and why)."""
 
 
+class InjectedFault(OlapError):
+    """A failure injected by a test-only fault hook (see :class:`FaultHooks`)."""
+
+
+class FaultHooks:
+    """TEST-ONLY fault injection for analytics inserts; off unless these are set.
+
+    The fault-injection suite (``tests/faults``) uses them to prove the delivery
+    guarantees against a real store; nothing in production sets them, and the worker
+    logs a warning at start-up when one is on.
+
+    * ``SLUICE_FAULT_OLAP_FAIL_UNTIL=<epoch seconds>``: every insert into a catalog table
+      fails, without writing, until that time (ClickHouse unavailable).
+    * ``SLUICE_FAULT_OLAP_AMBIGUOUS_EVERY=<n>``: every n-th flush (:meth:`OlapClient.write`)
+      is *written* in full and then reported as failed (a timeout whose insert in fact
+      succeeded).
+    """
+
+    FAIL_UNTIL = "SLUICE_FAULT_OLAP_FAIL_UNTIL"
+    AMBIGUOUS_EVERY = "SLUICE_FAULT_OLAP_AMBIGUOUS_EVERY"
+
+    def __init__(self, environ: Any = None) -> None:
+        env = os.environ if environ is None else environ
+        self.fail_until = float(env.get(self.FAIL_UNTIL) or 0)
+        self.ambiguous_every = int(env.get(self.AMBIGUOUS_EVERY) or 0)
+        self.flushes = 0
+        self.injected = 0
+        if self.active:
+            logging.getLogger("sluice.olap").warning(
+                "TEST-ONLY OLAP fault injection is on: fail until %s, ambiguous every %s",
+                self.fail_until or "-",
+                self.ambiguous_every or "-",
+            )
+
+    @property
+    def active(self) -> bool:
+        return bool(self.fail_until or self.ambiguous_every)
+
+    def before(self, table: str) -> None:
+        if self.fail_until and time.time() < self.fail_until:
+            self.injected += 1
+            raise InjectedFault(f"insert into {table} failed: injected: ClickHouse unavailable")
+
+    def after_flush(self, tables: Sequence[str]) -> None:
+        self.flushes += 1
+        if self.ambiguous_every and self.flushes % self.ambiguous_every == 0:
+            self.injected += 1
+            raise InjectedFault(
+                f"insert into {', '.join(tables)}: injected: written, reported as failed"
+            )
+
+
 def chdb_path(url: str) -> Path | None:
     """The filesystem path of a ``chdb://`` URL (relative paths resolve from the cwd)."""
     if not url.startswith("chdb://"):
@@ -34,8 +89,12 @@ def chdb_path(url: str) -> Path | None:
     return Path(raw).expanduser().resolve()
 
 
-def connect(url: str) -> OlapClient:
-    """Open the OLAP store named by ``url``."""
+def connect(url: str, **options: Any) -> OlapClient:
+    """Open the OLAP store named by ``url``.
+
+    ``options`` go to clickhouse-connect for server URLs (credentials, TLS: see
+    :func:`sluice.security.clickhouse_options`); the embedded store ignores them.
+    """
     try:
         path = chdb_path(url)
         if path is not None:
@@ -45,11 +104,15 @@ def connect(url: str) -> OlapClient:
             parsed = urlparse(url)
             if parsed.scheme not in {"http", "https"}:
                 raise OlapError(f"unsupported CLICKHOUSE_URL scheme {parsed.scheme!r}")
-            client = clickhouse_connect.get_client(dsn=url)
+            client = clickhouse_connect.get_client(dsn=url, **options)
     except OlapError:
         raise
     except Exception as exc:  # the drivers raise many kinds; one clear message here
-        raise OlapError(f"cannot open ClickHouse at {redact(url)}: {exc}") from exc
+        detail = str(exc)
+        for secret in (urlparse(url).password, options.get("password")):
+            if secret:
+                detail = detail.replace(secret, "***")
+        raise OlapError(f"cannot open ClickHouse at {redact(url)}: {detail}") from None
     return OlapClient(client, url)
 
 
@@ -72,6 +135,7 @@ class OlapClient:
         self._client = client
         self.url = url
         self._lock = threading.Lock()
+        self._faults = FaultHooks()
 
     @property
     def is_embedded(self) -> bool:
@@ -105,7 +169,10 @@ class OlapClient:
         if table not in OLAP_TABLES and table not in INTERNAL_TABLES:
             raise OlapError(f"refusing to write {table!r}: not in the OLAP catalog")
         token = dedup_token(table, columns, rows)
+        faults = self._faults if self._faults.active and table in OLAP_TABLES else None
         with self._lock:
+            if faults is not None:
+                faults.before(table)
             try:
                 self._client.insert(
                     table,
@@ -116,6 +183,14 @@ class OlapClient:
             except Exception as exc:
                 raise OlapError(f"insert into {table} failed: {exc}") from exc
         return token
+
+    def write(self, batch: Mapping[str, tuple[Sequence[str], Sequence[Sequence[Any]]]]) -> None:
+        """One flush: :meth:`insert` each table's ``(columns, rows)``; raises on any failure
+        (some tables may then be written: every insert is idempotent, retry the lot)."""
+        for table, (columns, rows) in batch.items():
+            self.insert(table, columns, rows)
+        if self._faults.active and any(t in OLAP_TABLES for t in batch):
+            self._faults.after_flush(list(batch))
 
     def close(self) -> None:
         with self._lock, contextlib.suppress(Exception):  # closing is best effort
