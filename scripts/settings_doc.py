@@ -1,7 +1,7 @@
 """Regenerate the configuration reference in docs/operations.md from sluice/settings.py.
 
-    .venv/bin/python scripts/settings_doc.py          # rewrite the block
-    .venv/bin/python scripts/settings_doc.py --check  # exit 1 when it is out of date
+.venv/bin/python scripts/settings_doc.py          # rewrite the block
+.venv/bin/python scripts/settings_doc.py --check  # exit 1 when it is out of date
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from sluice import devkafka
-from tests._broker import free_ports
+from tests._broker import free_ports, kafka_required
 from tests._sluice import Deployment
 from tests.faults._faults import (
     PACE_S,
@@ -40,6 +40,9 @@ def own_broker(kafka_bootstrap, tmp_path_factory):
     try:
         handle = devkafka.start(data_dir, port=port, controller_port=controller_port)
     except devkafka.DevKafkaError as exc:
+        # under CI a missing broker is a failure, never a skip (tests/_broker.py)
+        if kafka_required():
+            pytest.fail(f"cannot start a local broker: {exc}", pytrace=False)
         pytest.skip(f"cannot start a local broker: {exc}")
     yield handle, data_dir, port, controller_port
     devkafka.stop(data_dir, timeout=30)
