@@ -102,6 +102,10 @@ class Deployment:
             )
         return proc
 
+    def prepare(self) -> None:
+        """Create the catalog's topics and migrate the OLAP store, as a user would first."""
+        self.prepare()
+
     def produce(self, events: list[dict[str, Any]]) -> subprocess.CompletedProcess:
         path = self.root / f"events-{uuid.uuid4().hex[:6]}.jsonl"
         with path.open("w") as fh:

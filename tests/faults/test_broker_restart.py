@@ -54,8 +54,7 @@ def test_broker_killed_and_restarted_three_times(own_broker, tmp_path, reference
     try:
         wl = workload(seed=303)
         total = len(wl.events)
-        dep.run("topics", "create")
-        dep.run("olap", "migrate")
+        dep.prepare()
         producer = produce_paced(dep, wl.events, seconds=PACE_S)
         dep.start_worker()
         outages = []

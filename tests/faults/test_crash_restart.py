@@ -33,8 +33,7 @@ def test_sigkill_at_20_50_80_percent_then_restart(deployment, reference_olap):
     dep = deployment
     wl = workload(seed=101)
     total = len(wl.events)
-    dep.run("topics", "create")
-    dep.run("olap", "migrate")
+    dep.prepare()
     producer = produce_paced(dep, wl.events, seconds=max(PACE_S, total / 5000))
     dep.start_worker()
     kills = []
@@ -67,8 +66,7 @@ def test_duplicates_at_new_offsets_across_a_crash(deployment, reference_olap):
     wl = workload(seed=808)
     events = wl.events
     half = len(events) // 2
-    dep.run("topics", "create")
-    dep.run("olap", "migrate")
+    dep.prepare()
     producer = RawProducer(dep)
     # first half, and 10% of it again further down the log
     producer.send_all(events[:half] + duplicates(events[:half], 0.10, seed=1))

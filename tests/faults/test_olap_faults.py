@@ -38,8 +38,7 @@ DOWN_S = float(os.environ.get("SLUICE_FAULT_OLAP_DOWN_S", "20"))
 def test_clickhouse_unavailable_then_back(deployment, reference_olap):
     dep = deployment
     wl = workload(seed=404)
-    dep.run("topics", "create")
-    dep.run("olap", "migrate")
+    dep.prepare()
     producer = RawProducer(dep)
     producer.send_all(wl.events)
     total = producer.sent
@@ -83,8 +82,7 @@ def test_clickhouse_unavailable_then_back(deployment, reference_olap):
 def test_ambiguous_insert_every_third_write(deployment, reference_olap):
     dep = deployment
     wl = workload(seed=505)
-    dep.run("topics", "create")
-    dep.run("olap", "migrate")
+    dep.prepare()
     env = {FaultHooks.AMBIGUOUS_EVERY: "3"}
     dep.start_worker(env_extra=env)
     # paced, so the worker flushes many times while the stream runs

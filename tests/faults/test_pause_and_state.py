@@ -32,8 +32,7 @@ def test_sigstop_past_the_session_timeout_then_sigcont(deployment, reference_ola
     dep = deployment
     wl = workload(seed=202)
     total = len(wl.events)
-    dep.run("topics", "create")
-    dep.run("olap", "migrate")
+    dep.prepare()
     producer = produce_paced(dep, wl.events, seconds=PACE_S / 2)
     dep.start_worker()
     wait_for(lambda: dep.committed() >= 0.3 * total, 120, "30%", dep)
@@ -66,8 +65,7 @@ def test_local_state_deleted_between_runs(deployment, reference_olap):
     wl = workload(seed=1111)
     events = wl.events
     half = len(events) // 2
-    dep.run("topics", "create")
-    dep.run("olap", "migrate")
+    dep.prepare()
     producer = RawProducer(dep)
     producer.send_all(events[:half])
     dep.start_worker()
@@ -126,8 +124,7 @@ def test_fifty_tenants_with_colliding_ids(deployment, reference_olap):
     dep = deployment
     tenants = tuple(t for n in range(25) for t in (f"t{n}", f"t{n}:x"))
     wl = colliding(workload(seed=1212, events=EVENTS, tenants=tenants))
-    dep.run("topics", "create")
-    dep.run("olap", "migrate")
+    dep.prepare()
     producer = RawProducer(dep)
     half = len(wl.events) // 2
     producer.send_all(wl.events[:half])

@@ -27,8 +27,7 @@ def test_poison_records_go_to_the_dlq_and_the_rest_is_exact(deployment, referenc
     rng = random.Random(6)
     producer = RawProducer(dep)
     codec = producer.codec
-    dep.run("topics", "create")
-    dep.run("olap", "migrate")
+    dep.prepare()
 
     poison: dict[str, tuple[str, bytes]] = {}  # label -> (expected reason, raw bytes)
     kinds = ["bad_magic", "truncated", "unknown_schema"]

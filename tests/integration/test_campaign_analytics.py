@@ -62,8 +62,7 @@ def test_campaign_analytics_equals_the_spec_query(kafka_bootstrap, reference_ola
     first, second = events[: len(events) // 2], events[len(events) // 2 :]
 
     dep = Deployment(kafka_bootstrap, tmp_path)
-    dep.run("topics", "create")
-    dep.run("olap", "migrate")
+    dep.prepare()
     dep.produce(first)
     dep.start_worker()
     dep.wait_drained()

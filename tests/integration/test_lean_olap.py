@@ -63,8 +63,7 @@ def test_mixed_workload_lands_exactly_where_it_belongs(deployment, reference_ola
     half = len(events) // 2
     first, second = events[:half], events[half:]
 
-    dep.run("topics", "create")
-    dep.run("olap", "migrate")
+    dep.prepare()
     dep.produce(first)
     dep.start_worker()
     dep.wait_drained()
