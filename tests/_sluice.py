@@ -104,7 +104,8 @@ class Deployment:
 
     def prepare(self) -> None:
         """Create the catalog's topics and migrate the OLAP store, as a user would first."""
-        self.prepare()
+        self.run("topics", "create")
+        self.run("olap", "migrate")
 
     def produce(self, events: list[dict[str, Any]]) -> subprocess.CompletedProcess:
         path = self.root / f"events-{uuid.uuid4().hex[:6]}.jsonl"
