@@ -42,6 +42,7 @@ __all__ = [
     "fingerprint",
     "latest",
     "lookup",
+    "repo_for",
     "strip_logical_types",
     "versions",
 ]
@@ -216,6 +217,22 @@ def _load(family: str, version: int, path: Path) -> SchemaVersion:
 def default_repo() -> SchemaRepo:
     """The shipped schema tree, loaded once per process."""
     return SchemaRepo(SCHEMA_DIR)
+
+
+def repo_for(root: Path | str | None) -> SchemaRepo:
+    """The schema tree under ``root`` (None: the shipped one), loaded once per process.
+
+    Operators point ``SLUICE_SCHEMA_DIR`` at their own tree to ship new versions without
+    a new Sluice release; the codec loads it through here.
+    """
+    if root is None or Path(root).resolve() == SCHEMA_DIR:
+        return default_repo()
+    return _repo_at(Path(root).resolve())
+
+
+@lru_cache(maxsize=8)
+def _repo_at(root: Path) -> SchemaRepo:
+    return SchemaRepo(root)
 
 
 def versions(family: str) -> list[tuple[int, dict[str, Any]]]:

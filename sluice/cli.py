@@ -18,6 +18,7 @@ from pydantic import ValidationError as SettingsError
 from rich.console import Console
 from rich.table import Table
 
+from sluice.commands.backfill import backfill
 from sluice.commands.schemas import app as schemas_app
 
 app = typer.Typer(
@@ -34,6 +35,7 @@ app.add_typer(olap_app, name="olap")
 app.add_typer(audit_app, name="audit")
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(schemas_app, name="schemas", help="Avro schemas of the taxonomy.")
+app.command("backfill")(backfill)
 
 out = Console()
 err = Console(stderr=True)
@@ -297,6 +299,53 @@ def olap_lint(
     if problems:
         raise typer.Exit(1)
     out.print("ok", highlight=False)
+
+
+@olap_app.command("serve")
+def olap_serve(
+    path: Path = typer.Option(..., "--path", help="The chDB store directory to own."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    port: int = typer.Option(8123, "--port", help="Port to listen on (0: any free port)."),
+    user: str | None = typer.Option(
+        None, "--user", envvar="CLICKHOUSE_USER", help="Require this user (and its password)."
+    ),
+    password_file: Path | None = typer.Option(
+        None, "--password-file", help="File holding the password (else CLICKHOUSE_PASSWORD)."
+    ),
+    password: str | None = typer.Option(
+        None, "--password", envvar="CLICKHOUSE_PASSWORD", hidden=True, show_envvar=False
+    ),
+    tls_cert: Path | None = typer.Option(None, "--tls-cert", help="PEM certificate (chain)."),
+    tls_key: Path | None = typer.Option(None, "--tls-key", help="PEM private key."),
+) -> None:
+    """Serve a chDB store over ClickHouse's HTTP interface (SIGTERM stops it).
+
+    chDB allows one process per store; with this server several workers share one
+    through CLICKHOUSE_URL=http(s)://HOST:PORT (a development and test stand-in for a
+    ClickHouse server: one engine, one query at a time).
+    """
+    from sluice.olap.server import Credentials, ServeError, serve, tls_context
+
+    if password_file is not None:
+        try:
+            password = password_file.read_text().rstrip("\r\n")
+        except OSError as exc:
+            raise fail(f"--password-file {password_file}: {exc.strerror or exc}", code=2) from None
+    credentials = None
+    if user or password:
+        credentials = Credentials(user or "default", password or "")
+    if (tls_cert is None) != (tls_key is None):
+        raise fail("--tls-cert and --tls-key go together", code=2)
+
+    def ready(server: Any) -> None:
+        auth = f", user {credentials.user}" if credentials else ", no authentication"
+        out.print(f"serving {path} at {server.url}{auth}", highlight=False, soft_wrap=True)
+
+    try:
+        tls = tls_context(tls_cert, tls_key) if tls_cert and tls_key else None
+        serve(path, host, port, credentials, tls, on_ready=ready)
+    except ServeError as exc:
+        raise fail(str(exc)) from None
 
 
 def _quiet_clickhouse() -> None:

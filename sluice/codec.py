@@ -6,7 +6,7 @@ so producers can move from one to the other while consumers keep running:
 ``C3 01`` + 8-byte fingerprint + body
     Avro single-object encoding (the default). The fingerprint is CRC-64-AVRO of the
     writer schema's Parsing Canonical Form (see :mod:`avro_schemas`); the writer schema
-    must be one of the versions kept under ``avro_schemas/``.
+    must be one of the versions kept under ``avro_schemas/`` (or ``SLUICE_SCHEMA_DIR``).
 ``00`` + 4-byte big-endian schema id + body
     Confluent Schema Registry framing, used by :meth:`Codec.encode` when a registry is
     configured (``SCHEMA_REGISTRY_URL``) or injected. Schemas are registered under the
@@ -52,8 +52,8 @@ from avro_schemas import (
     REQUIRED_FIELDS,
     SchemaRepo,
     SchemaVersion,
-    default_repo,
     fingerprint,
+    repo_for,
     strip_logical_types,
 )
 from sluice.taxonomy import EVENT_TYPES
@@ -723,7 +723,8 @@ def _default_subject(family: str) -> str:
 class Codec:
     """Encode, decode and validate taxonomy events.
 
-    ``schemas`` defaults to the shipped schema tree. A schema registry is used for
+    ``schemas`` defaults to the tree under ``settings.sluice_schema_dir``
+    (``SLUICE_SCHEMA_DIR``), else the shipped one. A schema registry is used for
     encoding when ``registry`` is given, or else when ``settings.schema_registry_url``
     is set (``settings`` defaults to :func:`sluice.settings.get_settings`). ``subject_for``
     maps a family to its registry subject (default ``<topic>-value`` from the catalog).
@@ -742,12 +743,16 @@ class Codec:
         subject_for: Callable[[str], str] | None = None,
         compiled: bool = True,
     ) -> None:
-        self.schemas = schemas if schemas is not None else default_repo()
-        if registry is None:
-            if settings is None:
-                from sluice.settings import get_settings
+        if settings is None and (schemas is None or registry is None):
+            from sluice.settings import get_settings
 
-                settings = get_settings()
+            settings = get_settings()
+        if schemas is None:
+            assert settings is not None
+            schemas = repo_for(settings.sluice_schema_dir)
+        self.schemas = schemas
+        if registry is None:
+            assert settings is not None
             if settings.schema_registry_url:
                 from confluent_kafka.schema_registry import SchemaRegistryClient
 

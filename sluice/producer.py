@@ -68,7 +68,7 @@ class EventProducer:
         **config_overrides: Any,
     ) -> None:
         self.settings = settings or get_settings()
-        self.codec = codec or Codec()
+        self.codec = codec or Codec(settings=self.settings)
         self._client_error: str | None = None
         self._producer = Producer(
             producer_config(self.settings, **{"error_cb": self._on_error, **config_overrides})

@@ -138,27 +138,44 @@ def check_family(family_dir: Path, family: str) -> list[Problem]:
         seen.setdefault(fp, version)
 
     checker = ReaderWriterCompatibilityChecker()
-    for index, (new_version, _, new_schema, _) in enumerate(loaded):
-        for old_version, _, old_schema, _ in loaded[:index]:
-            for reader, writer, label in (
-                (new_schema, old_schema, f"v{new_version} cannot read data written with"),
-                (old_schema, new_schema, f"readers of v{old_version} cannot read data of"),
+    for index, (new_version, new_raw, new_schema, _) in enumerate(loaded):
+        for old_version, old_raw, old_schema, _ in loaded[:index]:
+            for reader, reader_raw, writer, label in (
+                (new_schema, new_raw, old_schema, f"v{new_version} cannot read data written with"),
+                (old_schema, old_raw, new_schema, f"readers of v{old_version} cannot read data of"),
             ):
                 result = checker.get_compatibility(reader, writer)
                 if result.compatibility is not SchemaCompatibilityType.compatible:
                     other = old_version if reader is new_schema else new_version
                     details = (
-                        "; ".join(sorted(f"{m} (at {loc})" for m, loc in _pairs(result)))
+                        "; ".join(
+                            sorted(f"{m} (at {loc})" for m, loc in _pairs(result, reader_raw))
+                        )
                         or "incompatible"
                     )
                     problems.append(Problem(family, new_version, f"{label} v{other}: {details}"))
     return problems
 
 
-def _pairs(result: Any) -> list[tuple[str, str]]:
+def _pairs(result: Any, reader_raw: dict[str, Any]) -> list[tuple[str, str]]:
     messages = sorted(str(m) for m in result.messages) or ["incompatible"]
-    locations = ", ".join(sorted(loc for loc in result.locations if loc != "/")) or "/"
+    locations = (
+        ", ".join(sorted(_where(loc, reader_raw) for loc in result.locations if loc != "/")) or "/"
+    )
     return [(message, locations) for message in messages]
+
+
+_FIELD_LOCATION = re.compile(r"^/fields/([0-9]+)(?=/|$)")
+
+
+def _where(location: str, reader_raw: dict[str, Any]) -> str:
+    """``/fields/18/type/1`` -> ``/fields/18/type/1 [field 'smtp_code']``: avro's locations
+    index the reader's fields, which tells an operator little by itself."""
+    match = _FIELD_LOCATION.match(location)
+    fields = reader_raw.get("fields", [])
+    if match and int(match.group(1)) < len(fields):
+        return f"{location} [field {fields[int(match.group(1))].get('name')!r}]"
+    return location
 
 
 def _check_file(

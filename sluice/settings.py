@@ -9,6 +9,7 @@ error naming the variable.
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
 
@@ -81,6 +82,12 @@ class Settings(BaseSettings):
         None,
         description="Confluent Schema Registry URL. When set, producers use Confluent "
         "framing; otherwise Avro single-object encoding.",
+    )
+    sluice_schema_dir: str | None = Field(
+        None,
+        description="Directory of Avro schemas (`<family>/v<N>.avsc`, every version) that "
+        "the worker decodes with, producers encode with and `sluice schemas check` checks. "
+        "Unset: the schemas shipped with Sluice.",
     )
     posthog_api_key: SecretStr | None = Field(None, description="PostHog project API key.")
     posthog_host: str = Field("https://us.i.posthog.com", description="PostHog host.")
@@ -176,6 +183,13 @@ class Settings(BaseSettings):
                 raise ValueError(f"{event_type!r} is not an event type of the taxonomy")
             if not 0.0 <= rate <= 1.0:
                 raise ValueError(f"rate of {event_type} must be within [0, 1], got {rate}")
+        return value
+
+    @field_validator("sluice_schema_dir")
+    @classmethod
+    def _check_schema_dir(cls, value: str | None) -> str | None:
+        if value is not None and not Path(value).is_dir():
+            raise ValueError(f"{value!r} is not a directory")
         return value
 
     @field_validator("siem_syslog_address")

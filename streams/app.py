@@ -99,7 +99,7 @@ class Worker:
     def __init__(self, settings: Settings, olap: OlapClient | None = None) -> None:
         self.settings = settings
         self.engine = Engine()
-        self.codec = Codec()
+        self.codec = Codec(settings=settings)
         self._olap = olap
         self.health = HealthMetrics()
         self.router = Router(
@@ -193,6 +193,7 @@ class Worker:
         app.timer(s.sluice_flush_interval_s, on_leader=False)(self._timer)
         app.page("/sluice/status/")(StatusView)
         app.page("/sluice/query/")(QueryView)
+        app.page("/sluice/olap/rows/")(RowsView)
         app.page("/metrics")(MetricsView)
         app.task(self.router.start)
         return app
@@ -581,6 +582,39 @@ class Worker:
         except OlapError as exc:
             return web.json({"error": str(exc)}, status=400)
         return web.json({"columns": columns, "rows": [[_jsonable(v) for v in r] for r in rows]})
+
+    async def write_backfill(self, web: Any, request: Any) -> Any:
+        """Insert rows ``sluice backfill`` recomputed (rollup tables only, catalog columns)."""
+        from sluice.backfill import ROLLUP_TABLES, rows_from_json
+
+        body = await request.json()
+        table, columns = str(body.get("table", "")), list(body.get("columns") or [])
+        if table not in ROLLUP_TABLES:
+            return web.json({"error": f"{table!r} is not a rollup table"}, status=400)
+        if columns != self.engine.columns(table):
+            return web.json({"error": f"columns of {table} do not match this worker's"}, status=400)
+
+        def insert() -> int:
+            _, described = self.olap.query(f"DESCRIBE TABLE {table}")
+            types = {name: kind for name, kind, *_ in described}
+            rows = rows_from_json([types[c] for c in columns], body.get("rows") or [])
+            if rows:
+                self.olap.insert(table, columns, rows)
+            return len(rows)
+
+        try:
+            written = await asyncio.get_running_loop().run_in_executor(None, insert)
+        except (OlapError, ValueError, KeyError) as exc:
+            return web.json({"error": str(exc)}, status=400)
+        return web.json({"written": written})
+
+
+class RowsView(View):
+    """POST /sluice/olap/rows/ {"table", "columns", "rows"}: ``sluice backfill`` writing
+    recomputed rollup rows into the store this worker owns (chDB allows one process)."""
+
+    async def post(self, request: Any) -> Any:
+        return await self.app.sluice.write_backfill(self, request)
 
 
 class StatusView(View):

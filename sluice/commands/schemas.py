@@ -22,17 +22,19 @@ def check(
     dir: Path | None = typer.Option(  # noqa: B008 - typer's idiom
         None,
         "--dir",
-        help="Schema tree to check (default: the schemas shipped with Sluice).",
+        help="Schema tree to check (default: SLUICE_SCHEMA_DIR, else the schemas "
+        "shipped with Sluice).",
         file_okay=False,
     ),
 ) -> None:
     """Check every family's schema versions: FULL_TRANSITIVE compatibility, unchanged
     envelope and documented fields, defaults on every other field. Exit 1 on any problem."""
     from avro_schemas import SCHEMA_DIR
+    from sluice.cli import settings
     from sluice.schemacheck import check_tree, list_versions
     from sluice.taxonomy import FAMILIES
 
-    root = dir if dir is not None else SCHEMA_DIR
+    root = dir if dir is not None else Path(settings().sluice_schema_dir or SCHEMA_DIR)
     problems = check_tree(root)
     versions = list_versions(root)
 

@@ -24,6 +24,7 @@ CASES = [
     (["topics", "list"], {"KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}, 1),
     (["topics", "create"], {}, 1),  # nothing listens on 127.0.0.1:1
     (["status"], {}, 1),
+    (["schemas", "check"], {"SLUICE_SCHEMA_DIR": "no-such-dir"}, 1),
     (["olap", "query", "SELECT 1"], {"CLICKHOUSE_URL": "http://u:pw-9@127.0.0.1:1/db"}, 1),
 ]
 

@@ -199,6 +199,20 @@ def test_v1_writer_v2_reader_and_back(tmp_path: Path) -> None:
         new.encode("email", minimal("email", campaign_name="x"), version=1)
 
 
+def test_schema_dir_setting_selects_the_tree(tmp_path: Path) -> None:
+    root = _tree_with_v2(tmp_path, "email", _add_campaign_name)
+    codec = Codec(settings=Settings(_env_file=None, sluice_schema_dir=str(root)))
+    assert codec.schemas.root == root.resolve()
+    assert codec.schemas.latest_version("email").version == 2
+    assert Codec(settings=no_registry()).schemas is default_repo()
+    # what a v2 producer writes, a worker on the shipped tree cannot read (yet)
+    raw = codec.encode("email", minimal("email", campaign_name="Spring"))
+    assert codec.decode(raw, "email")["campaign_name"] == "Spring"
+    assert reason(Codec(settings=no_registry()), raw) == "unknown_schema"
+    with pytest.raises(ValueError, match="not a directory"):
+        Settings(_env_file=None, sluice_schema_dir=str(tmp_path / "missing"))
+
+
 def test_resolution_with_type_promotion_uses_fastavro(tmp_path: Path) -> None:
     def promote(schema: dict[str, Any]) -> None:
         for field in schema["fields"]:

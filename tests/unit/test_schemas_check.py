@@ -186,3 +186,23 @@ def test_command_passes_on_good_v2(tmp_path: Path) -> None:
     result = runner.invoke(app, ["check", "--dir", str(with_v2(tmp_path, add_optional))])
     assert result.exit_code == 0, result.output
     assert "v1, v2" in result.stdout
+
+
+def test_incompatibility_names_the_field(tmp_path: Path) -> None:
+    lines = [str(p) for p in check_tree(with_v2(tmp_path, change_type))]
+    assert lines and all("[field 'smtp_code']" in line for line in lines), lines
+
+
+def test_command_checks_sluice_schema_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sluice.settings import get_settings
+
+    root = with_v2(tmp_path, change_type)
+    monkeypatch.setenv("SLUICE_SCHEMA_DIR", str(root))
+    get_settings.cache_clear()
+    try:
+        result = runner.invoke(app, ["check"])
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 1, result.output
+    assert str(root) in result.stderr
+    assert "error: email v2: v2 cannot read data written with v1" in result.stderr
