@@ -58,6 +58,12 @@ class HealthMetrics:
             ["stage", "reason"],
             registry=r,
         )
+        self.late = Counter(
+            "sluice_late_events",
+            "Email events outside the attribution window (not counted in rollups), per type.",
+            ["event_type"],
+            registry=r,
+        )
         self.retries = Counter(
             "sluice_sink_retries",
             "Sink requests retried, per reason.",

@@ -185,6 +185,7 @@ def run(
     decode: Callable[[bytes, str], Mapping],
     on_progress: Callable[[int], None] = lambda n: None,
     idle_timeout: float = 30.0,
+    engine_factory: Callable[[], Engine] = Engine,
 ) -> Report:
     """Recompute and write, one partition number at a time (bounded memory)."""
     report = Report()
@@ -192,7 +193,7 @@ def run(
     for source in sources:
         by_partition.setdefault(source.partition, []).append(source)
     for partition in sorted(by_partition):
-        engine = Engine()
+        engine = engine_factory()
         part = PartitionReport(partition)
         newest_ms = _read(
             conf, by_partition[partition], engine, decode, part, on_progress, idle_timeout

@@ -146,6 +146,14 @@ class Settings(BaseSettings):
     sink_linger_s: float = Field(
         1.0, gt=0, description="Longest a partly filled sink batch waits before it is sent."
     )
+    sluice_attribution_window_days: float | None = Field(
+        None,
+        gt=0,
+        description="Email engagement (delivered, open, click, reply, bounce, ...) counts in "
+        "the rollups only if it happened within this many days of the email's send; later "
+        "events are counted in the sluice_late_events metric instead. Unset: counts whenever "
+        "it happened (the spec's SQL).",
+    )
     sluice_flush_interval_s: float = Field(
         5.0, gt=0, description="Seconds between checkpoints (OLAP flush + offset commit)."
     )

@@ -98,7 +98,7 @@ class Worker:
 
     def __init__(self, settings: Settings, olap: OlapClient | None = None) -> None:
         self.settings = settings
-        self.engine = Engine()
+        self.engine = Engine.for_settings(settings)
         self.codec = Codec(settings=settings)
         self._olap = olap
         self.health = HealthMetrics()
@@ -451,6 +451,10 @@ class Worker:
         async with self._ckpt_lock:
             self.last_checkpoint = time.monotonic()
             ckpt = self.engine.snapshot()
+            for event_type, n in self.engine.take_late().items():
+                self.health.late.labels(event_type).inc(n)
+                late = self.stats.setdefault("late_events", {})
+                late[event_type] = late.get(event_type, 0) + n
             generation = self.app.consumer_generation_id
             offsets = {tp: o for tp, o in self.applied.items() if self.committed.get(tp) != o}
             unflushed, self.unflushed = self.unflushed, 0
@@ -515,14 +519,19 @@ class Worker:
     # -- rebalancing ----------------------------------------------------------------------
     async def _on_revoked(self, app: Any, revoked: set, **_: Any) -> None:
         # drain() ran in _consumer_wait_empty; whatever was not committed is reprocessed
-        # by the partition's next owner (maybe us, after the seek), so the state can go.
-        self.engine.drop({tp.partition for tp in revoked})
+        # by the partition's next owner (maybe us, after the seek). Every partition is
+        # revoked at each rebalance, even those we keep: state goes in _on_assigned.
         self.router.forget({(tp.topic, tp.partition) for tp in revoked})
         self.applied = {tp: o for tp, o in self.applied.items() if tp not in revoked}
         self.committed = {tp: o for tp, o in self.committed.items() if tp not in revoked}
 
     async def _on_assigned(self, app: Any, assigned: set, **_: Any) -> None:
         self.draining = False
+        # Drop only the state of partitions that moved away. For a partition it keeps,
+        # Faust's recovery reads just the changelog written since its last read (its
+        # table is assumed to hold the rest), so that state must stay (S10).
+        owned = {tp.partition for tp in assigned if tp.topic in self.families}
+        self.engine.drop(set(self.engine.partitions) - owned)
 
     async def _on_recovered(self) -> None:
         data = self.table.data

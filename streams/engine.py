@@ -32,19 +32,27 @@ import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
+from typing import TYPE_CHECKING
 
 from streams.compliance import AuditLog, SensitiveAccess
 from streams.incidents import SystemEvents
-from streams.rollups import BILLING_SENDS, BillingPlans, EmailRollups, WarmupRollups
+from streams.rollups import BILLING_SENDS, DAY_MS, BillingPlans, EmailRollups, WarmupRollups
 from streams.state import Component, Taken, sort_key
+
+if TYPE_CHECKING:
+    from sluice.settings import Settings
 
 POSITION_TAG = "\x00pos"
 VERSION_COLUMNS = ("updated", "_version")
 
 
-def default_components() -> list[Component]:
-    """Every component of one partition, wired together (the worker's configuration)."""
-    email = EmailRollups()
+def default_components(window_ms: int | None = None) -> list[Component]:
+    """Every component of one partition, wired together (the worker's configuration).
+
+    ``window_ms``: the attribution window of email engagement (None: unbounded).
+    """
+    email = EmailRollups(window_ms=window_ms)
     billing_rows = email.rows[BILLING_SENDS.table]
     return [
         email,
@@ -221,6 +229,24 @@ class Engine:
                 ps.by_tag[tag].requeue(t)
             if partition in ckpt.positions:
                 ps.positions_dirty = True
+
+    def take_late(self) -> dict[str, int]:
+        """Events outside the attribution window since the last call, by event type."""
+        total: dict[str, int] = {}
+        for ps in self.partitions.values():
+            late = ps.email.late
+            for event_type, n in late.items():
+                total[event_type] = total.get(event_type, 0) + n
+            late.clear()
+        return total
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> Engine:
+        """The engine the worker runs with these settings (backfill uses the same)."""
+        days = settings.sluice_attribution_window_days
+        if days is None:
+            return cls()
+        return cls(partial(default_components, window_ms=int(days * DAY_MS)))
 
     def columns(self, table: str) -> list[str]:
         """Column names of the rows :meth:`snapshot` hands out for ``table``."""

@@ -83,6 +83,16 @@ def merge_event(state: EmailState, event: Mapping) -> bool:
         state[LEAD] = event["lead_id"]
         state[STEP] = event.get("sequence_step_id")
         return True
+    bits = event_bits(event)
+    if not bits or state[FLAGS] & bits == bits:
+        return False
+    state[FLAGS] |= bits
+    return True
+
+
+def event_bits(event: Mapping) -> int:
+    """The flag bits one (non-send) email event sets."""
+    event_type = event["event_type"]
     bits = FLAG_BITS.get(event_type, 0)
     if event_type == "email_bounced":
         kind = event.get("bounce_type")
@@ -90,10 +100,7 @@ def merge_event(state: EmailState, event: Mapping) -> bool:
             bits |= FLAG_BITS["bounce_hard"]
         elif kind == "soft":
             bits |= FLAG_BITS["bounce_soft"]
-    if not bits or state[FLAGS] & bits == bits:
-        return False
-    state[FLAGS] |= bits
-    return True
+    return bits
 
 
 def merge_states(into: EmailState, other: EmailState) -> bool:
@@ -109,6 +116,96 @@ def merge_states(into: EmailState, other: EmailState) -> bool:
         into[FLAGS] |= other[FLAGS]
         changed = True
     return changed
+
+
+# --------------------------------------------------------------------------------------
+# The attribution window (optional): engagement counts only within W of the send
+# --------------------------------------------------------------------------------------
+
+# With a window, an email state has one more slot: the earliest time each flag was seen
+# (a list indexed by bit number), and FLAGS holds only the flags seen within the window.
+# Keeping the earliest times (not "was it late when it arrived") keeps the state a
+# semilattice: the verdict depends on event times alone, never on arrival order, so an
+# out-of-order event, a replay or an earlier send that replaces the winning one all give
+# the same rows.
+TIMES = 7
+_FLAG_COUNT = max(FLAG_BITS.values()).bit_length()
+# bit number -> the event type that sets it (bounce kinds ride on email_bounced)
+_EVENT_OF_BIT = tuple(
+    (bits.bit_length() - 1, kind) for kind, bits in FLAG_BITS.items() if kind.startswith("email_")
+)
+
+
+def windowed_email(window_ms: int) -> Attribution:
+    """Email attribution where an event more than ``window_ms`` after its email's send
+    does not count (it is *late*)."""
+
+    def new() -> EmailState:
+        return [None, None, None, None, None, None, 0, [None] * _FLAG_COUNT]
+
+    def effective(state: EmailState) -> int:
+        times = state[TIMES]
+        sent = state[SENT_AT]
+        flags = 0
+        for i, t in enumerate(times):
+            if t is not None and (sent is None or t <= sent + window_ms):
+                flags |= 1 << i
+        return flags
+
+    def merge(state: EmailState, event: Mapping) -> bool:
+        if event["event_type"] == "email_sent":
+            if not merge_event(state, event):
+                return False
+            state[FLAGS] = effective(state)
+            return True
+        bits = event_bits(event)
+        at = event["occurred_at"]
+        times = state[TIMES]
+        changed = False
+        for i in range(_FLAG_COUNT):
+            if bits >> i & 1 and (times[i] is None or at < times[i]):
+                times[i] = at
+                changed = True
+        if changed:
+            state[FLAGS] = effective(state)
+        return changed
+
+    def join(into: EmailState, other: EmailState) -> bool:
+        other = adopt(other)
+        before = (into[:FLAGS], list(into[TIMES]))
+        if other[SENT_AT] is not None and (
+            into[SENT_AT] is None
+            or (other[SENT_AT], other[SENT_EVENT_ID]) < (into[SENT_AT], into[SENT_EVENT_ID])
+        ):
+            into[:FLAGS] = other[:FLAGS]
+        times = into[TIMES]
+        for i, t in enumerate(other[TIMES]):
+            if t is not None and (times[i] is None or t < times[i]):
+                times[i] = t
+        into[FLAGS] = effective(into)
+        return (into[:FLAGS], into[TIMES]) != before
+
+    def adopt(state: list) -> EmailState:
+        """A state written without a window (7 slots): its flags count as in-window."""
+        if len(state) > TIMES:
+            return state
+        at = state[SENT_AT] or 0
+        times = [at if state[FLAGS] >> i & 1 else None for i in range(_FLAG_COUNT)]
+        return [*state[:TIMES], times]
+
+    def late(state: EmailState, event: Mapping) -> list[str]:
+        """Event types this event makes late: itself, or (a first send) what came before."""
+        sent = state[SENT_AT]
+        if event["event_type"] != "email_sent":
+            beyond = sent is not None and event["occurred_at"] > sent + window_ms
+            return [event["event_type"]] if beyond else []
+        if sent is not None:
+            return []
+        end = event["occurred_at"] + window_ms
+        times = state[TIMES]
+        return [kind for i, kind in _EVENT_OF_BIT if times[i] is not None and times[i] > end]
+
+    return Attribution("email_id", new, merge, join, adopt=adopt, late=late)
 
 
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
@@ -219,6 +316,10 @@ class Attribution:
     new_state: Callable[[], list]
     merge_event: Callable[[list, Mapping], bool]
     merge_states: Callable[[list, list], bool]
+    #: a state read back from the changelog, in this attribution's shape
+    adopt: Callable[[list], list] = list
+    #: event types an event puts outside the attribution window (counted, not applied)
+    late: Callable[[list, Mapping], list[str]] | None = None
 
 
 EMAIL = Attribution("email_id", new_state, merge_event, merge_states)
@@ -450,6 +551,8 @@ class AttributionRollups(Component):
         }
         self.dirty = DirtyRows(self._by_table)
         self.dirty_states: set[tuple[str, str]] = set()
+        # events outside the attribution window, by type (a metric: replays count again)
+        self.late: Counter[str] = Counter()
 
     def parts(self) -> tuple[TablePart, ...]:
         return tuple(TablePart(r.table, r.key_columns, r.value_columns) for r in self.rollups)
@@ -464,6 +567,9 @@ class AttributionRollups(Component):
             before = None
         else:
             before = state.copy()
+        late = self.attribution.late
+        if late is not None:
+            self.late.update(late(state, event))
         if not self.attribution.merge_event(state, event):
             return False
         self._account(key[0], before, state)
@@ -475,7 +581,7 @@ class AttributionRollups(Component):
         tenant, message_id = key
         state = self.states.get((tenant, message_id))
         if state is None:
-            state = self.states[(tenant, message_id)] = list(value)
+            state = self.states[(tenant, message_id)] = self.attribution.adopt(list(value))
             self._account(tenant, None, state)
             return
         before = state.copy()
@@ -588,8 +694,11 @@ class EmailRollups(AttributionRollups):
 
     families = frozenset({"email"})
 
-    def __init__(self, rollups: Iterable[Rollup] = EMAIL_ROLLUPS) -> None:
-        super().__init__(EMAIL, rollups, tag="")
+    def __init__(
+        self, rollups: Iterable[Rollup] = EMAIL_ROLLUPS, window_ms: int | None = None
+    ) -> None:
+        """``window_ms``: the attribution window (None: an event counts whenever it came)."""
+        super().__init__(EMAIL if window_ms is None else windowed_email(window_ms), rollups, "")
 
     @property
     def emails(self) -> dict[tuple[str, str], EmailState]:

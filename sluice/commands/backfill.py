@@ -42,6 +42,7 @@ def backfill(
     from sluice.cli import KafkaClientErrors, err, fail, out, settings
     from sluice.codec import Codec
     from sluice.dlq import parse_time
+    from streams.engine import Engine
     from topics.catalog import event_topics
 
     s = settings()
@@ -83,6 +84,7 @@ def backfill(
                 write,
                 codec.decode,
                 on_progress=lambda n: progress.advance(task, n),
+                engine_factory=lambda: Engine.for_settings(s),
             )
     except bf.BackfillError as exc:
         raise fail(str(exc)) from None
