@@ -1,37 +1,42 @@
-"""The Faust application: one agent over every event topic, kept thin.
+"""The Faust application, and the hot path that does not pay Faust's per-event cost.
 
-decode → route → apply to state → (checkpoint: sinks, changelog, OLAP, DLQ durable) → commit.
+read a batch → decode → route → apply to state → (checkpoint: sinks, changelog, OLAP,
+DLQ durable) → commit.
+
+Who does what
+-------------
+Faust is the application: its consumer group assigns this worker its partitions and
+rebalances them, its table recovers the state from the changelog before a partition is
+read, its producer writes the changelog and dead letters, its timer checkpoints, its web
+server answers ``/sluice/status/``, ``/metrics`` and queries. The event topics'
+partitions are *handed off* to :class:`streams.fetch.Reader` (confluent-kafka, batches of
+thousands): Faust's fetcher skips them, because its per-event machinery (~90 µs of CPU
+per event, measured) would cap the worker near 11,000 events/s before any work.
 
 Delivery semantics
 ------------------
 At-least-once from Kafka, made exact by idempotent state merges and idempotent OLAP
-writes (see :mod:`streams.engine`). Sluice commits offsets itself, only after the
-checkpoint that covers them succeeded: the committed offset of a partition is one past
-the last event applied without a gap in the current consumer generation.
+writes (see :mod:`streams.engine`). Sluice commits offsets itself, through Faust's
+consumer (so under the group's current generation), only after the checkpoint that
+covers them succeeded: the committed offset of a partition is one past the last event
+applied. The source topic is declared with ``acks=False``: Faust tracks nothing.
 
-Why not Faust's ack tracking: it commits the longest run of consecutive acked offsets,
-and re-deliveries around a rebalance left duplicate offsets in that run, which stalled
-commits for good (lag never returned to 0 in our restart test). The source topic is
-therefore declared with ``acks=False``.
-
-Why the gap check: Faust can drop records it already fetched when a fetch races the seek
-to committed offsets that follows every rebalance (seen as offset holes right after
-start-up, and as a partition tail that never arrives). Committing past such a hole would
-lose the events in it. So ``process()`` refuses to apply past a hole, the timer notices
-partitions that stopped short of their high watermark, and ``heal()`` re-reads every
-partition from its committed offset (Faust's own stop-flow / seek / resume sequence).
+The reader is assigned a partition after Faust recovered its state, starts at the
+group's committed offset, and lets go of it before Faust revokes it (a drain checkpoint
+commits everything applied first). Reading and assignment changes never overlap, and a
+batch is applied under the checkpoint lock, so no offset is committed for an event that
+was not applied (or dead-lettered) in full.
 
 Routing (:mod:`streams.routing`): every decoded event is also handed to the sinks its
 route names (PostHog, observability, SIEM), which buffer it in bounded batches. A
 checkpoint flushes every sink first and commits nothing unless all of them made their
 events durable; an event a sink refused for good (e.g. HTTP 400) is dead-lettered with
 stage = the sink's name before the commit. A sink that stays down fails the checkpoint,
-so events pile up only to ``MAX_PENDING`` (then the agent stops taking: backpressure).
+so events pile up only to ``MAX_PENDING`` (then the reader stops taking: backpressure).
 
 Before a rebalance revokes partitions, and before shutdown, Faust calls
-``_consumer_wait_empty``; Sluice checkpoints there, so a SIGTERM or a rebalance flushes
-and commits everything and loses nothing. Events fetched in an older generation are
-skipped: the seek that follows every rebalance delivers them again.
+``_consumer_wait_empty``; Sluice stops reading and checkpoints there, so a SIGTERM or a
+rebalance flushes and commits everything and loses nothing.
 """
 
 from __future__ import annotations
@@ -44,7 +49,8 @@ from pathlib import Path
 from typing import Any
 
 import faust
-from faust.types import TP, EventT
+from confluent_kafka import Message
+from faust.types import TP
 from faust.web import View
 
 from sinks.base import Envelope, Rejected
@@ -53,25 +59,18 @@ from sinks.health import CONTENT_TYPE_LATEST, HealthMetrics
 from sinks.registry import build_sinks
 from sluice.codec import Codec, DecodeError
 from sluice.olap import OlapClient, OlapError, connect, migrate
-from sluice.security import clickhouse_options, faust_credentials
+from sluice.security import clickhouse_options, faust_credentials, kafka_config
 from sluice.settings import Settings, get_settings
 from streams.engine import Engine
+from streams.fetch import Reader
 from streams.routing import Router
 from topics.catalog import dlq_topic, event_topics
 
 log = logging.getLogger("sluice.worker")
 
-# Most unacknowledged events held between checkpoints before the agent stops taking more
+# Most unacknowledged events held between checkpoints before the reader stops taking more
 # (backpressure when ClickHouse is down: Kafka keeps the events, not our memory).
 MAX_PENDING = 200_000
-# A partition with unread events and no progress for this many checkpoint intervals
-# (at least STALL_MIN_S) is re-read (see heal()). A false alarm only re-reads what came
-# after the last commit.
-STALL_INTERVALS = 3
-STALL_MIN_S = 5.0
-# Faust's per-partition buffer in front of the agent. Faust stops fetching a partition
-# whose buffer is full; the bigger buffer keeps checkpoints from stalling the fetcher.
-STREAM_BUFFER = 100_000
 
 
 class SluiceApp(faust.App):
@@ -90,6 +89,7 @@ class SluiceApp(faust.App):
         # After the consumer stopped (and its last drain flushed every sink).
         if self.sluice is not None:
             await self.sluice.router.close()
+            self.sluice.reader.close()
         await super().on_shutdown()
 
 
@@ -110,11 +110,8 @@ class Worker:
         # one past the last offset applied per source partition, this generation only
         self.applied: dict[TP, int] = {}
         self.committed: dict[TP, int] = {}  # what this generation committed last
-        self._generation: int | None = None
-        self.holes: set[TP] = set()  # partitions held at an offset hole until heal()
-        self._starts: dict[TP, int] = {}  # first offset in the log, for uncommitted partitions
-        self._progress: dict[TP, tuple[int, float]] = {}  # position, since when
-        self._failures_seen = 0
+        self.reader = Reader(kafka_config(settings), settings.sluice_app_id)
+        self._handed_off = False
         self.unflushed = 0  # events applied since the last successful checkpoint
         self.stream: Any = None
         self.draining = False
@@ -149,7 +146,6 @@ class Worker:
             table_standby_replicas=0,
             consumer_auto_offset_reset="earliest",
             stream_wait_empty=True,
-            stream_buffer_maxsize=STREAM_BUFFER,
             producer_linger=0.05,
             producer_max_request_size=16 * 1024 * 1024,
             consumer_max_fetch_size=16 * 1024 * 1024,
@@ -196,6 +192,7 @@ class Worker:
         app.page("/sluice/olap/rows/")(RowsView)
         app.page("/metrics")(MetricsView)
         app.task(self.router.start)
+        app.task(self._hot_loop)
         return app
 
     @property
@@ -205,132 +202,107 @@ class Worker:
             migrate(self._olap)
         return self._olap
 
-    # -- the agent ----------------------------------------------------------------------
+    # -- the hot path -------------------------------------------------------------------
     async def _agent(self, stream: faust.StreamT) -> None:
-        # Event by event, not ``take()`` (it acks a batch even when processing raised) nor
-        # ``noack_take`` (with it we saw offset holes of one at batch boundaries, e.g.
-        # 950 -> 951, before the hole check and heal() existed; not re-tested since).
-        # The expensive work, every checkpoint, is batched anyway.
-        self.stream = stream
+        # Subscribes the event topics, so Faust's group assigns their partitions. Faust
+        # never fetches them (they are handed off to the reader, see _hand_off); anything
+        # fetched in the moment before a new assignment is handed off is ignored: the
+        # reader starts at the committed offsets and reads it again.
+        async for _ in stream.events():
+            pass
+
+    async def _hot_loop(self) -> None:
+        """Fetch batches from the reader, apply them, checkpoint every interval."""
         interval = self.settings.sluice_flush_interval_s
-        async for event in stream.events():
-            await self.process((event,))
-            if self.holes:
-                await self.heal()
-            elif self.draining or time.monotonic() - self.last_checkpoint >= interval:
+        while True:
+            messages = await self.reader.fetch()
+            if messages:
+                async with self._ckpt_lock:
+                    await self.process(messages)
+            elif not self.reader.assigned:
+                await asyncio.sleep(0.05)
+            if self.draining or time.monotonic() - self.last_checkpoint >= interval:
                 await self.checkpoint()
             while self.unflushed >= MAX_PENDING:
-                # backpressure: hold this batch's slot until a checkpoint gets through
+                # backpressure: take nothing more until a checkpoint gets through
                 await asyncio.sleep(1.0)
                 await self.checkpoint()
 
-    async def process(self, events: Sequence[EventT]) -> None:
-        """Decode and apply one batch; dead-letter what cannot be decoded."""
-        generation = self.app.consumer_generation_id
-        if generation != self._generation:
-            # a rebalance: Faust sought every partition to its committed offset
-            self._generation = generation
-            self.applied = {}
-            self.committed = {}
-            self.holes = set()
-            self._starts = {}
+    async def process(self, messages: Sequence[Message]) -> None:
+        """Decode and apply one batch; dead-letter what cannot be decoded.
+
+        Called with the checkpoint lock held, so a checkpoint never commits an offset
+        whose dead letter is not queued yet.
+        """
         applied = self.applied
         decode = self.codec.decode
         engine = self.engine
         families = self.families
-        for event in events:
-            message = event.message
-            tp = message.tp
-            if message.generation_id != generation:
-                continue  # fetched before a rebalance: the seek after it delivers it again
-            if tp in self.holes:
-                continue  # see below: this partition waits for a restart or rebalance
-            expected = applied.get(tp)
-            if expected is None:
-                expected = self._committed(tp)
-                if expected is None:
-                    # nothing committed yet (a new group): the partition's first event is
-                    # the one expected, or a skip at start-up would go unnoticed for good
-                    expected = await self._log_start(tp)
-                    if (
-                        self.app.consumer_generation_id != generation
-                        or self.applied is not applied
-                        or tp not in self.app.consumer.assignment()
-                    ):
-                        return  # rebalancing meanwhile: the seek after it delivers it again
-            if expected is not None and message.offset > expected:
-                # Offsets are applied without holes, or committing past a hole would lose
-                # the events in it. A hole means the client skipped records (Faust can,
-                # when a fetch races its post-rebalance seek): hold the partition at the
-                # hole; heal() re-reads from the committed offset.
-                log.warning(
-                    "offset hole on %s: expected %s, got %s; re-reading",
-                    tp,
-                    expected,
-                    message.offset,
-                )
-                self.holes.add(tp)
-                self.stats["offset_holes"] = self.stats.get("offset_holes", 0) + 1
-                continue
-            family = families[message.topic]
-            self.health.consumed.labels(family).inc()
+        routed: list[Envelope] = []
+        add = routed.append
+        consumed: dict[str, int] = {}
+        letters: list[tuple[Message, DecodeError]] = []
+        for message in messages:
+            topic = message.topic()
+            partition = message.partition()
+            offset = message.offset()
+            value = message.value()
+            family = families[topic]
+            consumed[family] = consumed.get(family, 0) + 1
             try:
-                record = decode(event.value, family)
+                record = decode(value, family)
             except DecodeError as exc:
-                await self.dead_letter(event, exc.reason, exc.detail)
-                engine.advance(engine.state(message.partition), message.topic, message.offset)
+                letters.append((message, exc))
+                engine.advance(engine.state(partition), topic, offset)
             else:
-                engine.apply(message.partition, message.topic, message.offset, family, record)
-                # to the sinks now, before any await: a checkpoint meanwhile commits it
-                self.router.add(
-                    Envelope(
-                        record,
-                        message.topic,
-                        message.partition,
-                        message.offset,
-                        message.key,
-                        event.value,
-                    )
-                )
-            if expected is None or message.offset + 1 > expected:
-                applied[tp] = message.offset + 1
-            self.unflushed += 1
-        self.stats["events"] += len(events)
+                engine.apply(partition, topic, offset, family, record)
+                add(Envelope(record, topic, partition, offset, message.key(), value))
+            applied[TP(topic, partition)] = offset + 1
+        self.router.write(routed)
+        for family, n in consumed.items():
+            self.health.consumed.labels(family).inc(n)
+        self.unflushed += len(messages)
+        self.stats["events"] += len(messages)
+        for message, exc in letters:
+            await self.dead_letter(message, exc.reason, exc.detail)
 
-    def _committed(self, tp: TP) -> int | None:
-        """The committed offset Faust sought ``tp`` to at the last rebalance, if known."""
-        offset = self.app.consumer._committed_offset.get(tp)  # noqa: SLF001 - set by perform_seek
-        return offset if isinstance(offset, int) and offset > 0 else None
+    def _hand_off(self) -> None:
+        """Keep Faust's fetcher off the event topics: the reader owns them."""
+        consumer = self.app.consumer
+        families = self.families
+        active = consumer._get_active_partitions  # noqa: SLF001
 
-    async def _log_start(self, tp: TP) -> int | None:
-        """The first offset still in ``tp`` (where a group without a commit starts)."""
-        start = self._starts.get(tp)
-        if start is None:
-            try:
-                found = await self.app.consumer.earliest_offsets(tp)
-            except Exception as exc:  # no verdict: apply without the check, as before
-                log.warning("cannot read the start offset of %s: %s", tp, exc)
-                return None
-            start = found.get(tp)
-            if not isinstance(start, int) or start < 0:
-                return None
-            self._starts[tp] = start
-        return start
+        def without_event_topics() -> set:
+            tps = active()
+            tps.difference_update([tp for tp in tps if tp.topic in families])
+            return tps
 
-    async def dead_letter(self, event: EventT, reason: str, detail: str) -> None:
-        m = event.message
+        consumer._get_active_partitions = without_event_topics  # noqa: SLF001
+
+    def _pause_prefetch(self, tps: set) -> None:
+        """Stop aiokafka prefetching the handed-off partitions (memory it would never free)."""
+        from aiokafka.structs import TopicPartition as KafkaTP
+
+        try:
+            client = self.app.consumer._thread._ensure_consumer()  # noqa: SLF001
+            client.pause(*(KafkaTP(tp.topic, tp.partition) for tp in tps))
+        except Exception as exc:  # not assigned any more (rebalancing): the next one pauses
+            log.debug("could not pause prefetching of %s: %s", tps, exc)
+
+    async def dead_letter(self, message: Message, reason: str, detail: str) -> None:
+        topic, partition, offset = message.topic(), message.partition(), message.offset()
         self.stats["dead_letters"] += 1
         self.health.dead_letters.labels("decode", reason).inc()
-        log.warning("dead letter %s[%s]@%s: %s: %s", m.topic, m.partition, m.offset, reason, detail)
+        log.warning("dead letter %s[%s]@%s: %s: %s", topic, partition, offset, reason, detail)
         await self.dlq.send(
-            key=m.key,
-            value=event.value,
+            key=message.key(),
+            value=message.value(),
             headers=dead_letter_headers(
                 reason=reason,
                 detail=detail,
-                topic=m.topic,
-                partition=m.partition,
-                offset=m.offset,
+                topic=topic,
+                partition=partition,
+                offset=offset,
                 stage="decode",
             ),
         )
@@ -365,82 +337,11 @@ class Worker:
     # -- checkpoints --------------------------------------------------------------------
     async def _timer(self) -> None:
         await self.checkpoint()
-        if self._stalled():
-            await self.heal()
-
-    def _stalled(self) -> bool:
-        """True when a partition has had unread events and no progress for a while.
-
-        The tail of a partition skipped by the client leaves no hole to notice (nothing
-        comes after it), so the timer compares positions with high watermarks.
-        """
-        if self.unflushed >= MAX_PENDING or self.stats["checkpoint_failures"] > self._failures_seen:
-            # held back on purpose (a sink or ClickHouse is down): not a stall
-            self._failures_seen = self.stats["checkpoint_failures"]
-            self._progress.clear()
-            return False
-        consumer = self.app.consumer
-        now = time.monotonic()
-        stalled = False
-        for tp in consumer.assignment():
-            if tp.topic not in self.families:
-                continue
-            position = self.applied.get(tp) or self._committed(tp) or 0
-            highwater = consumer.highwater(tp)
-            if highwater is None or highwater <= position:
-                self._progress.pop(tp, None)
-                continue
-            last = self._progress.get(tp)
-            if last is None or last[0] != position:
-                self._progress[tp] = (position, now)
-            elif now - last[1] > max(
-                STALL_MIN_S, STALL_INTERVALS * self.settings.sluice_flush_interval_s
-            ):
-                log.warning(
-                    "%s has made no progress at %s (end %s) for %.0fs",
-                    tp,
-                    position,
-                    highwater,
-                    now - last[1],
-                )
-                stalled = True
-        return stalled
-
-    async def heal(self) -> None:
-        """Commit what is contiguous, then re-read every partition from its commit.
-
-        Faust's documented way to move the fetcher: stop the flow, wait for the fetcher
-        to be idle, seek, resume. Events still queued for the agent are cleared (they
-        come again); everything re-read is applied idempotently.
-        """
-        await self.checkpoint()
-        consumer = self.app.consumer
-        async with self._ckpt_lock:
-            self.stats["heals"] = self.stats.get("heals", 0) + 1
-            consumer.stop_flow()
-            self.app.flow_control.suspend()
-            self.app.flow_control.clear()
-            try:
-                await consumer.wait_for_stopped_flow()
-                await consumer.perform_seek()
-                # partitions without a commit stay where the fetcher is: rewind them to
-                # their first offset (the hole may be right at the start of the log)
-                for tp in consumer.assignment():
-                    if tp.topic in self.families and self._committed(tp) is None:
-                        self._starts.pop(tp, None)
-                        start = await self._log_start(tp)
-                        if start is not None:
-                            await consumer.seek(tp, start)
-            finally:
-                self.applied, self.committed, self.holes = {}, {}, set()
-                self._progress.clear()
-                self.app.flow_control.resume()
-                consumer.resume_flow()
-            log.info("re-reading every partition from its committed offset")
 
     async def drain(self) -> None:
-        """Checkpoint everything now (before revoke/shutdown); keep doing so per batch."""
+        """Stop reading and checkpoint everything (before a revoke and before shutdown)."""
         self.draining = True
+        await self.reader.unassign()
         await self.checkpoint()
 
     async def checkpoint(self) -> bool:
@@ -519,8 +420,9 @@ class Worker:
     # -- rebalancing ----------------------------------------------------------------------
     async def _on_revoked(self, app: Any, revoked: set, **_: Any) -> None:
         # drain() ran in _consumer_wait_empty; whatever was not committed is reprocessed
-        # by the partition's next owner (maybe us, after the seek). Every partition is
-        # revoked at each rebalance, even those we keep: state goes in _on_assigned.
+        # by the partition's next owner (maybe us). Every partition is revoked at each
+        # rebalance, even those we keep: their state goes (or stays) in _on_assigned.
+        await self.reader.unassign((tp.topic, tp.partition) for tp in revoked)
         self.router.forget({(tp.topic, tp.partition) for tp in revoked})
         self.applied = {tp: o for tp, o in self.applied.items() if tp not in revoked}
         self.committed = {tp: o for tp, o in self.committed.items() if tp not in revoked}
@@ -532,6 +434,10 @@ class Worker:
         # table is assumed to hold the rest), so that state must stay (S10).
         owned = {tp.partition for tp in assigned if tp.topic in self.families}
         self.engine.drop(set(self.engine.partitions) - owned)
+        if not self._handed_off:
+            self._hand_off()
+            self._handed_off = True
+        self._pause_prefetch({tp for tp in assigned if tp.topic in self.families})
 
     async def _on_recovered(self) -> None:
         data = self.table.data
@@ -539,6 +445,11 @@ class Worker:
         data.clear()
         if touched:
             log.info("restored state of partitions %s from the changelog", sorted(touched))
+        # the state of every assigned partition is here now: start reading its events
+        owned = self.app.consumer.assignment()
+        mine = {tp for tp in owned if tp.topic in self.families}
+        self._pause_prefetch(mine)
+        await self.reader.assign((tp.topic, tp.partition) for tp in mine)
 
     # -- web --------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:

@@ -211,9 +211,16 @@ def windowed_email(window_ms: int) -> Attribution:
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 
 
+_DAYS: dict[int, date] = {}
+
+
 def utc_day(ms: int) -> date:
-    """The UTC calendar day of an epoch-ms timestamp (no datetime: this is the hot path)."""
-    return date.fromordinal(_EPOCH_ORDINAL + ms // DAY_MS)
+    """The UTC calendar day of an epoch-ms timestamp (memoized: this is the hot path)."""
+    n = ms // DAY_MS
+    day = _DAYS.get(n)
+    if day is None:
+        day = _DAYS[n] = date.fromordinal(_EPOCH_ORDINAL + n)
+    return day
 
 
 def month_start(day: date) -> date:
@@ -375,8 +382,14 @@ class Rollup:
         if key is None:
             return None
         flags = state[FLAGS]
-        counts = tuple(1 if bits is None or flags & bits else 0 for _, bits in self.metrics)
-        return key, counts, tuple(value(state) for _, value in self.tallies)
+        counts = tuple([1 if bits is None or flags & bits else 0 for bits in self._metric_bits])
+        if not self.tallies:
+            return key, counts, ()
+        return key, counts, tuple([value(state) for _, value in self.tallies])
+
+    @cached_property
+    def _metric_bits(self) -> tuple[int | None, ...]:
+        return tuple(bits for _, bits in self.metrics)
 
     def values(self, counters: Sequence[int], tallies: Sequence[Counter] | None) -> tuple:
         """The value columns of one row."""
