@@ -47,6 +47,9 @@ class Deployment:
     session_timeout_s: float = 6.0
     worker: subprocess.Popen | None = None
     group_name: str | None = None
+    # a ClickHouse server (e.g. ``sluice olap serve``) instead of the deployment's own
+    # chDB store, for several workers sharing one store
+    clickhouse_url: str | None = None
 
     @property
     def prefix(self) -> str:
@@ -58,7 +61,7 @@ class Deployment:
 
     @property
     def olap_url(self) -> str:
-        return f"chdb://{self.root / 'olap'}"
+        return self.clickhouse_url or f"chdb://{self.root / 'olap'}"
 
     def env(self, **extra: str) -> dict[str, str]:
         env = dict(os.environ)
@@ -204,3 +207,64 @@ class Deployment:
     def query(self, sql: str) -> list[dict[str, Any]]:
         proc = self.run("olap", "query", "--format", "json", sql)
         return json.loads(proc.stdout)
+
+
+@dataclass
+class OlapServer:
+    """``sluice olap serve`` over ``root/olap`` as a subprocess, on a free port.
+
+    Several workers share one chDB store through it (chDB allows one process per store).
+    """
+
+    root: Path
+    args: tuple[str, ...] = ()
+    env_extra: dict[str, str] = field(default_factory=dict)
+    port: int = field(default_factory=free_port)
+    host: str = "127.0.0.1"  # the name clients connect to (TLS: the certificate's name)
+    scheme: str = "http"
+    proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://{self.host}:{self.port}"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "olap-serve.log"
+
+    def start(self, timeout: float = 60) -> OlapServer:
+        """Start the server; return once it listens (AssertionError with its log if not)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CLICKHOUSE_")}
+        env.update(PYTHONUNBUFFERED="1", **self.env_extra)
+        self.proc = subprocess.Popen(
+            [*SLUICE, "olap", "serve", "--path", str(self.root / "olap")]
+            + ["--port", str(self.port), *self.args],
+            env=env,
+            cwd=self.root,
+            stdout=self.log.open("a"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while "serving " not in self.log.read_text():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"sluice olap serve did not start:\n{self.log.read_text()}")
+            time.sleep(0.1)
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        """Signal the server and wait; return its exit code."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        code = self.proc.wait(timeout=timeout)
+        self.proc = None
+        return code
+
+    def close(self) -> None:
+        """Kill the server if it still runs (a failed test must not leave it behind)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+        self.proc = None

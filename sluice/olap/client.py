@@ -104,7 +104,9 @@ def connect(url: str, **options: Any) -> OlapClient:
             parsed = urlparse(url)
             if parsed.scheme not in {"http", "https"}:
                 raise OlapError(f"unsupported CLICKHOUSE_URL scheme {parsed.scheme!r}")
-            client = clickhouse_connect.get_client(dsn=url, **options)
+            # interface: clickhouse-connect takes TLS from the port (443/8443), not the
+            # DSN's scheme, so https://host:8123 would otherwise be plain HTTP
+            client = clickhouse_connect.get_client(dsn=url, interface=parsed.scheme, **options)
     except OlapError:
         raise
     except Exception as exc:  # the drivers raise many kinds; one clear message here
