@@ -43,7 +43,7 @@ lint: setup
 	$(BIN)/sluice olap lint sluice/olap/migrations/*.sql
 
 bench: kafka                    ## routing throughput through the real worker (bench/)
-	$(BIN)/python -m bench.routing
+	$(BIN)/python -m bench.run
 
 clean:
 	rm -rf var .pytest_cache

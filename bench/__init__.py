@@ -1,1 +1,1 @@
-"""Benchmarks (not tests): ``python -m bench.routing``."""
+"""Benchmarks (not tests): ``python -m bench.run`` (``make bench``); see bench/README.md."""

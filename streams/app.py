@@ -62,7 +62,7 @@ from sluice.olap import OlapClient, OlapError, connect, migrate
 from sluice.security import clickhouse_options, faust_credentials, kafka_config
 from sluice.settings import Settings, get_settings
 from streams.engine import Engine
-from streams.fetch import Reader
+from streams.fetch import ChangelogWriter, Reader
 from streams.routing import Router
 from topics.catalog import dlq_topic, event_topics
 
@@ -111,6 +111,7 @@ class Worker:
         self.applied: dict[TP, int] = {}
         self.committed: dict[TP, int] = {}  # what this generation committed last
         self.reader = Reader(kafka_config(settings), settings.sluice_app_id)
+        self.changelog = ChangelogWriter(kafka_config(settings))
         self._handed_off = False
         self.unflushed = 0  # events applied since the last successful checkpoint
         self.stream: Any = None
@@ -368,9 +369,12 @@ class Worker:
                 rejected = await self.router.flush()
                 for item in rejected:
                     await self.dead_letter_rejected(item)
-                for partition, key, value in ckpt.changelog:
-                    self.table.send_changelog(partition, key, value)
-                await self.app.producer.flush()
+                loop = asyncio.get_running_loop()
+                if ckpt.changelog:
+                    topic = self.table.changelog_topic.get_topic_name()
+                    self.changelog.write(topic, ckpt.changelog)
+                    await loop.run_in_executor(None, self.changelog.flush)
+                await self.app.producer.flush()  # dead letters
                 rejected = []  # their dead letters are durable now: never send them twice
                 if ckpt.rows:
                     await asyncio.get_running_loop().run_in_executor(
