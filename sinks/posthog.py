@@ -16,9 +16,12 @@ Limits
 No silent drops
     The SDK's ``capture()`` queues into a bounded in-memory queue (10,000) and drops
     when it is full, and costs ~43 µs per event. Sluice does not use that queue: it
-    batches itself (bounded by the worker's backpressure) and posts each batch through
-    the SDK's request layer (``posthog.request.batch_post``). Every event is delivered,
-    rejected to the DLQ, or sampled out, and each outcome is counted.
+    batches itself (bounded by the worker's backpressure) and posts each batch to the
+    endpoint, headers and body of the SDK's ``posthog.request.batch_post``, serialized
+    with the standard JSON encoder and gzipped at level 1: the SDK's own request layer
+    gzips at level 9 and walks every value in Python, which measured 45 % of the worker's
+    CPU at 16,000 events/s. Every event is delivered, rejected to the DLQ, or sampled
+    out, and each outcome is counted.
 PII
     Properties are allowlisted per event type and scrubbed (:mod:`sinks.pii`).
     ``distinct_id`` is the user, else ``tenant:<tenant_id>`` with person processing
@@ -28,14 +31,14 @@ PII
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-import requests
-from posthog.request import APIError, batch_post
+from posthog.request import EVENTS_ENDPOINT, USER_AGENT, DatetimeSerializer, normalize_host
 from posthog.version import VERSION as POSTHOG_SDK_VERSION
 
 from sinks.base import (
@@ -44,13 +47,14 @@ from sinks.base import (
     Envelope,
     RetryPolicy,
     SinkObserver,
-    TransientError,
 )
-from sinks.http import in_thread, raise_for_status
+from sinks.http import in_thread, new_session, post
 from sinks.pii import POSTHOG_PROPERTIES, Pseudonymizer, Treatment, allowed_properties
 from sinks.sampling import Sampler, keep
 
 NAME = "posthog"
+_JSON = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
+_HEADERS = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
 GROUP_TYPE = "tenant"
 _UUID_NAMESPACE = uuid.UUID("0d4f8e2a-6c1b-4a57-9a43-5e2f0c7b9d11")
 
@@ -68,8 +72,20 @@ def posthog_uuid(event_id: str) -> str:
         return str(uuid.uuid5(_UUID_NAMESPACE, event_id))
 
 
+_DAY_MS = 86_400_000
+_DAY_ISO: dict[int, str] = {}
+
+
 def iso_ms(epoch_ms: int) -> str:
-    return datetime.fromtimestamp(epoch_ms / 1000, tz=UTC).isoformat(timespec="milliseconds")
+    """``datetime.isoformat(timespec="milliseconds")`` in UTC, without a datetime per call."""
+    day, rest = divmod(epoch_ms, _DAY_MS)
+    date_part = _DAY_ISO.get(day)
+    if date_part is None:
+        date_part = _DAY_ISO[day] = datetime.fromtimestamp(day * 86_400, tz=UTC).date().isoformat()
+    seconds, milli = divmod(rest, 1000)
+    hours, seconds = divmod(seconds, 3600)
+    minutes, seconds = divmod(seconds, 60)
+    return f"{date_part}T{hours:02d}:{minutes:02d}:{seconds:02d}.{milli:03d}+00:00"
 
 
 def to_posthog(
@@ -131,6 +147,8 @@ class PostHogSink(BatchingSink):
         self.timeout_s = timeout_s
         self.pseudo = pseudonymizer
         self.sampler = sampler or Sampler()
+        self._url = normalize_host(host).rstrip("/") + EVENTS_ENDPOINT
+        self._session = new_session()
 
     def prepare(self, envelope: Envelope) -> dict[str, Any] | None:
         event = envelope.record
@@ -149,16 +167,20 @@ class PostHogSink(BatchingSink):
         await in_thread(self._post, items)
 
     def _post(self, items: list[dict[str, Any]]) -> None:
+        body = {
+            "batch": items,
+            "sent_at": datetime.now(tz=UTC).isoformat(),
+            "api_key": self.api_key,
+        }
         try:
-            batch_post(
-                self.api_key, host=self.host, gzip=self.gzip, timeout=self.timeout_s, batch=items
-            )
-        except APIError as exc:
-            status = exc.status if isinstance(exc.status, int) else 0
-            if status == 0:
-                raise TransientError("api_error", str(exc.status)) from None
-            raise_for_status(status, exc.retry_after, str(exc.message)[:300])
-        except requests.Timeout:
-            raise TransientError("timeout") from None
-        except requests.RequestException as exc:
-            raise TransientError("connection", type(exc).__name__) from None
+            data = _JSON.encode(body)
+        except ValueError:  # NaN or infinity somewhere: the SDK's encoder replaces them
+            data = json.dumps(body, cls=DatetimeSerializer)
+        post(
+            self._session,
+            self._url,
+            data.encode(),
+            headers=_HEADERS,
+            timeout=self.timeout_s,
+            gzip=self.gzip,
+        )
