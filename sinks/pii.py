@@ -115,6 +115,7 @@ class Pseudonymizer:
 
     def __init__(self, key: bytes | None) -> None:
         self._key = key or None
+        self._repeated: dict[str, str] = {}
 
     @property
     def enabled(self) -> bool:
@@ -136,6 +137,15 @@ class Pseudonymizer:
         if text.count(":") >= 2:
             text = _IPV6_RE.sub(self._ip_replacement, text)
         return text
+
+    def scrub_repeated(self, text: str) -> str:
+        """:meth:`scrub`, memoized for low-cardinality values (tenant ids, sources)."""
+        found = self._repeated.get(text)
+        if found is None:
+            found = self.scrub(text)
+            if len(self._repeated) < 100_000:
+                self._repeated[text] = found
+        return found
 
     def _replacement(self, match: re.Match[str]) -> str:
         return self(match.group(0)) or "[removed]"

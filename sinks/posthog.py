@@ -95,19 +95,15 @@ def to_posthog(
     sample_rate: float = 1.0,
 ) -> dict[str, Any]:
     """One decoded event → one PostHog batch message (pure)."""
-    tenant = pseudo.scrub(event["tenant_id"])
+    tenant = pseudo.scrub_repeated(event["tenant_id"])
     props = allowed_properties(event, allow, pseudo)
-    props.update(
-        {
-            "tenant_id": tenant,
-            "source": pseudo.scrub(event["source"]),
-            "sample_rate": sample_rate,
-            "$groups": {GROUP_TYPE: tenant},
-            "$geoip_disable": True,  # the request IP is the worker's, never the user's
-            "$lib": "sluice",
-            "$lib_version": POSTHOG_SDK_VERSION,
-        }
-    )
+    props["tenant_id"] = tenant
+    props["source"] = pseudo.scrub_repeated(event["source"])
+    props["sample_rate"] = sample_rate
+    props["$groups"] = {GROUP_TYPE: tenant}
+    props["$geoip_disable"] = True  # the request IP is the worker's, never the user's
+    props["$lib"] = "sluice"
+    props["$lib_version"] = POSTHOG_SDK_VERSION
     user = event.get("user_id")
     if user:
         distinct_id = pseudo.scrub(user)
