@@ -42,7 +42,8 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/sluice olap lint sluice/olap/migrations/*.sql
 
-bench: kafka                    ## routing throughput through the real worker (bench/)
+bench: kafka                    ## limit, naive faust, Quix peer and the worker, one run (bench/)
+	$(BIN)/pip install -q -e '.[dev,bench]'
 	$(BIN)/python -m bench.run
 
 clean:

@@ -641,6 +641,12 @@ def _print_status(
         if key in worker:
             summary.add_row(key, str(worker[key]))
     summary.add_row("assigned", ", ".join(worker.get("assigned", [])) or "-")
+    late = worker.get("late_events") or {}
+    if late:
+        summary.add_row(
+            "late events (beyond the attribution window)",
+            ", ".join(f"{kind} {n}" for kind, n in sorted(late.items())),
+        )
     out.print(summary)
 
 

@@ -47,7 +47,10 @@ class Reader:
                 "fetch.wait.max.ms": 50,
                 "fetch.max.bytes": 64 * 1024 * 1024,
                 "max.partition.fetch.bytes": 16 * 1024 * 1024,
-                "queued.max.messages.kbytes": 256 * 1024,
+                # prefetch bound (one queue for all partitions): enough to keep a batch
+                # ready, not so much that backpressure fills memory with unread events
+                "queued.max.messages.kbytes": 64 * 1024,
+                "queued.min.messages": 20_000,
                 "logger": self._logger,
             }
         )
@@ -96,10 +99,8 @@ class Reader:
         return good
 
     def close(self) -> None:
-        try:
-            self.consumer.close()
-        finally:
-            self._pool.shutdown(wait=False)
+        self._pool.shutdown(wait=True)  # a fetch in flight returns within POLL_S
+        self.consumer.close()
 
 
 class ChangelogWriter:
