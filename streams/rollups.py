@@ -31,6 +31,7 @@ from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from functools import cached_property
+from sys import intern
 from typing import Any
 
 from streams.state import Component, DirtyRows, RowKey, TablePart, Taken
@@ -78,10 +79,12 @@ def merge_event(state: EmailState, event: Mapping) -> bool:
         if state[SENT_AT] is not None and candidate >= (state[SENT_AT], state[SENT_EVENT_ID]):
             return False
         state[SENT_AT], state[SENT_EVENT_ID] = candidate
-        state[CAMPAIGN] = event["campaign_id"]
-        state[MAILBOX] = event["mailbox_id"]
-        state[LEAD] = event["lead_id"]
-        state[STEP] = event.get("sequence_step_id")
+        # interned: millions of states share a few campaigns, mailboxes, steps and leads
+        state[CAMPAIGN] = intern(event["campaign_id"])
+        state[MAILBOX] = intern(event["mailbox_id"])
+        state[LEAD] = intern(event["lead_id"])
+        step = event.get("sequence_step_id")
+        state[STEP] = intern(step) if step is not None else None
         return True
     bits = event_bits(event)
     if not bits or state[FLAGS] & bits == bits:
@@ -271,7 +274,7 @@ def merge_warmup_event(state: WarmupState, event: Mapping) -> bool:
         if state[SENT_AT] is not None and candidate >= (state[SENT_AT], state[SENT_EVENT_ID]):
             return False
         state[SENT_AT], state[SENT_EVENT_ID] = candidate
-        state[W_MAILBOX] = event["mailbox_id"]
+        state[W_MAILBOX] = intern(event["mailbox_id"])
         return True
     if event_type == "warmup_email_landed":
         if state[W_LANDED_AT] is not None and candidate >= (
@@ -576,6 +579,7 @@ class AttributionRollups(Component):
         key = (event["tenant_id"], event[self.attribution.id_field])
         state = self.states.get(key)
         if state is None:
+            key = (intern(key[0]), key[1])
             state = self.states[key] = self.attribution.new_state()
             before = None
         else:
@@ -591,10 +595,14 @@ class AttributionRollups(Component):
 
     def restore(self, key: list, value: list) -> None:
         """Join a state read back from the changelog into this partition's state."""
-        tenant, message_id = key
+        tenant, message_id = intern(key[0]), key[1]
         state = self.states.get((tenant, message_id))
         if state is None:
-            state = self.states[(tenant, message_id)] = self.attribution.adopt(list(value))
+            value = [
+                intern(v) if type(v) is str and i > SENT_EVENT_ID else v
+                for i, v in enumerate(value)
+            ]
+            state = self.states[(tenant, message_id)] = self.attribution.adopt(value)
             self._account(tenant, None, state)
             return
         before = state.copy()
