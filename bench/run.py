@@ -15,6 +15,16 @@ each contender over the same topics with its own consumer group, one after the o
 
 Prints events/s and peak RSS side by side and the ratios sluice/naive, sluice/peer,
 sluice/limit; writes ``bench/results/<date>.json`` and a PNG next to it.
+
+Three more measurements, each on topics of its own, on request:
+
+* ``--latency``  — produce → ClickHouse and produce → PostHog at half the sluice
+  contender's throughput (or ``--rate``), production checkpoint interval
+  (:mod:`bench.latency`);
+* ``--scaling``  — one worker, then two in one group, sharing ``sluice olap serve``
+  (:mod:`bench.scaling`);
+* ``--memory``   — RSS of one worker holding N emails in flight (:mod:`bench.memory`).
+  ``--only none --memory`` runs it alone.
 """
 
 from __future__ import annotations
@@ -152,6 +162,126 @@ def report(results: list[Result]) -> dict[str, dict[str, float | None]]:
     return ratios
 
 
+def _extra(name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    console.print(f"[bold]{name}[/bold] …")
+    load_before = os.getloadavg()[0]
+    started = time.perf_counter()
+    try:
+        out = fn()
+    except Exception as exc:  # a broken measurement must not hide the others
+        traceback.print_exc()
+        console.print(f"[red]{name} failed:[/red] {exc}")
+        out = {"ok": False, "problems": [f"{type(exc).__name__}: {exc}"[:2000]]}
+    out["load_1m"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+    out["wall_seconds"] = round(time.perf_counter() - started, 1)
+    for p in out.get("problems", []):
+        console.print(f"[red]{name}:[/red] {p}")
+    return out
+
+
+def run_extras(
+    ctx: RunContext,
+    wl: bench_workload.BenchWorkload,
+    results: list[Result],
+    latency: bool,
+    rate: float | None,
+    latency_seconds: float,
+    scaling: bool,
+    memory: bool,
+    sizes: list[int],
+    seed: int,
+) -> dict[str, dict[str, Any]]:
+    """The latency, scaling and memory measurements asked for, one after the other."""
+    extras: dict[str, dict[str, Any]] = {}
+    if latency:
+        from bench import latency as bench_latency
+
+        sluice = next((r for r in results if r.name == "sluice" and r.verified), None)
+        if sluice is not None:
+            use, source = sluice.events_per_s / 2, "half the sluice contender's, this run"
+        else:
+            use, source = rate, "--rate"
+        if use is None:
+            extras["latency"] = {"ok": False, "problems": ["no sluice result and no --rate"]}
+        else:
+            extras["latency"] = _extra(
+                "latency",
+                lambda: bench_latency.run(
+                    ctx, wl, use, rate_source=source, seconds=latency_seconds, seed=seed
+                ),
+            )
+            print_latency(extras["latency"])
+    if scaling:
+        from bench import scaling as bench_scaling
+
+        extras["scaling"] = _extra("scaling", lambda: bench_scaling.run(ctx, wl))
+        print_scaling(extras["scaling"])
+    if memory:
+        from bench import memory as bench_memory
+
+        extras["memory"] = _extra("memory", lambda: bench_memory.run(ctx, sizes))
+        print_memory(extras["memory"])
+    return extras
+
+
+def latency_series(lat: dict[str, Any] | None) -> dict[str, dict[str, float]] | None:
+    """The latency panel's series: produce → ClickHouse (probes), produce → PostHog."""
+    if not lat or "clickhouse_ms" not in lat:
+        return None
+    keep = ("p50", "p99", "max")
+    return {
+        "→ ClickHouse": {k: lat["clickhouse_ms"][k] for k in keep},
+        "→ PostHog": {k: lat["posthog_ms"][k] for k in keep},
+    }
+
+
+def print_latency(lat: dict[str, Any]) -> None:
+    if "clickhouse_ms" not in lat:
+        return
+    table = Table(
+        title=f"latency at {lat['rate_achieved']:,.0f} events/s ({lat['rate_source']}), "
+        f"checkpoint every {lat['checkpoint_interval_s']:g} s"
+    )
+    for col in ("produce →", "p50 ms", "p99 ms", "max ms", "count"):
+        table.add_column(col, justify="left" if col == "produce →" else "right")
+    for label, key in (("ClickHouse (probes)", "clickhouse_ms"), ("PostHog", "posthog_ms")):
+        f = lat[key]
+        table.add_row(label, f"{f['p50']:,.0f}", f"{f['p99']:,.0f}", f"{f['max']:,.0f}",
+                      f"{f['count']:,}")  # fmt: skip
+    console.print(table)
+    console.print(
+        f"ClickHouse polled every {lat['polling']['every_s'] * 1000:.0f} ms "
+        f"(mean period {lat['polling']['mean_period_ms']} ms, query p50 "
+        f"{lat['polling']['query_ms']['p50']} ms): first-seen is an upper bound"
+    )
+
+
+def print_scaling(sc: dict[str, Any]) -> None:
+    if "workers" not in sc:
+        return
+    for n, c in sc["workers"].items():
+        rate = f"{c['events_per_s']:,.0f} events/s" if c.get("ok") else "[red]FAILED[/red]"
+        console.print(f"  {n} worker(s): {rate}, peak RSS {c.get('peak_rss_mb')} MiB")
+    if sc.get("ratio"):
+        console.print(f"  2 workers / 1 worker: {sc['ratio']:.2f}×")
+
+
+def print_memory(mem: dict[str, Any]) -> None:
+    for s in mem.get("steps", []):
+        if not s.get("ok"):
+            console.print(f"  {s['emails']:,} emails: [red]FAILED[/red]")
+            continue
+        mib = {k: s[k] / 2**20 for k in ("rss_bytes", "peak_rss_bytes", "baseline_rss_bytes")}
+        slope = s.get("bytes_per_email_slope")
+        console.print(
+            f"  {s['emails']:,} emails: RSS {mib['rss_bytes']:,.0f} MiB "
+            f"(peak {mib['peak_rss_bytes']:,.0f}, idle {mib['baseline_rss_bytes']:,.0f}), "
+            f"{s['bytes_per_email']:,.0f} B/email, "
+            f"{s['bytes_per_email_over_baseline']:,.0f} over idle"
+            + (f", slope {slope:,.0f}" if slope is not None else "")
+        )
+
+
 def _result_path(directory: Path, now: datetime) -> Path:
     path = directory / f"{now:%Y-%m-%d}.json"
     if path.exists():  # a second run that day keeps the first
@@ -177,13 +307,33 @@ def main(
     keep: bool = typer.Option(False, help="Keep the scratch directory (logs, chDB store)."),
     timeout: float = typer.Option(1800, help="Seconds each contender may take."),
     results_dir: Path = typer.Option(RESULTS, help="Where the JSON and PNG go."),
+    latency: bool = typer.Option(
+        False, "--latency", help="Measure produce→ClickHouse and produce→PostHog latency."
+    ),
+    rate: float | None = typer.Option(
+        None, help="Latency: events/s to produce (default: half the sluice contender's)."
+    ),
+    latency_seconds: float = typer.Option(30.0, help="Latency: seconds of paced production."),
+    scaling: bool = typer.Option(
+        False, "--scaling", help="One worker, then two in one group (shared olap serve)."
+    ),
+    memory: bool = typer.Option(
+        False, "--memory", help="RSS of one worker holding N emails in flight (long)."
+    ),
+    memory_emails: str = typer.Option(
+        "100000,300000,1000000", help="Memory: comma-separated numbers of emails."
+    ),
 ) -> None:
     """Run the contenders over one workload and compare them."""
     signal.signal(signal.SIGTERM, _interrupt)  # clean up the contenders' processes
-    wanted = [c.strip() for c in only.split(",") if c.strip()]
+    wanted = [c.strip() for c in only.split(",") if c.strip() and c.strip() != "none"]
     unknown = set(wanted) - set(CONTENDERS)
     if unknown:
         raise typer.BadParameter(f"unknown contender(s) {sorted(unknown)}; pick from {CONTENDERS}")
+    if latency and rate is None and "sluice" not in wanted:
+        raise typer.BadParameter("--latency without the sluice contender needs --rate")
+    sizes = [int(x) for x in memory_emails.replace("_", "").split(",") if x.strip()]
+    contenders = bool(wanted or no_sinks)
     now = datetime.now(UTC)
     name = f"bench{now:%Y%m%d%H%M%S}{uuid.uuid4().hex[:4]}"
     prefix = f"{name}."
@@ -221,12 +371,14 @@ def main(
     )
     from bench import limit, naive, peer, sluice_worker
 
-    dep = sluice_worker.deployment(ctx, "produce")
-    dep.run("topics", "create")
-    t = time.perf_counter()
-    dep.produce(wl.events)
-    produce_s = time.perf_counter() - t
-    console.print(f"produced {events:,} events to {prefix}events.* in {produce_s:.1f}s")
+    produce_s = 0.0
+    if contenders:
+        dep = sluice_worker.deployment(ctx, "produce")
+        dep.run("topics", "create")
+        t = time.perf_counter()
+        dep.produce(wl.events)
+        produce_s = time.perf_counter() - t
+        console.print(f"produced {events:,} events to {prefix}events.* in {produce_s:.1f}s")
 
     runners: dict[str, Callable[[], Result]] = {
         "limit": lambda: limit.run(ctx),
@@ -238,6 +390,7 @@ def main(
     if no_sinks:
         jobs.append(("sluice-nosinks", lambda: sluice_worker.run(ctx, wl, sinks=False)))
     results: list[Result] = []
+    extras: dict[str, dict[str, Any]] = {}
     try:
         for contender, runner in jobs:
             console.print(f"[bold]{contender}[/bold] …")
@@ -257,13 +410,16 @@ def main(
                 )
             else:
                 console.print(f"  [red]FAILED[/red]: {'; '.join(result.problems)[:300]}")
+        extras = run_extras(
+            ctx, wl, results, latency, rate, latency_seconds, scaling, memory, sizes, seed
+        )
     finally:
         if not keep:
             shutil.rmtree(root, ignore_errors=True)
         else:
             console.print(f"scratch directory kept: {root}")
 
-    ratios = report(results)
+    ratios = report(results) if results else {}
     machine = _machine()
     for r in results:
         for key in ("quixstreams",):
@@ -281,6 +437,7 @@ def main(
         "machine": machine,
         "results": [r.to_json() for r in results],
         "ratios": ratios,
+        **extras,
     }
     results_dir.mkdir(parents=True, exist_ok=True)
     path = _result_path(results_dir, now)
@@ -288,10 +445,15 @@ def main(
     png = plot(
         results,
         path.with_suffix(".png"),
-        f"Sluice bench {now:%Y-%m-%d}: {events:,} events, {machine['cores']} cores",
+        f"Sluice bench {now:%Y-%m-%d}: "
+        + (f"{events:,} events, " if contenders or latency or scaling else "")
+        + f"{machine['cores']} cores",
+        latencies=latency_series(extras.get("latency")),
+        scaling=extras.get("scaling"),
+        memory=extras.get("memory"),
     )
     console.print(f"wrote {path}" + (f" and {png}" if png else ""))
-    if not all(r.verified for r in results):
+    if not all(r.verified for r in results) or not all(x.get("ok") for x in extras.values()):
         raise typer.Exit(1)
 
 
