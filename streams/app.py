@@ -113,6 +113,8 @@ class Worker:
         self.reader = Reader(kafka_config(settings), settings.sluice_app_id)
         self.changelog = ChangelogWriter(kafka_config(settings))
         self._handed_off = False
+        # rows of a checkpoint whose changelog is durable but whose OLAP write failed
+        self._unwritten: dict[str, list[list]] = {}
         self.unflushed = 0  # events applied since the last successful checkpoint
         self.stream: Any = None
         self.draining = False
@@ -352,6 +354,21 @@ class Worker:
         """
         async with self._ckpt_lock:
             self.last_checkpoint = time.monotonic()
+            if self._unwritten:
+                # An earlier checkpoint made its changelog durable but could not write its
+                # rows: write those first, and take no new snapshot until they are in
+                # (resending the changelog on every retry would flood it while
+                # ClickHouse is down, and slow every later recovery).
+                try:
+                    await asyncio.get_running_loop().run_in_executor(
+                        None, self._write_rows, self._unwritten
+                    )
+                except Exception as exc:
+                    self.health.checkpoint_failures.inc()
+                    self.stats["checkpoint_failures"] += 1
+                    log.error("checkpoint failed, will retry: %s", exc)
+                    return False
+                self._unwritten = {}
             ckpt = self.engine.snapshot()
             for event_type, n in self.engine.take_late().items():
                 self.health.late.labels(event_type).inc(n)
@@ -364,6 +381,7 @@ class Worker:
                 return True
             started = time.perf_counter()
             rejected: list[Rejected] = []
+            changelog_durable = False
             try:
                 # sinks first: nothing is committed unless every routed event is durable
                 rejected = await self.router.flush()
@@ -376,6 +394,7 @@ class Worker:
                     await loop.run_in_executor(None, self.changelog.flush)
                 await self.app.producer.flush()  # dead letters
                 rejected = []  # their dead letters are durable now: never send them twice
+                changelog_durable = True
                 if ckpt.rows:
                     await asyncio.get_running_loop().run_in_executor(
                         None, self._write_rows, ckpt.rows
@@ -383,7 +402,10 @@ class Worker:
             except Exception as exc:  # any failure: nothing committed, everything retried
                 self.router.restore_rejected(rejected)
                 self.health.checkpoint_failures.inc()
-                self.engine.requeue(ckpt)
+                if changelog_durable:
+                    self._unwritten = ckpt.rows  # only the rows are missing
+                else:
+                    self.engine.requeue(ckpt)
                 self.unflushed += unflushed
                 self.stats["checkpoint_failures"] += 1
                 log.error("checkpoint failed, will retry: %s", exc)
