@@ -18,12 +18,12 @@ lock), so no batch read under an old assignment is ever applied.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import orjson
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 log = logging.getLogger("sluice.fetch")
@@ -136,9 +136,9 @@ class ChangelogWriter:
     def write(self, topic: str, entries: Iterable[tuple[int, str, list]]) -> None:
         """Queue ``(partition, key, value)`` entries (key: the engine's JSON string)."""
         produce = self.producer.produce
-        dumps = _json_dumps
+        dumps = orjson.dumps
         for partition, key, value in entries:
-            k, v = dumps(key).encode(), dumps(value).encode()
+            k, v = dumps(key), dumps(value)
             while True:
                 try:
                     produce(topic, v, k, partition=partition, on_delivery=self._delivered)
@@ -155,10 +155,3 @@ class ChangelogWriter:
                 f"changelog: {left} entries unacknowledged, {len(errors)} failed"
                 + (f" ({errors[0]})" if errors else "")
             )
-
-
-def _json_dumps(value: Any) -> str:
-    return _ENCODER.encode(value)
-
-
-_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import os
 import threading
@@ -20,6 +19,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import clickhouse_connect
+import orjson
 from clickhouse_connect.driver.client import Client
 
 from sluice.olap.catalog import INTERNAL_TABLES, OLAP_TABLES
@@ -200,9 +200,6 @@ class OlapClient:
 
 
 def dedup_token(table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    digest = hashlib.sha256()
-    digest.update(json.dumps([table, list(columns)]).encode())
-    for row in rows:
-        digest.update(json.dumps(row, default=str).encode())
-        digest.update(b"\n")
+    digest = hashlib.sha256(orjson.dumps([table, list(columns)]))
+    digest.update(orjson.dumps(rows, default=str))
     return f"{table}-{digest.hexdigest()[:32]}"
