@@ -54,21 +54,6 @@ def deployment(
     return cls(ctx.bootstrap, root, name=name, group_name=f"{name}.group", **kwargs)
 
 
-def sink_env(rx: HttpReceiver, rs: Rsyslog | None) -> dict[str, str]:
-    """Every sink at the local receivers, as the sluice contender has them."""
-    env = {
-        "POSTHOG_API_KEY": "phc_bench",
-        "POSTHOG_HOST": rx.url,
-        "PII_HMAC_KEY": "bench",
-        "OTEL_EXPORTER_OTLP_ENDPOINT": rx.url,
-        "SIEM_HEC_URL": f"{rx.url}/services/collector/event",
-        "SIEM_HEC_TOKEN": "bench",
-    }
-    if rs is not None:
-        env["SIEM_SYSLOG_ADDRESS"] = f"127.0.0.1:{rs.port}"
-    return env
-
-
 def rsyslog(root: Any) -> Rsyslog | None:
     return Rsyslog(root / "rsyslog").start() if shutil.which("rsyslogd") else None
 

@@ -109,6 +109,21 @@ def campaign_rows(dep: Deployment) -> dict[tuple[str, str, str], tuple]:
     }
 
 
+def sink_env(rx: HttpReceiver, rs: Rsyslog | None) -> dict[str, str]:
+    """Every sink at the local receivers, as the sluice contender has them."""
+    env = {
+        "POSTHOG_API_KEY": "phc_bench",
+        "POSTHOG_HOST": rx.url,
+        "PII_HMAC_KEY": "bench",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": rx.url,
+        "SIEM_HEC_URL": f"{rx.url}/services/collector/event",
+        "SIEM_HEC_TOKEN": "bench",
+    }
+    if rs is not None:
+        env["SIEM_SYSLOG_ADDRESS"] = f"127.0.0.1:{rs.port}"
+    return env
+
+
 def _ids_for(events: list[dict[str, Any]], sink: str) -> set[str]:
     return {e["event_id"] for e in events if sink in sink_targets(e)}
 
@@ -133,16 +148,7 @@ def run(
         with HttpReceiver() as rx:
             env = {"SLUICE_FLUSH_INTERVAL_S": "2", "SLUICE_BATCH_MAX": "5000"}
             if sinks:
-                env |= {
-                    "POSTHOG_API_KEY": "phc_bench",
-                    "POSTHOG_HOST": rx.url,
-                    "PII_HMAC_KEY": "bench",
-                    "OTEL_EXPORTER_OTLP_ENDPOINT": rx.url,
-                    "SIEM_HEC_URL": f"{rx.url}/services/collector/event",
-                    "SIEM_HEC_TOKEN": "bench",
-                }
-                if rs is not None:
-                    env["SIEM_SYSLOG_ADDRESS"] = f"127.0.0.1:{rs.port}"
+                env |= sink_env(rx, rs)
             dep = deployment(ctx, label, sink_env=env, flush_interval_s=2.0)
             dep.run("olap", "migrate")
             dep.start_worker()

@@ -116,7 +116,6 @@ class Worker:
         # rows of a checkpoint whose changelog is durable but whose OLAP write failed
         self._unwritten: dict[str, list[list]] = {}
         self.unflushed = 0  # events applied since the last successful checkpoint
-        self.stream: Any = None
         self.draining = False
         self.last_checkpoint = time.monotonic()
         self._ckpt_lock = asyncio.Lock()

@@ -322,6 +322,20 @@ def dead_letters(dep: Deployment, expect: int, timeout: float = 30) -> list[tupl
     return letters
 
 
+def letters_by_source(letters: list[tuple[dict, bytes]]) -> dict[tuple, tuple[dict, bytes]]:
+    """Dead letters keyed by their source (topic, partition, offset); each at most once."""
+    by_source: dict[tuple, tuple[dict, bytes]] = {}
+    for headers, value in letters:
+        source = (
+            headers["source.topic"],
+            int(headers["source.partition"]),
+            int(headers["source.offset"]),
+        )
+        assert source not in by_source, f"dead-lettered twice: {source}"
+        by_source[source] = (headers, value)
+    return by_source
+
+
 def report(scenario: str, **figures: Any) -> None:
     """Record a scenario's measured figures (printed; appended to SLUICE_FAULT_REPORT)."""
     line = json.dumps({"scenario": scenario, "events_per_scenario": EVENTS, **figures})

@@ -14,7 +14,14 @@ import signal
 import pytest
 
 from sluice.taxonomy import family_of
-from tests.faults._faults import RawProducer, dead_letters, report, verify, workload
+from tests.faults._faults import (
+    RawProducer,
+    dead_letters,
+    letters_by_source,
+    report,
+    verify,
+    workload,
+)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.integration, pytest.mark.faults]
 
@@ -62,15 +69,7 @@ def test_poison_records_go_to_the_dlq_and_the_rest_is_exact(deployment, referenc
     letters = dead_letters(dep, expect=len(poison))
     assert dep.stop_worker(signal.SIGTERM) == 0, dep.log_tail()
 
-    by_source = {}
-    for headers, value in letters:
-        source = (
-            headers["source.topic"],
-            int(headers["source.partition"]),
-            int(headers["source.offset"]),
-        )
-        assert source not in by_source, f"dead-lettered twice: {source}"
-        by_source[source] = (headers, value)
+    by_source = letters_by_source(letters)
     expected = {producer.landed[label]: poison[label] for label in poison}
     assert set(by_source) == set(expected), (
         sorted(set(expected) - set(by_source))[:5],

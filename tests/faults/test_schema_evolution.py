@@ -27,7 +27,14 @@ from avro_schemas import SCHEMA_DIR, SchemaRepo
 from sluice.codec import Codec
 from sluice.settings import Settings
 from sluice.taxonomy import family_of
-from tests.faults._faults import RawProducer, dead_letters, report, verify, workload
+from tests.faults._faults import (
+    RawProducer,
+    dead_letters,
+    letters_by_source,
+    report,
+    verify,
+    workload,
+)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.integration, pytest.mark.faults]
 
@@ -145,15 +152,7 @@ def test_v1_v2_interleave_and_an_incompatible_v3_is_refused_and_dead_lettered(
     assert dep.worker is not None and dep.worker.poll() is None, dep.log_tail()
     assert dep.stop_worker(signal.SIGTERM) == 0, dep.log_tail()
 
-    by_source = {}
-    for headers, value in letters:
-        source = (
-            headers["source.topic"],
-            int(headers["source.partition"]),
-            int(headers["source.offset"]),
-        )
-        assert source not in by_source, f"dead-lettered twice: {source}"
-        by_source[source] = (headers, value)
+    by_source = letters_by_source(letters)
     expected = {producer.landed[label]: raw for label, raw in incompatible.items()}
     assert set(by_source) == set(expected), (
         sorted(set(expected) - set(by_source))[:5],
