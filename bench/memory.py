@@ -59,20 +59,24 @@ def emails(n: int, seed: int = 1) -> Iterator[dict[str, Any]]:
         }
 
 
-def run(ctx: RunContext, sizes: Sequence[int]) -> dict[str, Any]:
-    steps = [one(ctx, n) for n in sizes]
+def run(
+    ctx: RunContext, sizes: Sequence[int], state_env: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """``state_env``: the worker's state store settings (SLUICE_STATE_STORE, ...)."""
+    state_env = state_env or {}
+    steps = [one(ctx, n, state_env) for n in sizes]
     ok_steps = [s for s in steps if s["ok"]]
     for a, b in zip(ok_steps, ok_steps[1:], strict=False):
         b["bytes_per_email_slope"] = (b["rss_bytes"] - a["rss_bytes"]) / (b["emails"] - a["emails"])
-    return {"steps": steps, "ok": all(s["ok"] for s in steps)}
+    return {"steps": steps, "ok": all(s["ok"] for s in steps), "state": state_env}
 
 
-def one(ctx: RunContext, n: int) -> dict[str, Any]:
+def one(ctx: RunContext, n: int, state_env: dict[str, str]) -> dict[str, Any]:
     total = 2 * n
     problems: list[str] = []
     out: dict[str, Any] = {"emails": n, "events": total}
     dep = live.deployment(
-        ctx, f"mem{n}", sink_env=dict(live.WORKER_ENV), flush_interval_s=2.0
+        ctx, f"mem{n}", sink_env={**live.WORKER_ENV, **state_env}, flush_interval_s=2.0
     )  # fmt: skip
     try:
         dep.run("topics", "create")
@@ -111,6 +115,7 @@ def one(ctx: RunContext, n: int) -> dict[str, Any]:
         if held != n:
             problems.append(f"partitions hold {held:,} emails, produced {n:,}")
         out |= {
+            "state_store": st.get("state_store"),
             "rss_bytes": rss * 1024,
             "peak_rss_bytes": max(peak, hwm * 1024),
             "state_emails": held,

@@ -190,6 +190,7 @@ def run_extras(
     memory: bool,
     sizes: list[int],
     seed: int,
+    state_env: dict[str, str] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """The latency, scaling and memory measurements asked for, one after the other."""
     extras: dict[str, dict[str, Any]] = {}
@@ -219,7 +220,7 @@ def run_extras(
     if memory:
         from bench import memory as bench_memory
 
-        extras["memory"] = _extra("memory", lambda: bench_memory.run(ctx, sizes))
+        extras["memory"] = _extra("memory", lambda: bench_memory.run(ctx, sizes, state_env))
         print_memory(extras["memory"])
     return extras
 
@@ -280,6 +281,12 @@ def print_memory(mem: dict[str, Any]) -> None:
             f"{s['bytes_per_email_over_baseline']:,.0f} over idle"
             + (f", slope {slope:,.0f}" if slope is not None else "")
         )
+        store = s.get("state_store") or {}
+        if store.get("kind") == "rocksdb":
+            console.print(
+                f"    state entries: {store['in_memory']:,} in memory, {store['on_disk']:,} "
+                f"in RocksDB (budget {store['memory_items']:,})"
+            )
 
 
 def _result_path(directory: Path, now: datetime) -> Path:
@@ -323,6 +330,12 @@ def main(
     memory_emails: str = typer.Option(
         "100000,300000,1000000", help="Memory: comma-separated numbers of emails."
     ),
+    memory_store: str = typer.Option(
+        "rocksdb", help="Memory: the worker's SLUICE_STATE_STORE (rocksdb or memory)."
+    ),
+    memory_items: int = typer.Option(
+        1_000_000, help="Memory: the worker's SLUICE_STATE_MEMORY_ITEMS (with rocksdb)."
+    ),
 ) -> None:
     """Run the contenders over one workload and compare them."""
     signal.signal(signal.SIGTERM, _interrupt)  # clean up the contenders' processes
@@ -333,6 +346,12 @@ def main(
     if latency and rate is None and "sluice" not in wanted:
         raise typer.BadParameter("--latency without the sluice contender needs --rate")
     sizes = [int(x) for x in memory_emails.replace("_", "").split(",") if x.strip()]
+    if memory_store not in ("rocksdb", "memory"):
+        raise typer.BadParameter(f"--memory-store {memory_store!r}: pick rocksdb or memory")
+    state_env = {
+        "SLUICE_STATE_STORE": memory_store,
+        "SLUICE_STATE_MEMORY_ITEMS": str(memory_items),
+    }
     contenders = bool(wanted or no_sinks)
     now = datetime.now(UTC)
     name = f"bench{now:%Y%m%d%H%M%S}{uuid.uuid4().hex[:4]}"
@@ -411,7 +430,17 @@ def main(
             else:
                 console.print(f"  [red]FAILED[/red]: {'; '.join(result.problems)[:300]}")
         extras = run_extras(
-            ctx, wl, results, latency, rate, latency_seconds, scaling, memory, sizes, seed
+            ctx,
+            wl,
+            results,
+            latency,
+            rate,
+            latency_seconds,
+            scaling,
+            memory,
+            sizes,
+            seed,
+            state_env,
         )
     finally:
         if not keep:

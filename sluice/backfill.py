@@ -195,11 +195,14 @@ def run(
     for partition in sorted(by_partition):
         engine = engine_factory()
         part = PartitionReport(partition)
-        newest_ms = _read(
-            conf, by_partition[partition], engine, decode, part, on_progress, idle_timeout
-        )
-        updated = datetime.fromtimestamp(newest_ms / 1000, tz=UTC)
-        ckpt = engine.snapshot(now=updated)
+        try:
+            newest_ms = _read(
+                conf, by_partition[partition], engine, decode, part, on_progress, idle_timeout
+            )
+            updated = datetime.fromtimestamp(newest_ms / 1000, tz=UTC)
+            ckpt = engine.snapshot(now=updated)
+        finally:
+            engine.close()  # its disk tier, if any: the rows are in ckpt now
         for table in tables:
             columns = engine.columns(table)
             keep, short = [], 0

@@ -154,6 +154,20 @@ class Settings(BaseSettings):
         "events are counted in the sluice_late_events metric instead. Unset: counts whenever "
         "it happened (the spec's SQL).",
     )
+    sluice_state_store: Literal["rocksdb", "memory"] = Field(
+        "rocksdb",
+        description="Where the attribution state lives: 'rocksdb' keeps at most "
+        "SLUICE_STATE_MEMORY_ITEMS entries in memory and the rest in RocksDB under "
+        "SLUICE_DATA_DIR/spill (a cache: the changelog topic stays the durable copy); "
+        "'memory' keeps all of it in memory (no disk, unbounded).",
+    )
+    sluice_state_memory_items: int = Field(
+        1_000_000,
+        ge=1000,
+        description="With SLUICE_STATE_STORE=rocksdb: the most state entries (an email's "
+        "attribution record, a lead's row, ...; about 0.6 KB each) held in memory; the oldest "
+        "go to disk beyond it.",
+    )
     sluice_flush_interval_s: float = Field(
         5.0, gt=0, description="Seconds between checkpoints (OLAP flush + offset commit)."
     )

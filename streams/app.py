@@ -90,6 +90,7 @@ class SluiceApp(faust.App):
         if self.sluice is not None:
             await self.sluice.router.close()
             self.sluice.reader.close()
+            self.sluice.engine.close()
         await super().on_shutdown()
 
 
@@ -184,6 +185,11 @@ class Worker:
             recovery_buffer_size=10_000,
             # keys and values are JSON (faust's table_key/value_serializer defaults)
         )
+        # Recovery hands each batch of changelog entries straight to the engine (whose
+        # maps spill to disk beyond the memory budget), never buffering the whole
+        # changelog in the table.
+        self.table.apply_changelog_batch = self._apply_changelog_batch  # type: ignore[method-assign]
+        self._restoring: set[int] = set()
         self.table.on_recover(self._on_recovered)
         app.on_partitions_revoked.connect(self._on_revoked)
         app.on_partitions_assigned.connect(self._on_assigned)
@@ -464,10 +470,14 @@ class Worker:
             self._handed_off = True
         self._pause_prefetch({tp for tp in assigned if tp.topic in self.families})
 
+    def _apply_changelog_batch(self, batch: Sequence[Any]) -> None:
+        entries = [(e.key, e.value) for e in batch]
+        self._restoring |= self.engine.join(entries)
+
     async def _on_recovered(self) -> None:
-        data = self.table.data
-        touched = self.engine.restore(list(data.items()))
-        data.clear()
+        touched = {p for p in self._restoring if p in self.engine.partitions}
+        self._restoring = set()
+        self.engine.restored(touched)
         if touched:
             log.info("restored state of partitions %s from the changelog", sorted(touched))
         # the state of every assigned partition is here now: start reading its events
@@ -496,6 +506,11 @@ class Worker:
                 p: {"emails": len(ps.email.emails), "positions": ps.positions}
                 for p, ps in sorted(self.engine.partitions.items())
             },
+            "state_store": (
+                {"kind": "rocksdb", **self.engine.spill.stats()}
+                if self.engine.spill is not None
+                else {"kind": "memory"}
+            ),
             **self.stats,
         }
 

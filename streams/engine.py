@@ -29,10 +29,11 @@ is the partition. Entries with a tag this version does not know are ignored.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from streams.compliance import AuditLog, SensitiveAccess
@@ -42,21 +43,25 @@ from streams.state import Component, Taken, sort_key
 
 if TYPE_CHECKING:
     from sluice.settings import Settings
+    from streams.spill import SpillStore
 
 POSITION_TAG = "\x00pos"
 VERSION_COLUMNS = ("updated", "_version")
 
 
-def default_components(window_ms: int | None = None) -> list[Component]:
+def default_components(
+    window_ms: int | None = None, new_map: Callable[[], MutableMapping] = dict
+) -> list[Component]:
     """Every component of one partition, wired together (the worker's configuration).
 
-    ``window_ms``: the attribution window of email engagement (None: unbounded).
+    ``window_ms``: the attribution window of email engagement (None: unbounded);
+    ``new_map``: the maps that grow with emails and leads (see :mod:`streams.spill`).
     """
-    email = EmailRollups(window_ms=window_ms)
+    email = EmailRollups(window_ms=window_ms, new_map=new_map)
     billing_rows = email.rows[BILLING_SENDS.table]
     return [
         email,
-        WarmupRollups(),
+        WarmupRollups(new_map=new_map),
         # a late plan change re-dates months that only have sends: it must see those rows
         BillingPlans(other_keys=billing_rows.keys),
         AuditLog(),
@@ -146,10 +151,16 @@ class Checkpoint:
 class Engine:
     """Per-partition state of one worker process."""
 
-    def __init__(self, components: Callable[[], Sequence[Component]] = default_components) -> None:
+    def __init__(
+        self,
+        components: Callable[[], Sequence[Component]] = default_components,
+        spill: SpillStore | None = None,
+    ) -> None:
+        """``spill``: the disk tier ``components`` put their maps in (closed by :meth:`close`)."""
         self.factory = components
-        self.layouts = layouts(components())
+        self.layouts = layouts(default_components())
         self.partitions: dict[int, PartitionState] = {}
+        self.spill = spill
 
     def state(self, partition: int) -> PartitionState:
         ps = self.partitions.get(partition)
@@ -244,9 +255,21 @@ class Engine:
     def for_settings(cls, settings: Settings) -> Engine:
         """The engine the worker runs with these settings (backfill uses the same)."""
         days = settings.sluice_attribution_window_days
-        if days is None:
-            return cls()
-        return cls(partial(default_components, window_ms=int(days * DAY_MS)))
+        window_ms = None if days is None else int(days * DAY_MS)
+        if settings.sluice_state_store == "memory":
+            return cls(partial(default_components, window_ms=window_ms))
+        from streams.spill import SpillStore
+
+        spill = SpillStore(
+            Path(settings.sluice_data_dir) / "spill", settings.sluice_state_memory_items
+        )
+        return cls(partial(default_components, window_ms=window_ms, new_map=spill.map), spill)
+
+    def close(self) -> None:
+        """Release the disk tier, if any (the worker's shutdown)."""
+        self.drop(list(self.partitions))
+        if self.spill is not None:
+            self.spill.close()
 
     def columns(self, table: str) -> list[str]:
         """Column names of the rows :meth:`snapshot` hands out for ``table``."""
@@ -256,13 +279,29 @@ class Engine:
     def drop(self, partitions: Iterable[int]) -> None:
         """Forget partitions this worker no longer owns (their state lives in the changelog)."""
         for partition in partitions:
-            self.partitions.pop(partition, None)
+            ps = self.partitions.pop(partition, None)
+            if ps is not None:
+                for component in ps.components:
+                    component.close()
 
     def restore(self, entries: Iterable[tuple[str, list]]) -> set[int]:
         """Join changelog entries (key, value) into state; return the partitions touched.
 
         Rows of restored partitions are marked dirty: the OLAP may lag the changelog.
         """
+        touched = self.join(entries)
+        self.restored(touched)
+        return touched
+
+    def restored(self, partitions: Iterable[int]) -> None:
+        """After :meth:`join` of every entry: reconcile, mark the partitions' rows dirty."""
+        for partition in partitions:
+            for component in self.partitions[partition].components:
+                component.restored()
+
+    def join(self, entries: Iterable[tuple[str, list]]) -> set[int]:
+        """Join changelog entries into state, a batch at a time (call :meth:`restored`
+        once all are in); return the partitions touched."""
         touched: set[int] = set()
         for key, value in entries:
             if value is None:
@@ -280,9 +319,6 @@ class Engine:
             elif not head.startswith("\x00"):
                 ps.email.restore(parsed, value[1:])
             # else: a tag from a newer version; its owner will rebuild it
-        for partition in touched:
-            for component in self.partitions[partition].components:
-                component.restored()
         return touched
 
 

@@ -27,7 +27,7 @@ keeps the set of business events per tenant, keyed by event id, so redelivery is
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from functools import cached_property
@@ -554,17 +554,28 @@ class AttributionRollups(Component):
     Not thread-safe; owned by the worker's event loop.
     """
 
-    def __init__(self, attribution: Attribution, rollups: Iterable[Rollup], tag: str) -> None:
+    def __init__(
+        self,
+        attribution: Attribution,
+        rollups: Iterable[Rollup],
+        tag: str,
+        new_map: Callable[[], MutableMapping] = dict,
+    ) -> None:
+        """``new_map`` makes the maps that grow with the emails and leads in flight
+        (``dict``, or :meth:`streams.spill.SpillStore.map` for state beyond memory)."""
         self.attribution = attribution
         self.tag = tag
         self.rollups = tuple(rollups)
         self._by_table = {r.table: r for r in self.rollups}
-        self.states: dict[tuple[str, str], list] = {}
+        self.states: MutableMapping[tuple[str, str], list] = new_map()
         # table -> row key -> counters; tallies only for rollups that have some
-        self.rows: dict[str, dict[RowKey, list[int]]] = {r.table: {} for r in self.rollups}
-        self.tallies: dict[str, dict[RowKey, list[Counter]]] = {
-            r.table: {} for r in self.rollups if r.tallies
+        self.rows: dict[str, MutableMapping[RowKey, list[int]]] = {
+            r.table: new_map() for r in self.rollups
         }
+        self.tallies: dict[str, MutableMapping[RowKey, list[Counter]]] = {
+            r.table: new_map() for r in self.rollups if r.tallies
+        }
+        self._maps = [self.states, *self.rows.values(), *self.tallies.values()]
         self.dirty = DirtyRows(self._by_table)
         self.dirty_states: set[tuple[str, str]] = set()
         # events outside the attribution window, by type (a metric: replays count again)
@@ -628,6 +639,7 @@ class AttributionRollups(Component):
             table = rollup.table
             rows = self.rows[table]
             tallies = self.tallies.get(table)
+            # each value fetched is changed before the next fetch (rule of SpillMap)
             if old is not None:
                 key, counts, values = old
                 row = rows[key]
@@ -643,14 +655,17 @@ class AttributionRollups(Component):
                 key, counts, values = new
                 target = rows.get(key)
                 if target is None:
-                    target = rows[key] = [0] * len(counts)
-                    if tallies is not None:
-                        tallies[key] = [Counter() for _ in values]
-                for i, v in enumerate(counts):
-                    target[i] += v
+                    rows[key] = list(counts)
+                else:
+                    for i, v in enumerate(counts):
+                        target[i] += v
                 if tallies is not None:
-                    for tally, value in zip(tallies[key], values, strict=True):
-                        tally[value] += 1
+                    kept = tallies.get(key)
+                    if kept is None:
+                        tallies[key] = [Counter((value,)) for value in values]
+                    else:
+                        for tally, value in zip(kept, values, strict=True):
+                            tally[value] += 1
                 self.dirty.add(table, key)
 
     def _account_flags(self, tenant: str, old_flags: int, after: list) -> None:
@@ -705,6 +720,11 @@ class AttributionRollups(Component):
     def stats(self) -> dict[str, int]:
         return {"states": len(self.states)}
 
+    def close(self) -> None:
+        for m in self._maps:
+            if not isinstance(m, dict):
+                m.store.forget(m)  # type: ignore[attr-defined]
+
 
 class EmailRollups(AttributionRollups):
     """Campaign email attribution → campaign/mailbox/sequence-step/lead/billing rows.
@@ -716,13 +736,17 @@ class EmailRollups(AttributionRollups):
     families = frozenset({"email"})
 
     def __init__(
-        self, rollups: Iterable[Rollup] = EMAIL_ROLLUPS, window_ms: int | None = None
+        self,
+        rollups: Iterable[Rollup] = EMAIL_ROLLUPS,
+        window_ms: int | None = None,
+        new_map: Callable[[], MutableMapping] = dict,
     ) -> None:
         """``window_ms``: the attribution window (None: an event counts whenever it came)."""
-        super().__init__(EMAIL if window_ms is None else windowed_email(window_ms), rollups, "")
+        attribution = EMAIL if window_ms is None else windowed_email(window_ms)
+        super().__init__(attribution, rollups, "", new_map)
 
     @property
-    def emails(self) -> dict[tuple[str, str], EmailState]:
+    def emails(self) -> MutableMapping[tuple[str, str], EmailState]:
         return self.states
 
     @property
@@ -735,8 +759,12 @@ class WarmupRollups(AttributionRollups):
 
     families = frozenset({"warmup"})
 
-    def __init__(self, rollups: Iterable[Rollup] = WARMUP_ROLLUPS) -> None:
-        super().__init__(WARMUP, rollups, tag="\x00warmup")
+    def __init__(
+        self,
+        rollups: Iterable[Rollup] = WARMUP_ROLLUPS,
+        new_map: Callable[[], MutableMapping] = dict,
+    ) -> None:
+        super().__init__(WARMUP, rollups, "\x00warmup", new_map)
 
 
 # --------------------------------------------------------------------------------------

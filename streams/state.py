@@ -107,6 +107,9 @@ class Component(ABC):
         """Sizes of the state, for ``sluice status``."""
         return {}
 
+    def close(self) -> None:  # noqa: B027
+        """The partition moved away: release what the state holds outside the process."""
+
 
 class DirtyRows:
     """Dirty row keys per table: the bookkeeping most components share."""

@@ -336,6 +336,29 @@ def letters_by_source(letters: list[tuple[dict, bytes]]) -> dict[tuple, tuple[di
     return by_source
 
 
+# A state budget far below what a scenario holds (~5,000 emails and their leads): most of
+# the worker's state then lives in RocksDB (streams/spill.py) while the faults land.
+SPILL = {"SLUICE_STATE_STORE": "rocksdb", "SLUICE_STATE_MEMORY_ITEMS": "1000"}
+
+
+def status(dep: Deployment) -> dict[str, Any]:
+    """The worker's /sluice/status/ ({} while it does not answer)."""
+    url = f"http://127.0.0.1:{dep.web_port}/sluice/status/"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return json.load(response)
+    except OSError:
+        return {}
+
+
+def spilled(dep: Deployment) -> int:
+    """State entries the running worker holds on disk; fails unless it is spilling."""
+    store = status(dep).get("state_store") or {}
+    assert store.get("kind") == "rocksdb", store
+    assert store["on_disk"] > store["in_memory"] > 0, store
+    return int(store["on_disk"])
+
+
 def report(scenario: str, **figures: Any) -> None:
     """Record a scenario's measured figures (printed; appended to SLUICE_FAULT_REPORT)."""
     line = json.dumps({"scenario": scenario, "events_per_scenario": EVENTS, **figures})

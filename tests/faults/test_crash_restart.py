@@ -16,11 +16,13 @@ import pytest
 
 from tests.faults._faults import (
     PACE_S,
+    SPILL,
     RawProducer,
     dead_letters,
     duplicates,
     produce_paced,
     report,
+    spilled,
     verify,
     wait_for,
     workload,
@@ -35,14 +37,14 @@ def test_sigkill_at_20_50_80_percent_then_restart(deployment, reference_olap):
     total = len(wl.events)
     dep.prepare()
     producer = produce_paced(dep, wl.events, seconds=max(PACE_S, total / 5000))
-    dep.start_worker()
+    dep.start_worker(SPILL)  # most of the state on disk: the restarts rebuild it there
     kills = []
     for fraction in (0.2, 0.5, 0.8):
         wait_for(lambda f=fraction: dep.committed() >= f * total, 300, f"{fraction:.0%}", dep)
         assert dep.stop_worker(signal.SIGKILL) == -signal.SIGKILL
         at = dep.committed()
         restarted = time.monotonic()
-        dep.start_worker()
+        dep.start_worker(SPILL)
         # recovery: the restarted worker commits past the point the killed one reached
         wait_for(lambda a=at: dep.committed() > a or dep.committed() >= total, 300, "recovery", dep)
         kills.append((round(at / total, 2), round(time.monotonic() - restarted, 1)))
@@ -50,10 +52,12 @@ def test_sigkill_at_20_50_80_percent_then_restart(deployment, reference_olap):
     drained = dep.wait_drained(timeout=300)
     figures = verify(dep, wl, reference_olap)
     assert dead_letters(dep, expect=0, timeout=5) == []
+    on_disk = spilled(dep)
     assert dep.stop_worker(signal.SIGTERM) == 0, dep.log_tail()
     report(
         "1 sigkill 20/50/80%",
         produced=total,
+        state_entries_on_disk=on_disk,
         killed_at=[k[0] for k in kills],
         recovery_s=[k[1] for k in kills],
         final_drain_s=round(drained, 1),
@@ -70,7 +74,7 @@ def test_duplicates_at_new_offsets_across_a_crash(deployment, reference_olap):
     producer = RawProducer(dep)
     # first half, and 10% of it again further down the log
     producer.send_all(events[:half] + duplicates(events[:half], 0.10, seed=1))
-    dep.start_worker()
+    dep.start_worker(SPILL)  # duplicates must be recognised from state on disk too
     dep.wait_drained()
     assert dep.stop_worker(signal.SIGKILL) == -signal.SIGKILL
     # the rest, 10% of the whole stream again: the restarted worker must recognise
@@ -78,15 +82,17 @@ def test_duplicates_at_new_offsets_across_a_crash(deployment, reference_olap):
     again = duplicates(events, 0.10, seed=2)
     producer.send_all(events[half:] + again)
     restarted = time.monotonic()
-    dep.start_worker()
+    dep.start_worker(SPILL)
     dep.wait_drained()
     recovery = time.monotonic() - restarted
     figures = verify(dep, wl, reference_olap)
     assert dead_letters(dep, expect=0, timeout=5) == []
+    on_disk = spilled(dep)
     assert dep.stop_worker(signal.SIGTERM) == 0, dep.log_tail()
     report(
         "8 duplicates at new offsets",
         produced=producer.sent,
+        state_entries_on_disk=on_disk,
         stream=len(events),  # the workload, with its own ~8% redeliveries
         reproduced_at_new_offsets=producer.sent - len(events),
         recovery_s=round(recovery, 1),
