@@ -61,6 +61,33 @@ class Result:
         }
 
 
+def cpu_times() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine, from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def busy_since(start: tuple[int, int]) -> float:
+    """Fraction of the machine's CPU (all cores) busy since ``start`` (a :func:`cpu_times`)."""
+    busy, total = cpu_times()
+    return (busy - start[0]) / max(1, total - start[1])
+
+
+def wait_quiet(threshold: float = 0.10, window_s: float = 2.0, limit_s: float = 120.0) -> float:
+    """Wait until the machine was less than ``threshold`` busy over ``window_s`` (the broker
+    compacting and deleting what the previous contender left, say), at most ``limit_s``.
+    Returns the busy fraction of the last window."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        start = cpu_times()
+        time.sleep(window_s)
+        busy = busy_since(start)
+        if busy < threshold or time.monotonic() >= deadline:
+            return busy
+
+
 def _status_kb(pid: int, field_name: str) -> int:
     try:
         with open(f"/proc/{pid}/status") as fh:

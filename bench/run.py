@@ -49,7 +49,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench import workload as bench_workload
-from bench.measure import Result, RunContext
+from bench.measure import Result, RunContext, busy_since, cpu_times, wait_quiet
 from bench.plot import plot
 
 CONTENDERS = ("limit", "naive", "peer", "sluice")
@@ -412,8 +412,12 @@ def main(
     extras: dict[str, dict[str, Any]] = {}
     try:
         for contender, runner in jobs:
-            console.print(f"[bold]{contender}[/bold] …")
+            # every contender starts on a quiet machine: the broker may still be busy
+            # with what the previous one left (its changelog and repartition topics)
+            quiet = wait_quiet()
+            console.print(f"[bold]{contender}[/bold] … (machine {quiet:.0%} busy before)")
             load_before = os.getloadavg()[0]
+            started = cpu_times()
             try:
                 result = runner()
             except Exception as exc:  # one broken contender must not hide the others
@@ -421,6 +425,9 @@ def main(
                 result = _failed(contender, exc)
             # the machine may be shared: a 1-minute load above the core count taints figures
             result.detail["load_1m"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+            # both cores, everything on the machine (contender, broker, receivers, ...)
+            result.detail["machine_busy"] = {"before": round(quiet, 3)}
+            result.detail["machine_busy"]["during"] = round(busy_since(started), 3)
             results.append(result)
             if result.verified:
                 console.print(

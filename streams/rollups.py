@@ -27,7 +27,15 @@ keeps the set of business events per tenant, keyed by event id, so redelivery is
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Hashable, Iterable, Mapping, MutableMapping, Sequence
+from collections.abc import (
+    Callable,
+    Hashable,
+    Iterable,
+    Iterator,
+    Mapping,
+    MutableMapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from functools import cached_property
@@ -37,6 +45,8 @@ from typing import Any
 from streams.state import Component, DirtyRows, RowKey, TablePart, Taken
 
 DAY_MS = 86_400_000
+# rows a checkpoint rewrites per component after a restore (the rest in the next ones)
+REWRITE_BATCH = 100_000
 
 # --------------------------------------------------------------------------------------
 # Email attribution state
@@ -580,6 +590,8 @@ class AttributionRollups(Component):
         self.dirty_states: set[tuple[str, str]] = set()
         # events outside the attribution window, by type (a metric: replays count again)
         self.late: Counter[str] = Counter()
+        # after a restore: the row keys still to rewrite (see restored())
+        self._rewrite: Iterator[tuple[str, RowKey]] | None = None
 
     def parts(self) -> tuple[TablePart, ...]:
         return tuple(TablePart(r.table, r.key_columns, r.value_columns) for r in self.rollups)
@@ -614,22 +626,32 @@ class AttributionRollups(Component):
                 for i, v in enumerate(value)
             ]
             state = self.states[(tenant, message_id)] = self.attribution.adopt(value)
-            self._account(tenant, None, state)
+            self._account(tenant, None, state, mark=False)
             return
         before = state.copy()
         if self.attribution.merge_states(state, value):
-            self._account(tenant, before, state)
+            self._account(tenant, before, state, mark=False)
 
     def restored(self) -> None:
-        self.mark_all_dirty()
+        # Every row is rewritten (the OLAP may lag the changelog), REWRITE_BATCH per
+        # checkpoint: a state far beyond memory is never all in one checkpoint.
+        self._rewrite = self._all_row_keys()
         # don't resend the restored states to the changelog they came from
         self.dirty_states.clear()
 
-    def _account(self, tenant: str, before: list | None, after: list) -> None:
+    def _all_row_keys(self) -> Iterator[tuple[str, RowKey]]:
+        for table, rows in self.rows.items():
+            keys = rows.iter_lazily() if hasattr(rows, "iter_lazily") else list(rows)
+            for key in keys:
+                yield table, key
+
+    def _account(self, tenant: str, before: list | None, after: list, mark: bool = True) -> None:
+        """Move one message's contribution from ``before`` to ``after``; ``mark``: mark
+        the rows dirty (a restore does not: :meth:`restored` rewrites every row)."""
         if after[SENT_AT] is None:
             return  # never sent (a send only ever replaces a send): counts nowhere yet
         if before is not None and before[:FLAGS] == after[:FLAGS]:
-            self._account_flags(tenant, before[FLAGS], after)
+            self._account_flags(tenant, before[FLAGS], after, mark)
             return
         for rollup in self.rollups:
             old = rollup.contribution(tenant, before) if before is not None else None
@@ -650,7 +672,8 @@ class AttributionRollups(Component):
                         tally[value] -= 1
                         if not tally[value]:
                             del tally[value]
-                self.dirty.add(table, key)
+                if mark:
+                    self.dirty.add(table, key)
             if new is not None:
                 key, counts, values = new
                 target = rows.get(key)
@@ -666,9 +689,10 @@ class AttributionRollups(Component):
                     else:
                         for tally, value in zip(kept, values, strict=True):
                             tally[value] += 1
-                self.dirty.add(table, key)
+                if mark:
+                    self.dirty.add(table, key)
 
-    def _account_flags(self, tenant: str, old_flags: int, after: list) -> None:
+    def _account_flags(self, tenant: str, old_flags: int, after: list, mark: bool) -> None:
         """Fast path: only flags changed, so every row key and tally stays the same."""
         new_flags = after[FLAGS]
         changed = old_flags ^ new_flags
@@ -682,7 +706,8 @@ class AttributionRollups(Component):
             for i, (_, bits) in enumerate(rollup.metrics):
                 if bits is not None and changed & bits:
                     row[i] += 1 if new_flags & bits else -1
-            self.dirty.add(rollup.table, key)
+            if mark:
+                self.dirty.add(rollup.table, key)
 
     # -- rows ----------------------------------------------------------------------------
     def value(self, table: str, key: RowKey) -> tuple:
@@ -691,10 +716,15 @@ class AttributionRollups(Component):
         tallies = self.tallies[table].get(key) if table in self.tallies else None
         return rollup.values(counters, tallies)
 
-    def mark_all_dirty(self) -> None:
-        """Mark every row dirty (after a restore: the OLAP may lag the changelog)."""
-        for table, rows in self.rows.items():
-            self.dirty.update(table, rows)
+    def _take_rewrites(self) -> None:
+        """Mark the next rows of a rewrite after a restore dirty (see :meth:`restored`)."""
+        if self._rewrite is None:
+            return
+        for n, (table, key) in enumerate(self._rewrite, 1):
+            self.dirty.add(table, key)
+            if n >= REWRITE_BATCH:
+                return  # the rest at the next checkpoints
+        self._rewrite = None
 
     def take_dirty_rows(self) -> dict[str, list[tuple[RowKey, tuple]]]:
         """Snapshot and clear the dirty rows: table -> [(key, value columns)]."""
@@ -704,6 +734,7 @@ class AttributionRollups(Component):
         }
 
     def take(self) -> Taken:
+        self._take_rewrites()
         states = sorted(self.dirty_states)
         self.dirty_states.clear()
         return Taken(

@@ -141,13 +141,15 @@ class SpillMap(MutableMapping):
     of ``(key, value)``, so iteration gives back the keys exactly.
     """
 
-    __slots__ = ("store", "prefix", "hot", "cold")
+    __slots__ = ("store", "prefix", "hot", "cold", "_absent")
 
     def __init__(self, store: SpillStore, prefix: bytes) -> None:
         self.store = store
         self.prefix = prefix
         self.hot: dict[Hashable, Any] = {}
         self.cold = 0  # entries on disk
+        # the last key a lookup found nowhere: setting it next needs no disk check
+        self._absent: Hashable = _MISSING
 
     def in_memory(self) -> int:
         return len(self.hot)
@@ -170,6 +172,7 @@ class SpillMap(MutableMapping):
         k = self._disk_key(key)
         raw = db.get(k)
         if raw is None:
+            self._absent = key
             return default
         db.delete(k)
         self.cold -= 1
@@ -196,8 +199,9 @@ class SpillMap(MutableMapping):
         if key in self.hot:
             self.hot[key] = value
             return
-        if self.cold and self._drop_disk(key):
+        if self.cold and key != self._absent and self._drop_disk(key):
             self.cold -= 1
+        self._absent = _MISSING
         self._add(key, value)
 
     def _add(self, key: Hashable, value: Any) -> None:
@@ -261,6 +265,24 @@ class SpillMap(MutableMapping):
     def items(self) -> Iterator[tuple[Hashable, Any]]:  # type: ignore[override]
         yield from self._disk_items()
         yield from list(self.hot.items())
+
+    def iter_lazily(self) -> Iterator[Hashable]:
+        """Every key, reading the disk as it goes (memory stays bounded for any size).
+
+        The map may change meanwhile: keys added after the call may or may not come,
+        every key present throughout comes at least once.
+        """
+        yield from list(self.hot)
+        if not self.cold:
+            return
+        db = self.store.db
+        assert db is not None
+        prefix = self.prefix
+        # a RocksDB iterator reads the snapshot it was opened on, whatever is written later
+        for k, raw in db.items(from_key=prefix):
+            if not k.startswith(prefix):
+                break
+            yield pickle.loads(raw)[0]
 
     def _disk_items(self) -> Iterator[tuple[Hashable, Any]]:
         if not self.cold:
