@@ -60,18 +60,22 @@ def emails(n: int, seed: int = 1) -> Iterator[dict[str, Any]]:
 
 
 def run(
-    ctx: RunContext, sizes: Sequence[int], state_env: dict[str, str] | None = None
+    ctx: RunContext,
+    sizes: Sequence[int],
+    state_env: dict[str, str] | None = None,
+    restart: bool = False,
 ) -> dict[str, Any]:
-    """``state_env``: the worker's state store settings (SLUICE_STATE_STORE, ...)."""
+    """``state_env``: the worker's state store settings (SLUICE_STATE_STORE, ...);
+    ``restart``: then restart the worker and measure it rebuilding the state."""
     state_env = state_env or {}
-    steps = [one(ctx, n, state_env) for n in sizes]
+    steps = [one(ctx, n, state_env, restart) for n in sizes]
     ok_steps = [s for s in steps if s["ok"]]
     for a, b in zip(ok_steps, ok_steps[1:], strict=False):
         b["bytes_per_email_slope"] = (b["rss_bytes"] - a["rss_bytes"]) / (b["emails"] - a["emails"])
     return {"steps": steps, "ok": all(s["ok"] for s in steps), "state": state_env}
 
 
-def one(ctx: RunContext, n: int, state_env: dict[str, str]) -> dict[str, Any]:
+def one(ctx: RunContext, n: int, state_env: dict[str, str], restart: bool) -> dict[str, Any]:
     total = 2 * n
     problems: list[str] = []
     out: dict[str, Any] = {"emails": n, "events": total}
@@ -126,6 +130,8 @@ def one(ctx: RunContext, n: int, state_env: dict[str, str]) -> dict[str, Any]:
         code = dep.stop_worker(signal.SIGTERM)
         if code != 0:
             problems.append(f"worker exited {code} on SIGTERM")
+        if restart:
+            out["restart"] = _restart(dep, n, problems)
     except Exception as exc:  # one broken size must not hide the others
         problems.append(f"{type(exc).__name__}: {exc}"[:2000])
     finally:
@@ -133,6 +139,35 @@ def one(ctx: RunContext, n: int, state_env: dict[str, str]) -> dict[str, Any]:
     out["ok"] = not problems
     out["problems"] = problems
     return out
+
+
+def _restart(dep: live.BenchDeployment, n: int, problems: list[str]) -> dict[str, Any]:
+    """Start the worker again: it rebuilds the state of all ``n`` emails from the
+    changelog. Seconds until it holds them all, and its RSS then and at its peak."""
+    started = time.monotonic()
+    dep.start_worker()
+    assert dep.worker is not None
+    pid = dep.worker.pid
+    watcher = RssWatcher(pid).start()
+
+    def held() -> int:
+        return sum(p["emails"] for p in live.status(dep).get("partitions", {}).values())
+
+    live.wait_until(lambda: held() >= n, n / 5000 + 300, f"{n:,} emails restored", dep)
+    seconds = time.monotonic() - started
+    time.sleep(5.0)  # the first checkpoints rewrite rows (a batch at a time)
+    rss, hwm = live.rss_kb(pid)
+    peak = watcher.stop()
+    store = live.status(dep).get("state_store")
+    code = dep.stop_worker(signal.SIGTERM)
+    if code != 0:
+        problems.append(f"restarted worker exited {code} on SIGTERM")
+    return {
+        "restore_seconds": round(seconds, 1),
+        "rss_bytes": rss * 1024,
+        "peak_rss_bytes": max(peak, hwm * 1024),
+        "state_store": store,
+    }
 
 
 def _produce(dep: live.BenchDeployment, bootstrap: str, events: Iterator[dict[str, Any]]) -> float:

@@ -191,6 +191,7 @@ def run_extras(
     sizes: list[int],
     seed: int,
     state_env: dict[str, str] | None = None,
+    memory_restart: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """The latency, scaling and memory measurements asked for, one after the other."""
     extras: dict[str, dict[str, Any]] = {}
@@ -220,7 +221,9 @@ def run_extras(
     if memory:
         from bench import memory as bench_memory
 
-        extras["memory"] = _extra("memory", lambda: bench_memory.run(ctx, sizes, state_env))
+        extras["memory"] = _extra(
+            "memory", lambda: bench_memory.run(ctx, sizes, state_env, memory_restart)
+        )
         print_memory(extras["memory"])
     return extras
 
@@ -287,6 +290,11 @@ def print_memory(mem: dict[str, Any]) -> None:
                 f"    state entries: {store['in_memory']:,} in memory, {store['on_disk']:,} "
                 f"in RocksDB (budget {store['memory_items']:,})"
             )
+        if r := s.get("restart"):
+            console.print(
+                f"    restarted: state rebuilt in {r['restore_seconds']:,} s, RSS "
+                f"{r['rss_bytes'] / 2**20:,.0f} MiB (peak {r['peak_rss_bytes'] / 2**20:,.0f})"
+            )
 
 
 def _result_path(directory: Path, now: datetime) -> Path:
@@ -335,6 +343,9 @@ def main(
     ),
     memory_items: int = typer.Option(
         1_000_000, help="Memory: the worker's SLUICE_STATE_MEMORY_ITEMS (with rocksdb)."
+    ),
+    memory_restart: bool = typer.Option(
+        False, "--memory-restart", help="Memory: then restart the worker (state rebuilt)."
     ),
 ) -> None:
     """Run the contenders over one workload and compare them."""
@@ -448,6 +459,7 @@ def main(
             sizes,
             seed,
             state_env,
+            memory_restart,
         )
     finally:
         if not keep:
