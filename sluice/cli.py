@@ -641,6 +641,15 @@ def _print_status(
         if key in worker:
             summary.add_row(key, str(worker[key]))
     summary.add_row("assigned", ", ".join(worker.get("assigned", [])) or "-")
+    store = worker.get("state_store") or {}
+    if store.get("kind") == "rocksdb":
+        summary.add_row(
+            "state entries",
+            f"{store['in_memory']:,} in memory (budget {store['memory_items']:,}), "
+            f"{store['on_disk']:,} in RocksDB",
+        )
+    elif store:
+        summary.add_row("state entries", "all in memory (SLUICE_STATE_STORE=memory)")
     late = worker.get("late_events") or {}
     if late:
         summary.add_row(

@@ -49,8 +49,11 @@ def test_status_without_and_with_a_worker(kafka_bootstrap, tmp_path):
         worker = body["worker"]
         assert "campaign_analytics" in worker["last_flush"]
         assert worker["dead_letters_by_reason"] == {"decode": {"bad_magic": 1}}
+        assert worker["state_store"]["kind"] == "rocksdb"  # the default
+        assert worker["state_store"]["in_memory"] > 0
         text = dep.run("status").stdout
         assert "campaign_analytics" in text and "bad_magic" in text
+        assert "in RocksDB" in text
     finally:
         assert dep.stop_worker(signal.SIGTERM) == 0, dep.log_tail()
 
