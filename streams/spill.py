@@ -28,6 +28,7 @@ import pickle
 import shutil
 import struct
 import tempfile
+import time
 from collections.abc import Hashable, Iterator, MutableMapping
 from pathlib import Path
 from typing import IO, Any
@@ -98,8 +99,7 @@ class SpillStore:
     def forget(self, m: SpillMap) -> None:
         """``m`` is discarded (its partition moved away): its entries go, memory and disk."""
         m.clear()
-        if m in self.maps:
-            self.maps.remove(m)
+        self.maps = [x for x in self.maps if x is not m]  # identity: maps compare by content
 
     def close(self) -> None:
         """Close and remove the directory (nothing in it outlives the process)."""
@@ -121,8 +121,16 @@ class SpillStore:
 
 
 def reap(root: Path) -> None:
-    """Remove spill directories whose process is gone (their lock is free)."""
+    """Remove spill directories whose process is gone (their lock is free).
+
+    A directory younger than a minute is left alone: its process may be between creating
+    it and locking it (a crashed worker's is removed by a later start)."""
     for d in root.glob("spill-*"):
+        try:
+            if time.time() - d.stat().st_mtime < 60:
+                continue
+        except OSError:
+            continue
         try:
             with (d / _LOCK).open("a") as f:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import fcntl
+import os
 import random
+import time
 import zlib
 from datetime import date
 from functools import partial
@@ -46,7 +48,7 @@ def test_entries_beyond_the_budget_go_to_disk_and_come_back_changed(store):
 
 
 def test_set_delete_and_clear_cover_both_tiers(store):
-    m, other = store.map(), store.map()
+    empty, m, other = store.map(), store.map(), store.map()  # ordered so equality would err
     for i in range(30):
         m[("k", i)] = i
         other[("o", i)] = -i
@@ -59,6 +61,7 @@ def test_set_delete_and_clear_cover_both_tiers(store):
     assert len(m) == 29
     store.forget(m)
     assert len(m) == 0 and m.get(on_disk) is None
+    assert any(x is empty for x in store.maps), "forget() removes that map, not an equal one"
     # the other map's entries, on disk or not, are untouched
     assert {k: other[k] for k in list(other)} == {("o", i): -i for i in range(30)}
 
@@ -66,11 +69,15 @@ def test_set_delete_and_clear_cover_both_tiers(store):
 def test_a_directory_left_by_a_dead_process_is_removed(tmp_path):
     root = tmp_path / "spill"
     live = SpillStore(root, memory_items=10)
-    dead = root / "spill-dead"
-    dead.mkdir()
-    (dead / "owner.lock").write_text("")
+    dead, young = root / "spill-dead", root / "spill-young"
+    for d in (dead, young):
+        d.mkdir()
+        (d / "owner.lock").write_text("")
+    os.utime(dead, (time.time() - 3600, time.time() - 3600))
+    os.utime(live.dir, (time.time() - 3600, time.time() - 3600))
     other = SpillStore(root, memory_items=10)
     assert not dead.exists()
+    assert young.exists(), "its process may be about to lock it"
     assert live.dir.exists(), "a living worker's directory must stay"
     with (live.dir / "owner.lock").open("a") as f, pytest.raises(BlockingIOError):
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
