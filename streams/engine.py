@@ -158,7 +158,10 @@ class Engine:
     ) -> None:
         """``spill``: the disk tier ``components`` put their maps in (closed by :meth:`close`)."""
         self.factory = components
-        self.layouts = layouts(default_components())
+        probe = components()
+        self.layouts = layouts(probe)
+        for component in probe:
+            component.close()  # its maps, if they live in a spill store
         self.partitions: dict[int, PartitionState] = {}
         self.spill = spill
 
