@@ -34,7 +34,7 @@ from typing import Any
 from bench import live
 from bench import workload as bench_workload
 from bench.measure import RunContext
-from bench.sluice_worker import BenchDeployment
+from bench.sluice_worker import BenchDeployment, sink_env
 from bench.workload import BenchWorkload
 from sinks.posthog import posthog_uuid
 from streams.routing import sink_targets
@@ -140,7 +140,7 @@ def run(
     rs = live.rsyslog(ctx.root / label)
     try:
         with live.TimedReceiver() as rx:
-            env = live.WORKER_ENV | live.sink_env(rx, rs)
+            env = live.WORKER_ENV | sink_env(rx, rs)
             dep = live.deployment(ctx, label, cls=DefaultIntervalDeployment, sink_env=env)
             dep.run("topics", "create")
             dep.run("olap", "migrate")

@@ -24,7 +24,7 @@ from typing import Any
 
 from bench import live
 from bench.measure import RssWatcher, RunContext
-from bench.sluice_worker import campaign_rows, sink_figures
+from bench.sluice_worker import campaign_rows, sink_env, sink_figures
 from bench.workload import BenchWorkload, reference_campaign_rows
 from tests._receivers import HttpReceiver
 from tests._sluice import OlapServer
@@ -58,7 +58,7 @@ def one(
     out: dict[str, Any] = {"workers": workers}
     try:
         with HttpReceiver() as rx:
-            env = live.WORKER_ENV | live.sink_env(rx, rs)
+            env = live.WORKER_ENV | sink_env(rx, rs)
             members = [
                 live.deployment(
                     ctx,
