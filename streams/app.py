@@ -119,7 +119,12 @@ class Worker:
         self.unflushed = 0  # events applied since the last successful checkpoint
         self.draining = False
         self.last_checkpoint = time.monotonic()
+        # _ckpt_lock: the state (a batch is applied, or a snapshot taken, under it);
+        # _io_lock: one checkpoint's I/O at a time (sinks, changelog, OLAP, commit), which
+        # runs while the next batches are applied
         self._ckpt_lock = asyncio.Lock()
+        self._io_lock = asyncio.Lock()
+        self._ckpt_task: asyncio.Task | None = None
         self.stats: dict[str, Any] = {
             "events": 0,
             "dead_letters": 0,
@@ -230,11 +235,17 @@ class Worker:
             elif not self.reader.assigned:
                 await asyncio.sleep(0.05)
             if self.draining or time.monotonic() - self.last_checkpoint >= interval:
-                await self.checkpoint()
+                self._start_checkpoint()
             while self.unflushed >= MAX_PENDING:
                 # backpressure: take nothing more until a checkpoint gets through
                 await asyncio.sleep(1.0)
                 await self.checkpoint()
+
+    def _start_checkpoint(self) -> None:
+        """Checkpoint in the background (reading and applying go on meanwhile)."""
+        if self._ckpt_task is None or self._ckpt_task.done():
+            self.last_checkpoint = time.monotonic()
+            self._ckpt_task = asyncio.ensure_future(self.checkpoint())
 
     async def process(self, messages: Sequence[Message]) -> None:
         """Decode and apply one batch; dead-letter what cannot be decoded.
@@ -355,33 +366,37 @@ class Worker:
     async def checkpoint(self) -> bool:
         """Flush sinks, persist state changes, write OLAP rows, then commit offsets.
 
+        The snapshot (what this checkpoint persists, and the offsets it commits) is taken
+        under the state lock; the I/O runs without it, so the hot loop goes on applying
+        batches meanwhile (they belong to the next checkpoint). Checkpoints never overlap.
         Returns True on success; on failure nothing is committed and everything is retried.
         """
-        async with self._ckpt_lock:
+        async with self._io_lock:
             self.last_checkpoint = time.monotonic()
+            loop = asyncio.get_running_loop()
             if self._unwritten:
                 # An earlier checkpoint made its changelog durable but could not write its
                 # rows: write those first, and take no new snapshot until they are in
                 # (resending the changelog on every retry would flood it while
                 # ClickHouse is down, and slow every later recovery).
                 try:
-                    await asyncio.get_running_loop().run_in_executor(
-                        None, self._write_rows, self._unwritten
-                    )
+                    await loop.run_in_executor(None, self._write_rows, self._unwritten)
                 except Exception as exc:
                     self.health.checkpoint_failures.inc()
                     self.stats["checkpoint_failures"] += 1
                     log.error("checkpoint failed, will retry: %s", exc)
                     return False
                 self._unwritten = {}
-            ckpt = self.engine.snapshot()
-            for event_type, n in self.engine.take_late().items():
-                self.health.late.labels(event_type).inc(n)
-                late = self.stats.setdefault("late_events", {})
-                late[event_type] = late.get(event_type, 0) + n
-            generation = self.app.consumer_generation_id
-            offsets = {tp: o for tp, o in self.applied.items() if self.committed.get(tp) != o}
-            unflushed, self.unflushed = self.unflushed, 0
+            async with self._ckpt_lock:
+                ckpt = self.engine.snapshot()
+                for event_type, n in self.engine.take_late().items():
+                    self.health.late.labels(event_type).inc(n)
+                    late = self.stats.setdefault("late_events", {})
+                    late[event_type] = late.get(event_type, 0) + n
+                generation = self.app.consumer_generation_id
+                offsets = {tp: o for tp, o in self.applied.items() if self.committed.get(tp) != o}
+                unflushed, self.unflushed = self.unflushed, 0
+                # every event applied so far is routed: the flush below covers them all
             if ckpt.empty() and not offsets and not unflushed:
                 return True
             started = time.perf_counter()
@@ -392,7 +407,6 @@ class Worker:
                 rejected = await self.router.flush()
                 for item in rejected:
                     await self.dead_letter_rejected(item)
-                loop = asyncio.get_running_loop()
                 if ckpt.changelog:
                     topic = self.table.changelog_topic.get_topic_name()
                     self.changelog.write(topic, ckpt.changelog)
@@ -401,16 +415,15 @@ class Worker:
                 rejected = []  # their dead letters are durable now: never send them twice
                 changelog_durable = True
                 if ckpt.rows:
-                    await asyncio.get_running_loop().run_in_executor(
-                        None, self._write_rows, ckpt.rows
-                    )
+                    await loop.run_in_executor(None, self._write_rows, ckpt.rows)
             except Exception as exc:  # any failure: nothing committed, everything retried
                 self.router.restore_rejected(rejected)
                 self.health.checkpoint_failures.inc()
                 if changelog_durable:
                     self._unwritten = ckpt.rows  # only the rows are missing
                 else:
-                    self.engine.requeue(ckpt)
+                    async with self._ckpt_lock:
+                        self.engine.requeue(ckpt)
                 self.unflushed += unflushed
                 self.stats["checkpoint_failures"] += 1
                 log.error("checkpoint failed, will retry: %s", exc)
