@@ -244,7 +244,6 @@ class Worker:
     def _start_checkpoint(self) -> None:
         """Checkpoint in the background (reading and applying go on meanwhile)."""
         if self._ckpt_task is None or self._ckpt_task.done():
-            self.last_checkpoint = time.monotonic()
             self._ckpt_task = asyncio.ensure_future(self.checkpoint())
 
     async def process(self, messages: Sequence[Message]) -> None:
@@ -382,10 +381,7 @@ class Worker:
                 try:
                     await loop.run_in_executor(None, self._write_rows, self._unwritten)
                 except Exception as exc:
-                    self.health.checkpoint_failures.inc()
-                    self.stats["checkpoint_failures"] += 1
-                    log.error("checkpoint failed, will retry: %s", exc)
-                    return False
+                    return self._failed(exc)
                 self._unwritten = {}
             async with self._ckpt_lock:
                 ckpt = self.engine.snapshot()
@@ -418,16 +414,13 @@ class Worker:
                     await loop.run_in_executor(None, self._write_rows, ckpt.rows)
             except Exception as exc:  # any failure: nothing committed, everything retried
                 self.router.restore_rejected(rejected)
-                self.health.checkpoint_failures.inc()
                 if changelog_durable:
                     self._unwritten = ckpt.rows  # only the rows are missing
                 else:
                     async with self._ckpt_lock:
                         self.engine.requeue(ckpt)
                 self.unflushed += unflushed
-                self.stats["checkpoint_failures"] += 1
-                log.error("checkpoint failed, will retry: %s", exc)
-                return False
+                return self._failed(exc)
             if generation == self.app.consumer_generation_id:
                 # (after a rebalance the seek to committed offsets replays the rest)
                 assigned = self.app.consumer.assignment()
@@ -457,6 +450,13 @@ class Worker:
                 elapsed,
             )
             return True
+
+    def _failed(self, exc: Exception) -> bool:
+        """Count and log a failed checkpoint (nothing was committed; the next one retries)."""
+        self.health.checkpoint_failures.inc()
+        self.stats["checkpoint_failures"] += 1
+        log.error("checkpoint failed, will retry: %s", exc)
+        return False
 
     def _write_rows(self, rows: dict[str, list[list]]) -> None:
         self.olap.write({t: (self.engine.columns(t), r) for t, r in rows.items()})

@@ -290,14 +290,15 @@ class Engine:
     def restore(self, entries: Iterable[tuple[str, list]]) -> set[int]:
         """Join changelog entries (key, value) into state; return the partitions touched.
 
-        Rows of restored partitions are marked dirty: the OLAP may lag the changelog.
+        Rows of restored partitions are rewritten (the OLAP may lag the changelog).
         """
         touched = self.join(entries)
         self.restored(touched)
         return touched
 
     def restored(self, partitions: Iterable[int]) -> None:
-        """After :meth:`join` of every entry: reconcile, mark the partitions' rows dirty."""
+        """After :meth:`join` of every entry: reconcile, and rewrite the partitions' rows
+        over the next snapshots."""
         for partition in partitions:
             for component in self.partitions[partition].components:
                 component.restored()

@@ -641,8 +641,8 @@ class AttributionRollups(Component):
 
     def _all_row_keys(self) -> Iterator[tuple[str, RowKey]]:
         for table, rows in self.rows.items():
-            keys = rows.iter_lazily() if hasattr(rows, "iter_lazily") else list(rows)
-            for key in keys:
+            # a dict must not change while it is walked; a SpillMap may (and is not copied)
+            for key in list(rows) if isinstance(rows, dict) else rows:
                 yield table, key
 
     def _account(self, tenant: str, before: list | None, after: list, mark: bool = True) -> None:

@@ -266,21 +266,16 @@ class SpillMap(MutableMapping):
         return len(self.hot) + self.cold
 
     def __iter__(self) -> Iterator[Hashable]:
-        for key, _ in self._disk_items():
+        for key, _ in self.items():
             yield key
-        yield from list(self.hot)
 
     def items(self) -> Iterator[tuple[Hashable, Any]]:  # type: ignore[override]
-        yield from self._disk_items()
-        yield from list(self.hot.items())
+        """Every entry, reading the disk as it goes (memory stays bounded for any size).
 
-    def iter_lazily(self) -> Iterator[Hashable]:
-        """Every key, reading the disk as it goes (memory stays bounded for any size).
-
-        The map may change meanwhile: keys added after the call may or may not come,
-        every key present throughout comes at least once.
+        The map may change meanwhile (a restore's rewrite walks it across checkpoints):
+        every key present throughout comes at least once, others may or may not.
         """
-        yield from list(self.hot)
+        yield from list(self.hot.items())
         if not self.cold:
             return
         db = self.store.db
@@ -290,20 +285,7 @@ class SpillMap(MutableMapping):
         for k, raw in db.items(from_key=prefix):
             if not k.startswith(prefix):
                 break
-            yield pickle.loads(raw)[0]
-
-    def _disk_items(self) -> Iterator[tuple[Hashable, Any]]:
-        if not self.cold:
-            return
-        db = self.store.db
-        assert db is not None
-        found = []
-        prefix = self.prefix
-        for k, raw in db.items(from_key=prefix):
-            if not k.startswith(prefix):
-                break
-            found.append(pickle.loads(raw))  # (key, value): the key exactly as it was
-        yield from found
+            yield pickle.loads(raw)  # (key, value): the key exactly as it was
 
 
 def _after(prefix: bytes) -> bytes:
