@@ -28,7 +28,7 @@ migrate: setup
 	$(BIN)/sluice olap migrate
 
 demo: topics                    ## a few thousand realistic demo events
-	$(BIN)/python -m sluice.demo var/demo.jsonl
+	$(BIN)/python -m dev.demo var/demo.jsonl
 	$(BIN)/sluice produce --file var/demo.jsonl
 
 run: topics migrate demo        ## everything: broker, topics, tables, demo traffic, the worker
@@ -40,7 +40,7 @@ test: setup                     ## the whole test suite (starts its own broker i
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/sluice olap lint sluice/olap/migrations/*.sql
+	$(BIN)/sluice olap lint sluice/olap/sql/*.sql
 
 bench: kafka                    ## limit, naive faust, Quix peer and the worker, one run (bench/)
 	$(BIN)/pip install -q -e '.[dev,bench]'

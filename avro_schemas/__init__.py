@@ -141,7 +141,7 @@ class SchemaRepo:
     """Every version of every family's schema under one directory, parsed once.
 
     Raises ``ValueError`` naming the file when a schema does not parse; ``sluice schemas
-    check`` (:func:`sluice.schemacheck.check_tree`) reports the finer problems.
+    check`` (:func:`avro_schemas.evolution.check_tree`) reports the finer problems.
     """
 
     def __init__(self, root: Path | str = SCHEMA_DIR) -> None:

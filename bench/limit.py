@@ -1,7 +1,7 @@
 """Contender *limit*: what one Python process can do at best, no framework.
 
 confluent-kafka batch consume (``consume(num_messages=…)``), Sluice's codec
-(:meth:`sluice.codec.Codec.decode`: framing, schema resolution, taxonomy checks — the
+(:meth:`avro_schemas.codec.Codec.decode`: framing, schema resolution, taxonomy checks — the
 same decode the worker pays), the routing decision of ``streams/routing.py`` for every
 event, and rollup counters per (tenant, campaign, day, event type) in a plain dict.
 No state store, no changelog, no offset commits, no sinks: the ceiling, not a design.
@@ -49,14 +49,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from confluent_kafka import Consumer
 
+    from avro_schemas.codec import Codec
     from bench.workload import count_key
-    from sluice.codec import Codec
     from sluice.settings import get_settings
     from streams.routing import route
-    from topics.catalog import event_topics
+    from topics.catalog import Catalog
 
     settings = get_settings()
-    families = {t.name: t.family for t in event_topics()}
+    families = Catalog.from_settings(get_settings()).families()
     codec = Codec()
     decode = codec.decode
     consumer = Consumer(
@@ -98,7 +98,9 @@ def main(argv: list[str] | None = None) -> int:
             "seconds": done - first if first is not None else 0.0,
             "counts": counts,
             "destinations": dict(destinations),
-            "decoder": "sluice.codec.Codec (compiled reader)" if codec.compiled else "fastavro",
+            "decoder": "avro_schemas.codec.Codec (compiled reader)"
+            if codec.compiled
+            else "fastavro",
         },
     )
     return 0

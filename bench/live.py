@@ -22,11 +22,11 @@ from typing import Any
 
 from confluent_kafka import Producer
 
+from avro_schemas.codec import Codec
 from bench.measure import RunContext
 from bench.sluice_worker import BenchDeployment
-from sluice.codec import Codec
-from sluice.taxonomy import family_of
 from tests._receivers import HttpReceiver, Rsyslog
+from topics.taxonomy import family_of
 
 _QUIET = logging.getLogger("bench.live.librdkafka")
 _QUIET.propagate = False
@@ -155,7 +155,7 @@ def query(dep: BenchDeployment, sql: str, timeout: float = 10) -> list[list[Any]
     request = urllib.request.Request(
         f"http://127.0.0.1:{dep.web_port}/sluice/query/",
         data=json.dumps({"sql": sql}).encode(),
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", **dep.auth()},
     )
     with urllib.request.urlopen(request, timeout=timeout) as r:
         return json.loads(r.read())["rows"]

@@ -20,10 +20,10 @@ import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from avro_schemas.codec import Codec
 from bench import live
 from bench.measure import RssWatcher, RunContext
 from bench.workload import START
-from sluice.codec import Codec
 
 TENANTS = tuple(f"mem-tenant-{i}" for i in range(64))
 CHUNK = 50_000

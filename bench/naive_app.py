@@ -21,12 +21,12 @@ from collections import Counter
 
 import faust
 
+from avro_schemas.codec import Codec
 from bench.measure import write_result
 from bench.workload import count_key
-from sluice.codec import Codec
 from sluice.settings import get_settings
 from streams.routing import route
-from topics.catalog import event_topics
+from topics.catalog import Catalog
 
 
 def build_app(group: str, events: int, out: str, data_dir: str) -> faust.App:
@@ -41,7 +41,7 @@ def build_app(group: str, events: int, out: str, data_dir: str) -> faust.App:
         web_enabled=False,
         datadir=data_dir,
     )
-    families = {t.name: t.family for t in event_topics()}
+    families = Catalog.from_settings(get_settings()).families()
     source = app.topic(*families, key_serializer="raw", value_serializer="raw")
     counts = app.Table("counts", default=int, partitions=settings.sluice_topic_partitions)
     codec = Codec()

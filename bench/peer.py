@@ -43,10 +43,11 @@ def ensure_venv(log: Path) -> Path:
 def write_config(ctx: RunContext, path: Path, out: Path) -> None:
     """Topic names and schemas from Sluice's catalog and schema tree, for the other venv."""
     from avro_schemas import default_repo, strip_logical_types
-    from topics.catalog import event_topics
+    from sluice.settings import get_settings
+    from topics.catalog import Catalog
 
     repo = default_repo()
-    topics = {t.name: t.family for t in event_topics()}
+    topics = Catalog.from_settings(get_settings()).families()
     writers, readers = {}, {}
     for family in set(topics.values()):
         assert family is not None

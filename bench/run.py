@@ -367,16 +367,14 @@ def main(
     now = datetime.now(UTC)
     name = f"bench{now:%Y%m%d%H%M%S}{uuid.uuid4().hex[:4]}"
     prefix = f"{name}."
-    # This process and its children read their topics from the catalog, which reads the
-    # settings: point both at this run's topics before anything caches them.
+    # This process and its children build the topic catalog from the settings: point
+    # them at this run's topics before anything caches the settings.
     os.environ["KAFKA_BOOTSTRAP_SERVERS"] = bootstrap
     os.environ["SLUICE_TOPIC_PREFIX"] = prefix
     os.environ["SLUICE_TOPIC_PARTITIONS"] = "4"
     from sluice.settings import get_settings
-    from topics.catalog import catalog
 
     get_settings.cache_clear()
-    catalog.cache_clear()
 
     if work_dir is None:
         root = Path(tempfile.mkdtemp(prefix="sluice-bench-"))

@@ -1,6 +1,6 @@
 """The benchmark's seeded workload and the figures every contender must reproduce.
 
-Built from :func:`sluice.workload.mixed_workload` so it carries the same mess as the
+Built from :func:`dev.workload.mixed_workload` so it carries the same mess as the
 tests (duplicates, late and early engagement, alert storms, secrets in admin summaries)
 *and* its ground truth: the workload is a sequence of independent *chunks*, each one
 ``mixed_workload`` over its own three tenants (so facts never collide), topped up with
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sluice.workload import DAY_MS, EmailFact, mixed_workload
+from dev.workload import DAY_MS, EmailFact, mixed_workload
 
 # One chunk: 900 emails (~3,800 email events) and its warm-up, business, admin, security,
 # infra and system traffic for three tenants; then telemetry worth FILLER_SHARE of it.
@@ -74,7 +74,7 @@ class BenchWorkload:
     chunks: int = 0
 
     def families(self) -> Counter[str]:
-        from sluice.taxonomy import family_of
+        from topics.taxonomy import family_of
 
         return Counter(family_of(e["event_type"]) or "?" for e in self.events)
 
@@ -207,7 +207,7 @@ def expected_sinks(events: list[dict[str, Any]]) -> dict[str, int]:
 def reference_campaign_rows(facts: list[EmailFact]) -> dict[tuple[str, str, str], tuple]:
     """The spec's ``aggregateDailyCampaignAnalytics`` over the facts, in Python.
 
-    Same grain and deviations as ``sluice.workload.REFERENCE_CAMPAIGN_SQL``: keyed by
+    Same grain and deviations as ``dev.workload.REFERENCE_CAMPAIGN_SQL``: keyed by
     (company, campaign, UTC send day as ``YYYY-MM-DD``), distinct emails per metric.
     """
     rows: dict[tuple[str, str, str], list[int]] = {}

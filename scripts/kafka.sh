@@ -6,7 +6,7 @@
 #   scripts/kafka.sh status                # exit 0 if running, 3 if not
 #   scripts/kafka.sh stop | kill           # SIGTERM (then SIGKILL) | SIGKILL
 #
-# Thin wrapper over `python -m sluice.devkafka`; run from the repo root, or set PYTHON.
+# Thin wrapper over `python -m dev.kafka`; run from the repo root, or set PYTHON.
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -21,4 +21,4 @@ fi
 if [[ $# -eq 0 ]]; then
   set -- --help
 fi
-exec "$python" -m sluice.devkafka "$@"
+exec "$python" -m dev.kafka "$@"

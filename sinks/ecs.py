@@ -94,7 +94,7 @@ def to_ecs(event: Mapping[str, Any]) -> dict[str, Any]:
             "type": list(kind.type),
             "action": event_type,
             "outcome": outcome if outcome in {"success", "failure", "unknown"} else "unknown",
-            "dataset": "sluice.security" if event_type.startswith("security_") else "sluice.admin",
+            "dataset": "sluice.kafka" if event_type.startswith("security_") else "sluice.admin",
             "provider": event.get("source"),
             "reason": event.get("failure_reason") or event.get("reason"),
             "risk_score": event.get("risk_score"),

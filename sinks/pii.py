@@ -26,7 +26,7 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
-from sluice.taxonomy import EVENT_TYPES
+from topics.taxonomy import EVENT_TYPES
 
 
 class Treatment(Enum):

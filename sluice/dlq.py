@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sinks.dlq import parse_headers
+from topics.dead_letters import parse_headers
 
 REPLAYED = "replayed"
 WOULD_REPLAY = "would_replay"
@@ -157,7 +157,7 @@ def plan_replay(
 def read_dead_letters(conf: dict[str, Any], topic: str, timeout: float = 15.0) -> list[DeadLetter]:
     """Every record of ``topic`` up to its current end (no consumer group, nothing committed).
 
-    ``conf`` is a confluent-kafka client configuration (:func:`sluice.security.kafka_config`).
+    ``conf`` is a confluent-kafka client configuration (:func:`sluice.kafka.kafka_config`).
     Raises RuntimeError when the topic is missing or Kafka does not answer.
     """
     from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition

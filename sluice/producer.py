@@ -1,9 +1,10 @@
 """The producer SDK services use to emit taxonomy events (confluent-kafka, Avro).
 
 Guarantees: idempotent producer with ``acks=all`` (no duplicates from producer retries,
-no loss once acknowledged), keyed by ``tenant_id`` with the Java-compatible murmur2
-partitioner (so services in any language put a tenant on the same partition), every
-event validated against its schema *before* it is queued. Delivery errors are never
+no loss once acknowledged), keyed as the topic catalog says for the event's family
+(:attr:`topics.catalog.TopicSpec.key`) with the Java-compatible murmur2 partitioner (so
+services in any language put a key on the same partition), every event validated
+against its schema *before* it is queued. Delivery errors are never
 swallowed: :meth:`EventProducer.flush` raises :class:`DeliveryError` listing them.
 
     with EventProducer() as producer:
@@ -20,11 +21,11 @@ from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
 
-from sluice.codec import Codec, ValidationError
-from sluice.security import kafka_config
+from avro_schemas.codec import Codec, ValidationError
+from sluice.kafka import kafka_config
 from sluice.settings import Settings, get_settings
-from sluice.taxonomy import family_of
-from topics.catalog import topic_for_family
+from topics.catalog import Catalog
+from topics.taxonomy import family_of
 
 
 class DeliveryError(RuntimeError):
@@ -34,6 +35,16 @@ class DeliveryError(RuntimeError):
         self.failures = failures
         sample = "; ".join(f"{eid}: {err}" for eid, err in failures[:5])
         super().__init__(f"{len(failures)} event(s) not delivered: {sample}")
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One validated, encoded event, ready to produce."""
+
+    topic: str
+    key: bytes
+    value: bytes
+    event_id: str
 
 
 @dataclass
@@ -69,6 +80,7 @@ class EventProducer:
     ) -> None:
         self.settings = settings or get_settings()
         self.codec = codec or Codec(settings=self.settings)
+        self.catalog = Catalog.from_settings(self.settings)
         self._client_error: str | None = None
         self._producer = Producer(
             producer_config(self.settings, **{"error_cb": self._on_error, **config_overrides})
@@ -80,36 +92,44 @@ class EventProducer:
         if err.fatal() or err.code() in (KafkaError._AUTHENTICATION, KafkaError._SSL):  # noqa: SLF001
             self._client_error = err.str()
 
-    def send(self, event: Mapping[str, Any]) -> str:
-        """Validate and queue one event; return its event_id.
+    def encode(self, event: Mapping[str, Any]) -> Encoded:
+        """Validate and encode one event (a missing ``event_id`` gets a new UUID).
 
-        Raises :class:`sluice.codec.ValidationError` for an invalid event (nothing queued).
-        A missing ``event_id`` is filled with a new UUID.
+        Raises :class:`avro_schemas.codec.ValidationError` for an invalid event.
         """
         event = dict(event)
         event.setdefault("event_id", str(uuid.uuid4()))
         family = family_of(str(event.get("event_type", "")))
         if family is None:
             raise ValidationError(f"event_type {event.get('event_type')!r} is not in the taxonomy")
+        spec = self.catalog.for_family(family)
         value = self.codec.encode(family, event)
-        self.send_raw(family, str(event["tenant_id"]), value, str(event["event_id"]))
-        return str(event["event_id"])
+        return Encoded(spec.name, spec.record_key(event), value, str(event["event_id"]))
+
+    def send(self, event: Mapping[str, Any]) -> str:
+        """Validate and queue one event; return its event_id (see :meth:`encode`)."""
+        encoded = self.encode(event)
+        self.send_encoded(encoded)
+        return encoded.event_id
+
+    def send_encoded(self, encoded: Encoded) -> None:
+        """Queue an event :meth:`encode` made."""
+        self._produce(encoded.topic, encoded.key, encoded.value, encoded.event_id)
 
     def send_raw(self, family: str, key: str, value: bytes, label: str = "") -> None:
         """Queue already-encoded bytes (tests use this to inject poison records)."""
-        topic = topic_for_family(family).name
+        self._produce(self.catalog.for_family(family).name, key.encode(), value, label)
 
+    def _produce(self, topic: str, key: bytes, value: bytes, label: str) -> None:
         def on_delivery(err: KafkaError | None, msg: Message) -> None:
             if err is None:
                 self.stats.delivered += 1
             else:
-                self.stats.failures.append((label or f"{topic}:{key}", err.str()))
+                self.stats.failures.append((label or f"{topic}:{key!r}", err.str()))
 
         while True:
             try:
-                self._producer.produce(
-                    topic, value=value, key=key.encode(), on_delivery=on_delivery
-                )
+                self._producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
                 break
             except BufferError:
                 self._producer.poll(0.1)  # local queue full: serve callbacks, then retry

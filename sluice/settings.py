@@ -16,7 +16,13 @@ from urllib.parse import urlparse
 from pydantic import Field, SecretStr, field_serializer, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from sluice.taxonomy import FAMILY_OF
+from topics.taxonomy import FAMILY_OF
+
+# The worker's HTTP paths (streams/web.py serves them; the CLI calls them).
+STATUS_PATH = "/sluice/status/"
+QUERY_PATH = "/sluice/query/"
+ROWS_PATH = "/sluice/olap/rows/"
+METRICS_PATH = "/metrics"
 
 
 class Settings(BaseSettings):
@@ -32,7 +38,7 @@ class Settings(BaseSettings):
         description="`production` refuses to start with plaintext Kafka, unverified TLS, "
         "or ClickHouse credentials over plain http://.",
     )
-    # -- Kafka client security (every client: producer SDK, CLI, worker; sluice/security.py)
+    # -- Kafka client security (every client: producer SDK, CLI, worker; sluice/kafka.py)
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_SSL"] = Field(
         "PLAINTEXT",
         description="PLAINTEXT, SSL (TLS, optionally mTLS with a client cert) or SASL_SSL "
@@ -188,6 +194,14 @@ class Settings(BaseSettings):
     sluice_web_host: str = Field(
         "127.0.0.1", description="Bind address of the worker's HTTP endpoint."
     )
+    sluice_api_token: SecretStr | None = Field(
+        None,
+        description="Bearer token the worker's query and rows endpoints require "
+        "(`Authorization: Bearer <token>`); the CLI sends it. Status and /metrics stay open. "
+        "Unset: the worker makes a random one in SLUICE_DATA_DIR/api-token (mode 0600), which "
+        "the CLI of the same user reads; the production profile refuses that unless the web "
+        "endpoint is bound to a loopback address.",
+    )
     sluice_topic_partitions: int = Field(
         4, gt=0, description="Partitions of every event topic (set before `topics create`)."
     )
@@ -222,6 +236,51 @@ class Settings(BaseSettings):
             if not host or not port.isdigit():
                 raise ValueError(f"must be host:port (got {value!r})")
         return value
+
+    def worker_url(self, path: str) -> str:
+        """The running worker's HTTP endpoint ``path`` (one of the ``*_PATH`` constants)."""
+        host = self.sluice_web_host
+        if host in {"0.0.0.0", "::", ""}:
+            host = "127.0.0.1"  # bound to every address: this host reaches it on loopback
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        return f"http://{host}:{self.sluice_web_port}{path}"
+
+    @property
+    def api_token_file(self) -> Path:
+        """Where the worker keeps the token it made when ``SLUICE_API_TOKEN`` is unset."""
+        return Path(self.sluice_data_dir) / "api-token"
+
+    def api_token(self) -> str | None:
+        """The bearer token of the worker's protected endpoints: the configured one, else
+        the one the worker made (None when neither exists or the file is unreadable)."""
+        if self.sluice_api_token is not None:
+            return self.sluice_api_token.get_secret_value()
+        try:
+            return self.api_token_file.read_text().strip() or None
+        except OSError:
+            return None
+
+    def secret_values(self) -> list[str]:
+        """Every secret configured (tests scan logs and outputs for leaks with it)."""
+        found = [
+            v.get_secret_value()
+            for v in (
+                self.posthog_api_key,
+                self.pii_hmac_key,
+                self.kafka_sasl_password,
+                self.kafka_ssl_key_password,
+                self.clickhouse_password,
+                self.siem_hec_token,
+                self.otel_exporter_otlp_headers,
+                self.sluice_api_token,
+            )
+            if v is not None
+        ]
+        password = urlparse(self.clickhouse_url).password
+        if password:
+            found.append(password)
+        return [v for v in found if v]
 
     def otlp_metrics_url(self) -> str | None:
         """Where OTLP metrics go, or None when the observability sink is off."""
@@ -263,6 +322,11 @@ class Settings(BaseSettings):
             problems.append(
                 "production profile refuses ClickHouse credentials over http:// (use https://)"
             )
+        if self.sluice_api_token is None and not is_loopback(self.sluice_web_host):
+            problems.append(
+                f"production profile refuses the query and rows endpoints on "
+                f"{self.sluice_web_host} without SLUICE_API_TOKEN"
+            )
         if url.scheme == "https" and not self.clickhouse_verify:
             problems.append("production profile refuses CLICKHOUSE_VERIFY=false")
         for name, value in (
@@ -291,6 +355,18 @@ class Settings(BaseSettings):
                 f"must start with chdb://, http:// or https:// (got scheme {scheme!r})"
             )
         return value
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a bind address only accepts connections from this host."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def redact_url(url: str) -> str:

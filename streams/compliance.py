@@ -1,6 +1,6 @@
 """Compliance records: the hash-chained audit log and the sensitive-access record.
 
-Pure logic; row formats and hashing live in :mod:`sluice.audit`.
+Pure logic; row formats and hashing live in :mod:`sluice.olap.audit`.
 
 Exactly once, whatever the redelivery
 -------------------------------------
@@ -33,10 +33,10 @@ from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
 
-from sluice.audit import AUDIT_COLUMNS, GENESIS_HASH, audit_row, ms_to_datetime
+from sluice.olap.audit import AUDIT_COLUMNS, GENESIS_HASH, audit_row, ms_to_datetime
 from sluice.olap.catalog import OLAP_TABLES
-from sluice.taxonomy import COMPLIANCE_ACTIONS
 from streams.state import Component, RowKey, TablePart, Taken
+from topics.taxonomy import COMPLIANCE_ACTIONS
 
 AUDIT_TABLE = "admin_audit_log"
 # event_id in the key: a row claiming a taken seq (a bug, or a forgery) is kept beside the

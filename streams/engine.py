@@ -1,6 +1,6 @@
 """The worker's state, without Faust: per-partition components, checkpoints, restore.
 
-The Faust app (:mod:`streams.app`) feeds decoded events in and persists what a
+The worker (:mod:`streams.worker`) feeds decoded events in and persists what a
 checkpoint hands out; everything here is synchronous and testable without a broker.
 Each partition's state is a set of components (:mod:`streams.state`): email and warm-up
 attribution, plan changes, the audit chain, sensitive access, system events.

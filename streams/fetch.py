@@ -6,7 +6,7 @@ its web server answers. What it does not do is hand events to an agent one by on
 measured, Faust's per-event machinery costs ~90 µs of CPU per event, which caps a
 worker near 11,000 events/s before any work is done. So the event topics' partitions
 are *handed off*: Faust's fetcher skips them, and this reader — librdkafka, in C —
-fetches them in batches of thousands for :meth:`streams.app.Worker.process`.
+fetches them in batches of thousands for :meth:`streams.worker.Worker.process`.
 
 The reader never joins the group (``assign()``, never ``subscribe()``): it is told what
 to read after Faust's rebalance and table recovery, starts at the group's committed
@@ -24,7 +24,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import orjson
-from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import Consumer, Message, TopicPartition
+
+from sluice.kafka import PARTITION_EOF
 
 log = logging.getLogger("sluice.fetch")
 
@@ -92,7 +94,7 @@ class Reader:
             error = message.error()
             if error is None:
                 good.append(message)
-            elif error.code() != KafkaError._PARTITION_EOF:  # noqa: SLF001
+            elif error.code() != PARTITION_EOF:
                 log.warning(
                     "fetch error on %s[%s]: %s", message.topic(), message.partition(), error
                 )
@@ -111,9 +113,10 @@ class ChangelogWriter:
     more JSON encoding) to tens of thousands of entries per checkpoint.
     """
 
-    def __init__(self, conf: dict[str, Any]) -> None:
+    def __init__(self, conf: dict[str, Any], topic: str) -> None:
         from confluent_kafka import Producer
 
+        self.topic = topic
         self._logger = logging.getLogger("sluice.changelog.librdkafka")
         self.producer = Producer(
             {
@@ -133,8 +136,9 @@ class ChangelogWriter:
         if err is not None:
             self._errors.append(str(err))
 
-    def write(self, topic: str, entries: Iterable[tuple[int, str, list]]) -> None:
+    def write(self, entries: Iterable[tuple[int, str, list]]) -> None:
         """Queue ``(partition, key, value)`` entries (key: the engine's JSON string)."""
+        topic = self.topic
         produce = self.producer.produce
         dumps = orjson.dumps
         for partition, key, value in entries:

@@ -27,7 +27,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from sluice.audit import ms_to_datetime
+from sluice.olap.audit import ms_to_datetime
 from sluice.olap.catalog import OLAP_TABLES
 from streams.state import Component, RowKey, TablePart, Taken
 

@@ -26,8 +26,8 @@ from types import MappingProxyType
 from typing import Any
 
 from sinks.base import Envelope, Rejected, Sink, SinkUnavailable
-from sluice.taxonomy import COMPLIANCE_ACTIONS
 from streams.compliance import sensitive_kind
+from topics.taxonomy import COMPLIANCE_ACTIONS
 
 log = logging.getLogger("sluice.routing")
 

@@ -7,7 +7,7 @@ Order of preference:
 2. A testcontainers ``KafkaContainer`` when a Docker engine answers (image:
    ``SLUICE_TEST_KAFKA_IMAGE``, default ``confluentinc/cp-kafka:8.0.0`` = Kafka 4.0, in
    KRaft mode). If the container fails to start, fall through to 3.
-3. A local broker from Maven Central jars (:mod:`sluice.devkafka`) in a temporary
+3. A local broker from Maven Central jars (:mod:`dev.kafka`) in a temporary
    directory on free ports, stopped at the end of the session.
 
 When none can be had the fixture fails (``CI`` true or ``SLUICE_REQUIRE_KAFKA=1``) or
@@ -29,7 +29,7 @@ from typing import NoReturn
 
 import pytest
 
-from sluice import devkafka
+from dev import kafka as devkafka
 
 DEFAULT_TEST_IMAGE = "confluentinc/cp-kafka:8.0.0"
 

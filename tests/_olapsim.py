@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sluice.olap.catalog import OLAP_TABLES
-from sluice.taxonomy import family_of
 from streams.engine import Checkpoint, Engine
+from topics.taxonomy import family_of
 
 INTERNAL_COLUMNS = ("updated", "_version", "_deleted")
 
@@ -152,7 +152,7 @@ def reference_tables(client: Any, wl: Any) -> dict[str, dict[tuple, tuple]]:
     """Every analytics table computed from ``wl``'s facts by REFERENCE_SQL (in chDB)."""
     import uuid
 
-    from sluice.workload import (
+    from dev.workload import (
         BUSINESS_DDL,
         BUSINESS_FACT_COLUMNS,
         EMAIL_FACT_COLUMNS,

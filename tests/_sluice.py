@@ -17,7 +17,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from sluice.taxonomy import FAMILIES
+from topics.taxonomy import FAMILIES
 
 # librdkafka logs every refused connection to stderr unless given a logger.
 _QUIET = logging.getLogger("tests.sluice.librdkafka")
@@ -26,6 +26,9 @@ _QUIET.addHandler(logging.NullHandler())
 
 REPO = Path(__file__).resolve().parents[1]
 SLUICE = [sys.executable, "-m", "sluice.cli"]
+# dev tooling (dev/: the chDB HTTP front, the fault hooks) is not installed: run from the repo
+FAULTY_SLUICE = [sys.executable, "-m", "dev.faults"]
+OLAP_SERVER = [sys.executable, "-m", "dev.olap_server"]
 
 
 def free_port() -> int:
@@ -47,7 +50,9 @@ class Deployment:
     session_timeout_s: float = 6.0
     worker: subprocess.Popen | None = None
     group_name: str | None = None
-    # a ClickHouse server (e.g. ``sluice olap serve``) instead of the deployment's own
+    # the bearer token of the worker's query and rows endpoints (the CLI sends it too)
+    api_token: str = field(default_factory=lambda: uuid.uuid4().hex)
+    # a ClickHouse server (e.g. dev/olap_server.py) instead of the deployment's own
     # chDB store, for several workers sharing one store
     clickhouse_url: str | None = None
 
@@ -71,15 +76,21 @@ class Deployment:
             SLUICE_TOPIC_PREFIX=self.prefix,
             SLUICE_APP_ID=self.group,
             SLUICE_WEB_PORT=str(self.web_port),
+            SLUICE_API_TOKEN=self.api_token,
             SLUICE_DATA_DIR=str(self.root / "var"),
             SLUICE_FLUSH_INTERVAL_S=str(self.flush_interval_s),
             SLUICE_TOPIC_PARTITIONS=str(self.partitions),
             # a killed worker's partitions move on after this (Kafka's default is 45 s)
             KAFKA_SESSION_TIMEOUT_S=str(self.session_timeout_s),
             PYTHONUNBUFFERED="1",
+            PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
         )
         env.update(extra)
         return env
+
+    def auth(self) -> dict[str, str]:
+        """Headers for the worker's protected endpoints (query, rows)."""
+        return {"Authorization": f"Bearer {self.api_token}"}
 
     def topic(self, family: str) -> str:
         return f"{self.prefix}events.{family}"
@@ -117,10 +128,14 @@ class Deployment:
                 fh.write(json.dumps(e) + "\n")
         return self.run("produce", "--file", str(path))
 
-    def start_worker(self, env_extra: dict[str, str] | None = None) -> subprocess.Popen:
+    def start_worker(
+        self, env_extra: dict[str, str] | None = None, *, command: list[str] = SLUICE
+    ) -> subprocess.Popen:
+        """Start ``sluice worker`` (``command=FAULTY_SLUICE``: with the fault hooks of
+        dev/faults.py, configured by ``env_extra``)."""
         log = (self.root / "worker.log").open("a")
         self.worker = subprocess.Popen(
-            [*SLUICE, "worker"],
+            [*command, "worker"],
             env=self.env(**(env_extra or {})),
             cwd=self.root,
             stdout=log,
@@ -211,7 +226,7 @@ class Deployment:
 
 @dataclass
 class OlapServer:
-    """``sluice olap serve`` over ``root/olap`` as a subprocess, on a free port.
+    """The chDB HTTP front (``python -m dev.olap_server``) over ``root/olap``, on a free port.
 
     Several workers share one chDB store through it (chDB allows one process per store).
     """
@@ -236,9 +251,9 @@ class OlapServer:
         """Start the server; return once it listens (AssertionError with its log if not)."""
         self.root.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith("CLICKHOUSE_")}
-        env.update(PYTHONUNBUFFERED="1", **self.env_extra)
+        env.update(PYTHONUNBUFFERED="1", PYTHONPATH=str(REPO), **self.env_extra)
         self.proc = subprocess.Popen(
-            [*SLUICE, "olap", "serve", "--path", str(self.root / "olap")]
+            [*OLAP_SERVER, "--path", str(self.root / "olap")]
             + ["--port", str(self.port), *self.args],
             env=env,
             cwd=self.root,
@@ -249,7 +264,7 @@ class OlapServer:
         deadline = time.monotonic() + timeout
         while "serving " not in self.log.read_text():
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"sluice olap serve did not start:\n{self.log.read_text()}")
+                raise AssertionError(f"the chDB HTTP front did not start:\n{self.log.read_text()}")
             time.sleep(0.1)
         return self
 

@@ -25,7 +25,7 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``bootstrap.servers`` of a real Kafka broker for the whole session.
 
     ``KAFKA_BOOTSTRAP_SERVERS`` if set, else a testcontainers Kafka when a Docker engine
-    answers, else a local broker from Maven Central jars (``sluice.devkafka``) on free
+    answers, else a local broker from Maven Central jars (``dev.kafka``) on free
     ports, stopped at session end. Without any: fail under ``CI``/``SLUICE_REQUIRE_KAFKA=1``,
     skip otherwise.
     """

@@ -1,5 +1,5 @@
-"""The topic catalog: the one place that names Kafka topics."""
+"""The contract's names: the event taxonomy, every Kafka topic, the dead-letter format."""
 
-from topics.catalog import TopicSpec, catalog, dlq_topic, event_topics, topic_for_family
+from topics.catalog import Catalog, TopicSpec
 
-__all__ = ["TopicSpec", "catalog", "dlq_topic", "event_topics", "topic_for_family"]
+__all__ = ["Catalog", "TopicSpec"]

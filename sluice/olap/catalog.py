@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sluice.audit import AUDIT_COLUMNS
+from sluice.olap.audit import AUDIT_COLUMNS
 
 _ROW_VERSION = ("updated", "_version")
 _CAMPAIGN_METRICS = (

@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import logging
-import os
 import threading
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,62 +20,11 @@ import orjson
 from clickhouse_connect.driver.client import Client
 
 from sluice.olap.catalog import INTERNAL_TABLES, OLAP_TABLES
+from sluice.settings import Settings, redact_url
 
 
 class OlapError(RuntimeError):
     """A ClickHouse operation failed (message says which and why)."""
-
-
-class InjectedFault(OlapError):
-    """A failure injected by a test-only fault hook (see :class:`FaultHooks`)."""
-
-
-class FaultHooks:
-    """TEST-ONLY fault injection for analytics inserts; off unless these are set.
-
-    The fault-injection suite (``tests/faults``) uses them to prove the delivery
-    guarantees against a real store; nothing in production sets them, and the worker
-    logs a warning at start-up when one is on.
-
-    * ``SLUICE_FAULT_OLAP_FAIL_UNTIL=<epoch seconds>``: every insert into a catalog table
-      fails, without writing, until that time (ClickHouse unavailable).
-    * ``SLUICE_FAULT_OLAP_AMBIGUOUS_EVERY=<n>``: every n-th flush (:meth:`OlapClient.write`)
-      is *written* in full and then reported as failed (a timeout whose insert in fact
-      succeeded).
-    """
-
-    FAIL_UNTIL = "SLUICE_FAULT_OLAP_FAIL_UNTIL"
-    AMBIGUOUS_EVERY = "SLUICE_FAULT_OLAP_AMBIGUOUS_EVERY"
-
-    def __init__(self, environ: Any = None) -> None:
-        env = os.environ if environ is None else environ
-        self.fail_until = float(env.get(self.FAIL_UNTIL) or 0)
-        self.ambiguous_every = int(env.get(self.AMBIGUOUS_EVERY) or 0)
-        self.flushes = 0
-        self.injected = 0
-        if self.active:
-            logging.getLogger("sluice.olap").warning(
-                "TEST-ONLY OLAP fault injection is on: fail until %s, ambiguous every %s",
-                self.fail_until or "-",
-                self.ambiguous_every or "-",
-            )
-
-    @property
-    def active(self) -> bool:
-        return bool(self.fail_until or self.ambiguous_every)
-
-    def before(self, table: str) -> None:
-        if self.fail_until and time.time() < self.fail_until:
-            self.injected += 1
-            raise InjectedFault(f"insert into {table} failed: injected: ClickHouse unavailable")
-
-    def after_flush(self, tables: Sequence[str]) -> None:
-        self.flushes += 1
-        if self.ambiguous_every and self.flushes % self.ambiguous_every == 0:
-            self.injected += 1
-            raise InjectedFault(
-                f"insert into {', '.join(tables)}: injected: written, reported as failed"
-            )
 
 
 def chdb_path(url: str) -> Path | None:
@@ -89,11 +35,33 @@ def chdb_path(url: str) -> Path | None:
     return Path(raw).expanduser().resolve()
 
 
+def clickhouse_options(settings: Settings) -> dict[str, Any]:
+    """Extra clickhouse-connect ``get_client`` options (credentials, TLS) for server URLs."""
+    s = settings
+    options: dict[str, Any] = {}
+    if s.clickhouse_url.startswith("chdb://"):
+        return options
+    if s.clickhouse_user:
+        options["username"] = s.clickhouse_user
+    if s.clickhouse_password is not None:
+        options["password"] = s.clickhouse_password.get_secret_value()
+    if s.clickhouse_url.startswith("https://"):
+        options["verify"] = s.clickhouse_verify
+        if s.clickhouse_ca_file:
+            options["ca_cert"] = s.clickhouse_ca_file
+    return options
+
+
+def open_store(settings: Settings) -> OlapClient:
+    """The OLAP store the settings name (``CLICKHOUSE_URL`` with credentials and TLS)."""
+    return connect(settings.clickhouse_url, **clickhouse_options(settings))
+
+
 def connect(url: str, **options: Any) -> OlapClient:
     """Open the OLAP store named by ``url``.
 
     ``options`` go to clickhouse-connect for server URLs (credentials, TLS: see
-    :func:`sluice.security.clickhouse_options`); the embedded store ignores them.
+    :func:`clickhouse_options`); the embedded store ignores them.
     """
     try:
         path = chdb_path(url)
@@ -114,17 +82,8 @@ def connect(url: str, **options: Any) -> OlapClient:
         for secret in (urlparse(url).password, options.get("password")):
             if secret:
                 detail = detail.replace(secret, "***")
-        raise OlapError(f"cannot open ClickHouse at {redact(url)}: {detail}") from None
+        raise OlapError(f"cannot open ClickHouse at {redact_url(url)}: {detail}") from None
     return OlapClient(client, url)
-
-
-def redact(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    parsed = urlparse(url)
-    if parsed.password:
-        netloc = parsed.netloc.replace(f":{parsed.password}@", ":***@")
-        return parsed._replace(netloc=netloc).geturl()
-    return url
 
 
 class OlapClient:
@@ -137,7 +96,6 @@ class OlapClient:
         self._client = client
         self.url = url
         self._lock = threading.Lock()
-        self._faults = FaultHooks()
 
     @property
     def is_embedded(self) -> bool:
@@ -171,10 +129,7 @@ class OlapClient:
         if table not in OLAP_TABLES and table not in INTERNAL_TABLES:
             raise OlapError(f"refusing to write {table!r}: not in the OLAP catalog")
         token = dedup_token(table, columns, rows)
-        faults = self._faults if self._faults.active and table in OLAP_TABLES else None
         with self._lock:
-            if faults is not None:
-                faults.before(table)
             try:
                 self._client.insert(
                     table,
@@ -191,8 +146,6 @@ class OlapClient:
         (some tables may then be written: every insert is idempotent, retry the lot)."""
         for table, (columns, rows) in batch.items():
             self.insert(table, columns, rows)
-        if self._faults.active and any(t in OLAP_TABLES for t in batch):
-            self._faults.after_flush(list(batch))
 
     def close(self) -> None:
         with self._lock, contextlib.suppress(Exception):  # closing is best effort

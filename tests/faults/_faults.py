@@ -1,6 +1,6 @@
 """Shared machinery of the fault-injection suite: workloads, producers, the exactness verdict.
 
-Every scenario produces a seeded :func:`sluice.workload.mixed_workload` (every event
+Every scenario produces a seeded :func:`dev.workload.mixed_workload` (every event
 family, with its ground truth), injects its fault against the real broker and the real
 worker, and then calls :func:`verify`: every analytics row must equal the reference SQL
 over the facts (difference 0), the audit log must hold each compliance action exactly
@@ -27,13 +27,13 @@ from typing import Any
 
 from confluent_kafka import Consumer, Producer
 
-from sinks.dlq import parse_headers
-from sluice.codec import Codec
+from avro_schemas.codec import Codec
+from dev.workload import REFERENCE_SQL, MixedWorkload, mixed_workload
 from sluice.olap import OLAP_TABLES
-from sluice.taxonomy import family_of
-from sluice.workload import REFERENCE_SQL, MixedWorkload, mixed_workload
 from tests._olapsim import reference_tables
 from tests._sluice import _QUIET, Deployment
+from topics.dead_letters import parse_headers
+from topics.taxonomy import family_of
 
 EVENTS = int(os.environ.get("SLUICE_FAULT_EVENTS", "20000"))
 # how long paced producers take for a whole stream: longer than a worker's recovery, so
@@ -179,7 +179,7 @@ def query(dep: Deployment, sql: str) -> list[dict[str, Any]]:
     request = urllib.request.Request(
         f"http://127.0.0.1:{dep.web_port}/sluice/query/",
         data=json.dumps({"sql": sql}).encode(),
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", **dep.auth()},
     )
     deadline = time.monotonic() + 90
     while True:

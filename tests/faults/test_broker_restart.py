@@ -1,7 +1,7 @@
 """Scenario 3: the broker killed (SIGKILL) and restarted three times while the producer
 and the worker run; lag returns to 0 without manual action and every row is exact.
 
-Runs its own single-node broker (``sluice.devkafka``) on free ports in a temporary
+Runs its own single-node broker (``dev.kafka``) on free ports in a temporary
 directory, never the session's broker.
 """
 
@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from sluice import devkafka
+from dev import kafka as devkafka
 from tests._broker import free_ports, kafka_required
 from tests._sluice import Deployment
 from tests.faults._faults import (

@@ -1,6 +1,6 @@
 """Scenarios 4 and 5: ClickHouse unavailable for a while; inserts that succeed but report
 an error. Faults are injected in the worker's OLAP client by its test-only hooks
-(:class:`sluice.olap.client.FaultHooks`, off unless their environment variables are set).
+(:class:`dev.faults.FaultHooks`, which run the worker through ``python -m dev.faults``).
 
 * Unavailable: nothing lost, nothing doubled, and offsets never committed past what was
   written — the committed offsets do not move while every insert fails, not even across a
@@ -17,7 +17,8 @@ import time
 
 import pytest
 
-from sluice.olap.client import FaultHooks
+from dev.faults import FaultHooks
+from tests._sluice import FAULTY_SLUICE
 from tests.faults._faults import (
     PACE_S,
     RawProducer,
@@ -45,7 +46,7 @@ def test_clickhouse_unavailable_then_back(deployment, reference_olap):
 
     back_at = time.time() + DOWN_S
     env = {FaultHooks.FAIL_UNTIL: str(back_at)}
-    dep.start_worker(env_extra=env)
+    dep.start_worker(env_extra=env, command=FAULTY_SLUICE)
     # the worker consumes everything it can while no insert succeeds ...
     wait_for(lambda: "checkpoint failed" in dep.log_tail(400), 60, "a failed checkpoint", dep)
     held = dep.committed()
@@ -58,7 +59,7 @@ def test_clickhouse_unavailable_then_back(deployment, reference_olap):
         if not killed and time.time() > back_at - DOWN_S / 2:
             # kill -9 in the middle of the outage: the restart restores and replays
             assert dep.stop_worker(signal.SIGKILL) == -signal.SIGKILL
-            dep.start_worker(env_extra=env)
+            dep.start_worker(env_extra=env, command=FAULTY_SLUICE)
             killed = True
         time.sleep(0.5)
     assert killed and samples >= 5
@@ -84,7 +85,7 @@ def test_ambiguous_insert_every_third_write(deployment, reference_olap):
     wl = workload(seed=505)
     dep.prepare()
     env = {FaultHooks.AMBIGUOUS_EVERY: "3"}
-    dep.start_worker(env_extra=env)
+    dep.start_worker(env_extra=env, command=FAULTY_SLUICE)
     # paced, so the worker flushes many times while the stream runs
     produce_paced(dep, wl.events, seconds=PACE_S / 2).join(300)
     drained = dep.wait_drained()

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from sluice.workload import MixedWorkload
+from dev.workload import MixedWorkload
 from tests.faults._faults import (
     EVENTS,
     PACE_S,

@@ -13,7 +13,6 @@ import signal
 
 import pytest
 
-from sluice.taxonomy import family_of
 from tests.faults._faults import (
     RawProducer,
     dead_letters,
@@ -22,6 +21,7 @@ from tests.faults._faults import (
     verify,
     workload,
 )
+from topics.taxonomy import family_of
 
 pytestmark = [pytest.mark.kafka, pytest.mark.integration, pytest.mark.faults]
 

@@ -13,9 +13,8 @@ import signal
 import time
 
 import pytest
-
 from sluice.lag import group_lag
-from sluice.taxonomy import FAMILIES
+
 from tests._sluice import _QUIET, Deployment, OlapServer
 from tests.faults._faults import (
     PACE_S,
@@ -27,6 +26,7 @@ from tests.faults._faults import (
     wait_for,
     workload,
 )
+from topics.taxonomy import FAMILIES
 
 pytestmark = [pytest.mark.kafka, pytest.mark.integration, pytest.mark.faults]
 

@@ -24,9 +24,8 @@ from typing import Any
 import pytest
 
 from avro_schemas import SCHEMA_DIR, SchemaRepo
-from sluice.codec import Codec
+from avro_schemas.codec import Codec
 from sluice.settings import Settings
-from sluice.taxonomy import family_of
 from tests.faults._faults import (
     RawProducer,
     dead_letters,
@@ -35,6 +34,7 @@ from tests.faults._faults import (
     verify,
     workload,
 )
+from topics.taxonomy import family_of
 
 pytestmark = [pytest.mark.kafka, pytest.mark.integration, pytest.mark.faults]
 

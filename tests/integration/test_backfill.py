@@ -10,7 +10,7 @@ from datetime import date
 
 import pytest
 
-from sluice.backfill import ROLLUP_TABLES
+from streams.backfill import ROLLUP_TABLES
 from tests._olapsim import reference_tables
 from tests.faults._faults import RawProducer, _norm, _olap_table, query, verify, workload
 

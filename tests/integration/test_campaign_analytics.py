@@ -11,7 +11,7 @@ import signal
 
 import pytest
 
-from sluice.workload import (
+from dev.workload import (
     EMAIL_FACT_COLUMNS,
     EMAILS_DDL,
     REFERENCE_CAMPAIGN_SQL,

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from sluice.taxonomy import FAMILIES
-from sluice.workload import email_workload, iso
+from dev.workload import email_workload, iso
 from tests._sluice import Deployment
+from topics.taxonomy import FAMILIES
 
 
 def write_lines(path, lines):
@@ -67,7 +67,7 @@ def test_olap_migrate_is_idempotent(tmp_path):
 @pytest.mark.kafka
 def test_topics_create_is_idempotent_and_produce_summarises(kafka_bootstrap, tmp_path):
     dep = Deployment(kafka_bootstrap, tmp_path)
-    n_topics = len(FAMILIES) + 1  # one per family and the dead-letter topic
+    n_topics = len(FAMILIES) + 2  # one per family, the dead letters, the state changelog
     first = dep.run("topics", "create")
     assert first.stdout.count("created") == n_topics
     second = dep.run("topics", "create")

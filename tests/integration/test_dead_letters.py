@@ -12,10 +12,10 @@ import pytest
 from confluent_kafka import Consumer, Producer
 
 from avro_schemas import default_repo
-from sinks.dlq import parse_headers
-from sluice.codec import Codec
-from sluice.workload import email_workload
+from avro_schemas.codec import Codec
+from dev.workload import email_workload
 from tests._sluice import Deployment
+from topics.dead_letters import parse_headers
 
 pytestmark = [pytest.mark.kafka, pytest.mark.integration]
 

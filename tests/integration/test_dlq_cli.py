@@ -7,10 +7,10 @@ import json
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from sinks.dlq import dead_letter_headers
-from sluice.codec import Codec
-from sluice.workload import email_workload
+from avro_schemas.codec import Codec
+from dev.workload import email_workload
 from tests._sluice import Deployment
+from topics.dead_letters import dead_letter_headers
 
 pytestmark = [pytest.mark.kafka, pytest.mark.integration]
 

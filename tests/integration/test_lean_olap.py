@@ -19,11 +19,11 @@ from datetime import date, datetime
 
 import pytest
 
+from dev.workload import REFERENCE_SQL, iso, mixed_workload
 from sluice.olap import OLAP_TABLES
-from sluice.taxonomy import COMPLIANCE_ACTIONS
-from sluice.workload import REFERENCE_SQL, iso, mixed_workload
 from tests._olapsim import reference_tables
 from tests._sluice import Deployment
+from topics.taxonomy import COMPLIANCE_ACTIONS
 
 pytestmark = [pytest.mark.kafka, pytest.mark.integration]
 

@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, KafkaException
 
-from sinks.dlq import parse_headers
-from sluice.taxonomy import EVENT_TYPES
 from streams.routing import OBSERVABILITY, POSTHOG, SIEM, sink_targets
 from tests._receivers import Fault, HttpReceiver, Rsyslog, require_rsyslog
 from tests._sluice import Deployment
+from topics.dead_letters import parse_headers
+from topics.taxonomy import EVENT_TYPES
 
 pytestmark = [pytest.mark.kafka, pytest.mark.integration]
 

@@ -1,7 +1,7 @@
 """Kafka client security against a real TLS broker: SASL/SCRAM over TLS, mTLS, hostname
 verification, and no secret in any log, status or metrics output.
 
-The test starts its own broker (sluice.devkafka) with a throwaway CA made here with the
+The test starts its own broker (dev.kafka) with a throwaway CA made here with the
 ``cryptography`` package: a PLAINTEXT listener (readiness, admin set-up, lag checks), a
 SASL_SSL listener (SCRAM) and an SSL listener that requires a client certificate.
 """
@@ -22,8 +22,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from sluice import devkafka
-from sluice.workload import email_workload, iso
+from dev import kafka as devkafka
+from dev.workload import email_workload, iso
 from tests._broker import free_ports, unavailable
 from tests._receivers import HttpReceiver
 from tests._sluice import Deployment
@@ -215,41 +215,29 @@ def test_producer_sdk_over_sasl_ssl(tls_broker, tmp_path):
     dep = Deployment(tls_broker.plaintext, tmp_path)
     dep.run("topics", "create", env_extra=_sasl_env(tls_broker))
     env = {**_sasl_env(tls_broker), "SLUICE_TOPIC_PREFIX": dep.prefix}
-    from topics.catalog import catalog
+    # the producer takes its topics from its own settings: no process state to patch
+    with EventProducer(_settings(**env)) as producer:
+        producer.send(_event(dep))
+    assert producer.stats.delivered == 1
 
-    catalog.cache_clear()
-    from sluice import settings as settings_mod
-
-    settings_mod.get_settings.cache_clear()
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in env.items():
-            mp.setenv(k, v)
-        try:
-            with EventProducer(_settings(**env)) as producer:
-                producer.send(_event(dep))
-            assert producer.stats.delivered == 1
-
-            started = time.monotonic()
-            bad = EventProducer(
-                _settings(**{**env, "KAFKA_SASL_PASSWORD": "wrong-password"}), logger=_QUIET
-            )
-            bad.send(_event(dep))
-            with pytest.raises(DeliveryError) as info:
-                bad.flush(timeout=60)
-            assert time.monotonic() - started < 30  # an auth failure fails fast
-            assert "wrong-password" not in str(info.value)
-            assert "Authentication" in str(info.value) or "SASL" in str(info.value)
-            del bad  # stop its connection attempts
-        finally:
-            catalog.cache_clear()
-            settings_mod.get_settings.cache_clear()
+    started = time.monotonic()
+    bad = EventProducer(
+        _settings(**{**env, "KAFKA_SASL_PASSWORD": "wrong-password"}), logger=_QUIET
+    )
+    bad.send(_event(dep))
+    with pytest.raises(DeliveryError) as info:
+        bad.flush(timeout=60)
+    assert time.monotonic() - started < 30  # an auth failure fails fast
+    assert "wrong-password" not in str(info.value)
+    assert "Authentication" in str(info.value) or "SASL" in str(info.value)
+    del bad  # stop its connection attempts
 
 
 def test_mtls_and_hostname_verification(tls_broker):
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient
 
-    from sluice.security import kafka_config
+    from sluice.kafka import kafka_config
 
     base = {
         "KAFKA_BOOTSTRAP_SERVERS": tls_broker.mtls,

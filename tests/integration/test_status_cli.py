@@ -8,7 +8,7 @@ import signal
 import pytest
 from confluent_kafka import Producer
 
-from sluice.workload import email_workload, iso
+from dev.workload import email_workload, iso
 from tests._sluice import Deployment
 
 pytestmark = [pytest.mark.kafka, pytest.mark.integration]

@@ -6,14 +6,13 @@ from datetime import UTC, date, datetime
 
 import pytest
 
-from sluice.backfill import (
+from sluice.olap.values import rows_from_json, rows_to_json
+from streams.backfill import (
     ROLLUP_TABLES,
     BackfillError,
     Range,
     _complete,
     check_tables,
-    rows_from_json,
-    rows_to_json,
 )
 
 MS = int(datetime(2026, 11, 10, 15, tzinfo=UTC).timestamp() * 1000)

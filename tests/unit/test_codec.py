@@ -17,14 +17,14 @@ import pytest
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 
 from avro_schemas import SCHEMA_DIR, SchemaRepo, default_repo, fingerprint, latest, lookup
-from sluice.codec import (
+from avro_schemas.codec import (
     Codec,
     DecodeError,
     ValidationError,
     to_epoch_ms,
 )
 from sluice.settings import Settings
-from sluice.taxonomy import EVENT_TYPES, FAMILIES
+from topics.taxonomy import EVENT_TYPES, FAMILIES
 
 T0 = 1_738_324_800_000  # 2025-01-31T12:00:00Z
 
@@ -391,7 +391,7 @@ def test_validate_normalizes(codec: Codec) -> None:
 
 
 def test_registry_round_trip_and_both_framings() -> None:
-    from topics.catalog import topic_for_family
+    from topics.catalog import Catalog
 
     client = SchemaRegistryClient.new_client({"url": "mock://test"})
     registry_codec = Codec(registry=client)
@@ -403,7 +403,7 @@ def test_registry_round_trip_and_both_framings() -> None:
     raw = registry_codec.encode("email", event)
     assert raw[0] == 0 and len(raw) > 5
     schema_id = int.from_bytes(raw[1:5], "big")
-    subject = f"{topic_for_family('email').name}-value"
+    subject = f"{Catalog().for_family('email').name}-value"
     assert client.get_latest_version(subject).schema_id == schema_id
     assert registry_codec.encode("email", event)[:5] == raw[:5]  # id cached
 
@@ -484,7 +484,7 @@ EXOTIC = {
 
 
 def test_compiled_reader_handles_every_avro_type() -> None:
-    from sluice.codec import _compile_reader
+    from avro_schemas.codec import _compile_reader
 
     parsed = fastavro.parse_schema(EXOTIC)
     read = _compile_reader(parsed)
@@ -516,7 +516,7 @@ def test_compiled_reader_handles_every_avro_type() -> None:
 
 
 def test_recursive_schema_falls_back_to_fastavro() -> None:
-    from sluice.codec import _compile_reader
+    from avro_schemas.codec import _compile_reader
 
     node = {
         "type": "record",

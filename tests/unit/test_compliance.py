@@ -7,7 +7,8 @@ import uuid
 
 import pytest
 
-from sluice.audit import (
+from sluice.olap import migrate
+from sluice.olap.audit import (
     CONFLICTS_SQL,
     GENESIS_HASH,
     MASK,
@@ -19,7 +20,6 @@ from sluice.audit import (
     verify,
     where_tenant,
 )
-from sluice.olap import migrate
 from streams.compliance import AuditLog, SensitiveAccess, sensitive_kind
 from streams.engine import Engine
 from tests._olapsim import Harness

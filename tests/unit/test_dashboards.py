@@ -1,5 +1,5 @@
 """The Grafana dashboard and Prometheus provisioning (docker-compose.yml) stay valid and
-only query metrics the worker exports (sinks/health.py)."""
+only query metrics the worker exports (streams/metrics.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sinks.health import HealthMetrics
+from streams.metrics import HealthMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "sluice.json"

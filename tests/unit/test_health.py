@@ -1,8 +1,8 @@
-"""The worker's Prometheus metrics (sinks.health): bounded labels only."""
+"""The worker's Prometheus metrics (streams.metrics): bounded labels only."""
 
 from __future__ import annotations
 
-from sinks.health import HealthMetrics
+from streams.metrics import HealthMetrics
 
 
 def test_label_values_stay_bounded():

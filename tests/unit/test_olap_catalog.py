@@ -8,8 +8,8 @@ import pytest
 
 from sluice.olap import OLAP_TABLES, OlapError
 from sluice.olap.client import OlapClient
-from sluice.olap.migrate import available
-from sluice.olaplint import parse
+from sluice.olap.lint import parse
+from sluice.olap.migrations import available
 from streams.engine import Engine
 
 

@@ -5,7 +5,7 @@ runs it (tests/_olapsim.py): checkpoints, a failed OLAP write, a crash in the mi
 changelog flush, a kill -9 and restore, and redelivery of a fifth of the log. Then:
 
 * each analytics table equals the reference SQL run over the workload's *facts*
-  (sluice.workload.REFERENCE_SQL, in chDB) — the spec's ETL, not our code;
+  (dev.workload.REFERENCE_SQL, in chDB) — the spec's ETL, not our code;
 * the audit log holds exactly the compliance actions, once each, chained, secrets masked;
 * sensitive access and system events hold exactly their rows; telemetry lands nowhere;
 * the rows are accepted by the real DDL and read back unchanged through the views.
@@ -19,9 +19,9 @@ from datetime import datetime
 
 import pytest
 
-from sluice.audit import MASK, verify
+from dev.workload import REFERENCE_SQL, MixedWorkload, mixed_workload
 from sluice.olap import OLAP_TABLES, migrate
-from sluice.workload import REFERENCE_SQL, MixedWorkload, mixed_workload
+from sluice.olap.audit import MASK, verify
 from tests._olapsim import FakeOlap, Harness, reference_tables
 
 ANALYTICS = sorted(REFERENCE_SQL)

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from sluice.olaplint import RULES, lint_sql, parse
+from sluice.olap.lint import RULES, lint_sql, parse
 
 DDL = Path(__file__).parent / "ddl"
-MIGRATIONS = Path(str(resources.files("sluice.olap").joinpath("migrations")))
+MIGRATIONS = Path(str(resources.files("sluice.olap").joinpath("sql")))
 
 # file -> rules that must be reported (more may be)
 EXPECTED: dict[str, set[str]] = {

@@ -7,7 +7,7 @@ import random
 from collections import Counter
 from datetime import date
 
-from sluice.workload import email_workload
+from dev.workload import email_workload
 from streams.engine import Engine
 from streams.rollups import CAMPAIGN_ANALYTICS, EmailRollups
 

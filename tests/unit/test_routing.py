@@ -6,7 +6,6 @@ import pytest
 
 from sinks.ecs import ECS_KINDS
 from sinks.pii import POSTHOG_PROPERTIES
-from sluice.taxonomy import COMPLIANCE_ACTIONS, EVENT_TYPES, FAMILY_OF
 from streams.routing import (
     AUDIT_LOG,
     DESTINATIONS,
@@ -21,6 +20,7 @@ from streams.routing import (
     route,
     sink_targets,
 )
+from topics.taxonomy import COMPLIANCE_ACTIONS, EVENT_TYPES, FAMILY_OF
 
 
 def event(event_type: str, **fields: object) -> dict[str, object]:

@@ -12,9 +12,9 @@ import pytest
 from typer.testing import CliRunner
 
 from avro_schemas import SCHEMA_DIR
-from sluice.commands.schemas import app
-from sluice.schemacheck import Problem, check_tree
-from sluice.taxonomy import FAMILIES
+from avro_schemas.evolution import Problem, check_tree
+from sluice.cli.schemas import app
+from topics.taxonomy import FAMILIES
 
 Change = Callable[[dict[str, Any]], None]
 

@@ -9,8 +9,10 @@ import sys
 import pytest
 from pydantic import ValidationError
 
-from sluice.security import clickhouse_options, faust_credentials, kafka_config, secret_values
+from sluice.kafka import kafka_config
+from sluice.olap.client import clickhouse_options
 from sluice.settings import Settings
+from streams.app import faust_credentials
 
 
 def make(**kw) -> Settings:
@@ -128,7 +130,7 @@ def test_no_secret_in_settings_repr_or_str():
         kafka_sasl_username="svc",
         kafka_sasl_password="sasl-5",
     )
-    secrets = secret_values(s)
+    secrets = s.secret_values()
     assert set(secrets) == {"url-pass-1", "ch-pass-2", "phc-3", "hmac-4", "sasl-5"}
     for text in (repr(s), str(s), s.model_dump_json()):
         for secret in secrets:

@@ -12,10 +12,10 @@ from functools import partial
 
 import pytest
 
-from sluice.taxonomy import family_of
-from sluice.workload import mixed_workload
+from dev.workload import mixed_workload
 from streams.engine import Engine, default_components
 from streams.spill import SpillStore
+from topics.taxonomy import family_of
 
 
 @pytest.fixture

@@ -56,12 +56,12 @@ from avro_schemas import (
     repo_for,
     strip_logical_types,
 )
-from sluice.taxonomy import EVENT_TYPES
+from topics.catalog import Catalog, TopicSettings
+from topics.taxonomy import EVENT_TYPES
 
 if TYPE_CHECKING:
     from confluent_kafka.schema_registry import SchemaRegistryClient
 
-    from sluice.settings import Settings
 
 __all__ = [
     "ALLOWED_VALUES",
@@ -714,10 +714,16 @@ def _describe(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"[:300]
 
 
-def _default_subject(family: str) -> str:
-    from topics.catalog import topic_for_family
+def topic_subjects(catalog: Catalog) -> Callable[[str], str]:
+    """Registry subjects by the topic-name strategy: ``<topic>-value``."""
+    return lambda family: f"{catalog.for_family(family).name}-value"
 
-    return f"{topic_for_family(family).name}-value"
+
+class CodecSettings(TopicSettings):
+    """What the codec reads from settings (duck-typed: this package imports no settings)."""
+
+    sluice_schema_dir: str | None
+    schema_registry_url: str | None
 
 
 class Codec:
@@ -726,8 +732,10 @@ class Codec:
     ``schemas`` defaults to the tree under ``settings.sluice_schema_dir``
     (``SLUICE_SCHEMA_DIR``), else the shipped one. A schema registry is used for
     encoding when ``registry`` is given, or else when ``settings.schema_registry_url``
-    is set (``settings`` defaults to :func:`sluice.settings.get_settings`). ``subject_for``
-    maps a family to its registry subject (default ``<topic>-value`` from the catalog).
+    is set. ``settings`` is any object with the fields of :class:`CodecSettings` (a
+    :class:`sluice.settings.Settings` is one); without it the codec uses the shipped
+    schemas and no registry. ``subject_for`` maps a family to its registry subject
+    (default ``<topic>-value`` from the topic catalog).
     ``compiled=False`` reads every body with fastavro instead of the compiled reader
     (same results, about half the speed; for tests and debugging).
 
@@ -739,27 +747,21 @@ class Codec:
         schemas: SchemaRepo | None = None,
         *,
         registry: SchemaRegistryClient | None = None,
-        settings: Settings | None = None,
+        settings: CodecSettings | None = None,
         subject_for: Callable[[str], str] | None = None,
         compiled: bool = True,
     ) -> None:
-        if settings is None and (schemas is None or registry is None):
-            from sluice.settings import get_settings
-
-            settings = get_settings()
         if schemas is None:
-            assert settings is not None
-            schemas = repo_for(settings.sluice_schema_dir)
+            schemas = repo_for(settings.sluice_schema_dir if settings is not None else None)
         self.schemas = schemas
-        if registry is None:
-            assert settings is not None
-            if settings.schema_registry_url:
-                from confluent_kafka.schema_registry import SchemaRegistryClient
+        if registry is None and settings is not None and settings.schema_registry_url:
+            from confluent_kafka.schema_registry import SchemaRegistryClient
 
-                # new_client also understands mock:// URLs (an in-process registry).
-                registry = SchemaRegistryClient.new_client({"url": settings.schema_registry_url})
+            # new_client also understands mock:// URLs (an in-process registry).
+            registry = SchemaRegistryClient.new_client({"url": settings.schema_registry_url})
         self.registry = registry
-        self.subject_for = subject_for or _default_subject
+        catalog = Catalog.from_settings(settings) if settings is not None else Catalog()
+        self.subject_for = subject_for or topic_subjects(catalog)
         self.compiled = compiled
         self._validators: dict[tuple[str, int], _Validator] = {}
         self._plans: dict[tuple[bytes, str], _ReadPlan] = {}  # (fingerprint, family)

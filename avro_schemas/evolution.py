@@ -31,7 +31,7 @@ import fastavro
 from avro.compatibility import ReaderWriterCompatibilityChecker, SchemaCompatibilityType
 
 from avro_schemas import ENVELOPE_FIELDS, NAMESPACE, RECORD_NAMES, REQUIRED_FIELDS, fingerprint
-from sluice.taxonomy import FAMILIES
+from topics.taxonomy import FAMILIES
 
 _VERSION_FILE = re.compile(r"^v([1-9][0-9]*)\.avsc$")
 _TIMESTAMP = {"type": "long", "logicalType": "timestamp-millis"}

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
+from sluice.olap.values import rows_to_json
 from streams.engine import Engine
 from streams.state import sort_key
 
@@ -237,7 +238,7 @@ def _read(
     record timestamp (ms)."""
     from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-    from sluice.codec import DecodeError
+    from avro_schemas.codec import DecodeError
 
     consumer = Consumer(
         {
@@ -311,41 +312,6 @@ def _complete(table: str, row: Mapping[str, Any], complete_from: date | None) ->
     return value >= complete_from
 
 
-# -- shipping rows to a running worker (which owns an embedded chDB store) ----------------
-def rows_to_json(rows: Iterable[Sequence[Any]]) -> list[list[Any]]:
-    """Rows as JSON values: dates and datetimes as ISO-8601 strings."""
-    return [[_jsonable(v) for v in row] for row in rows]
-
-
-def rows_from_json(types: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[list[Any]]:
-    """Undo :func:`rows_to_json` given the ClickHouse column types (from DESCRIBE)."""
-    parse: list[Callable[[Any], Any] | None] = []
-    for kind in types:
-        if "DateTime" in kind:
-            parse.append(_parse_datetime)
-        elif "Date" in kind:
-            parse.append(date.fromisoformat)
-        else:
-            parse.append(None)
-    out = []
-    for row in rows:
-        if len(row) != len(parse):
-            raise ValueError(f"a row has {len(row)} values for {len(parse)} columns")
-        out.append([v if f is None or v is None else f(v) for f, v in zip(parse, row, strict=True)])
-    return out
-
-
-def _parse_datetime(value: str) -> datetime:
-    parsed = datetime.fromisoformat(value)
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, (datetime, date)):
-        return value.isoformat()
-    return value
-
-
 def _day(ms: int) -> date:
     return datetime.fromtimestamp(ms / 1000, tz=UTC).date()
 
@@ -359,6 +325,7 @@ def _as_day(value: Any) -> date:
 
 
 def dumps(table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> bytes:
+    """The body of one POST of recomputed rows to a running worker (:mod:`streams.web`)."""
     return json.dumps(
         {"table": table, "columns": list(columns), "rows": rows_to_json(rows)}
     ).encode()

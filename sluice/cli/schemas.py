@@ -1,4 +1,4 @@
-"""``sluice schemas``: Avro schema tools (the rules live in :mod:`sluice.schemacheck`)."""
+"""``sluice schemas``: Avro schema tools (the rules live in :mod:`avro_schemas.evolution`)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from sluice.cli.common import settings
 
 app = typer.Typer(help="Avro schemas of the taxonomy.", no_args_is_help=True)
 
@@ -30,9 +32,8 @@ def check(
     """Check every family's schema versions: FULL_TRANSITIVE compatibility, unchanged
     envelope and documented fields, defaults on every other field. Exit 1 on any problem."""
     from avro_schemas import SCHEMA_DIR
-    from sluice.cli import settings
-    from sluice.schemacheck import check_tree, list_versions
-    from sluice.taxonomy import FAMILIES
+    from avro_schemas.evolution import check_tree, list_versions
+    from topics.taxonomy import FAMILIES
 
     root = dir if dir is not None else Path(settings().sluice_schema_dir or SCHEMA_DIR)
     problems = check_tree(root)
@@ -59,6 +60,6 @@ def check(
 
 
 def _order(family: str) -> tuple[int, str]:
-    from sluice.taxonomy import FAMILIES
+    from topics.taxonomy import FAMILIES
 
     return (FAMILIES.index(family), "") if family in FAMILIES else (len(FAMILIES), family)

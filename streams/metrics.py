@@ -13,7 +13,7 @@ from collections.abc import Container
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from sluice.taxonomy import FAMILY_OF
+from topics.taxonomy import FAMILY_OF
 
 __all__ = ["CONTENT_TYPE_LATEST", "HealthMetrics"]
 

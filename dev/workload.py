@@ -343,7 +343,7 @@ class MixedWorkload(Workload):
 
     def compliance_events(self) -> list[dict[str, Any]]:
         """Compliance admin actions, once each, in first-arrival order."""
-        from sluice.taxonomy import COMPLIANCE_ACTIONS
+        from topics.taxonomy import COMPLIANCE_ACTIONS
 
         seen: set[str] = set()
         out = []

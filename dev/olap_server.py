@@ -1,4 +1,8 @@
-"""``sluice olap serve``: one embedded chDB store behind ClickHouse's HTTP interface.
+"""A development stand-in for a ClickHouse server: one embedded chDB store behind
+ClickHouse's HTTP interface (dev tooling, not shipped)::
+
+    python -m dev.olap_server --path var/olap [--host 127.0.0.1] [--port 8123]
+        [--user U --password-file F] [--tls-cert C --tls-key K]
 
 chDB allows one process per data path, so two workers cannot share an embedded store.
 This server owns the store and speaks the part of ClickHouse's HTTP interface that
@@ -57,7 +61,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-log = logging.getLogger("sluice.olap.server")
+log = logging.getLogger("dev.olap_server")
 
 # URL parameters of the HTTP interface that are not settings of the query.
 TRANSPORT_PARAMS = frozenset(
@@ -292,7 +296,7 @@ def check_store_free(path: Path) -> None:
         os.close(fd)  # releases our probe lock
 
 
-class Engine:
+class Store:
     """The one chDB connection; every call on it holds one lock."""
 
     def __init__(self, path: Path) -> None:
@@ -429,7 +433,7 @@ class _BadRequest(Exception):
 
 
 class Handler(BaseHTTPRequestHandler):
-    """ClickHouse's HTTP interface over :class:`Engine`."""
+    """ClickHouse's HTTP interface over :class:`Store`."""
 
     protocol_version = "HTTP/1.1"  # keep-alive: clickhouse-connect pools connections
     disable_nagle_algorithm = True  # headers and body go out in two writes: no 40 ms stall
@@ -579,7 +583,7 @@ class OlapServer(ThreadingHTTPServer):
     def __init__(
         self,
         address: tuple[str, int],
-        engine: Engine,
+        engine: Store,
         credentials: Credentials | None = None,
         tls: ssl.SSLContext | None = None,
     ) -> None:
@@ -632,7 +636,7 @@ def serve(
     on_ready: Callable[[OlapServer], None] | None = None,
 ) -> None:
     """Serve the store until SIGTERM or SIGINT; then finish the running query and close."""
-    engine = Engine(path.expanduser().resolve())
+    engine = Store(path.expanduser().resolve())
     try:
         try:
             server = OlapServer((host, port), engine, credentials, tls)
@@ -659,3 +663,46 @@ def serve(
             server.server_close()
     finally:
         engine.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m dev.olap_server``: serve a chDB store until SIGTERM."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m dev.olap_server", description=__doc__)
+    parser.add_argument("--path", type=Path, required=True, help="the chDB store to own")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8123, help="0: any free port")
+    parser.add_argument("--user", default=os.environ.get("CLICKHOUSE_USER"))
+    parser.add_argument("--password-file", type=Path, help="else CLICKHOUSE_PASSWORD")
+    parser.add_argument("--tls-cert", type=Path)
+    parser.add_argument("--tls-key", type=Path)
+    args = parser.parse_args(argv)
+    password = os.environ.get("CLICKHOUSE_PASSWORD")
+    if args.password_file is not None:
+        try:
+            password = args.password_file.read_text().rstrip("\r\n")
+        except OSError as exc:
+            parser.error(f"--password-file {args.password_file}: {exc.strerror or exc}")
+    credentials = (
+        Credentials(args.user or "default", password or "") if (args.user or password) else None
+    )
+    if (args.tls_cert is None) != (args.tls_key is None):
+        parser.error("--tls-cert and --tls-key go together")
+
+    def ready(server: OlapServer) -> None:
+        auth = f", user {credentials.user}" if credentials else ", no authentication"
+        print(f"serving {args.path} at {server.url}{auth}", flush=True)
+
+    try:
+        tls = tls_context(args.tls_cert, args.tls_key) if args.tls_cert else None
+        serve(args.path, args.host, args.port, credentials, tls, on_ready=ready)
+    except ServeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,5 +1,5 @@
-"""``sluice olap serve``: one chDB store behind ClickHouse's HTTP interface, reached with
-the unchanged clickhouse-connect HTTP client (``sluice.olap.connect("http(s)://...")``).
+"""The chDB HTTP front (dev/olap_server.py): one chDB store behind ClickHouse's HTTP
+interface, reached with the unchanged clickhouse-connect HTTP client (``sluice.olap.connect("http(s)://...")``).
 
 Migrations, idempotent inserts (``insert_deduplication_token``), queries, ClickHouse's
 errors as exceptions, credentials, TLS with hostname verification, a second process
@@ -9,6 +9,7 @@ refused the store, and a real worker writing its rollups through the server.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import signal
 import subprocess
 from pathlib import Path
@@ -20,8 +21,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from sluice.olap import OlapError, connect, migrate
-from sluice.olap.migrate import available
-from tests._sluice import SLUICE, Deployment, OlapServer
+from sluice.olap.migrations import available
+from tests._sluice import OLAP_SERVER, REPO, Deployment, OlapServer
 
 pytestmark = pytest.mark.integration
 
@@ -94,7 +95,8 @@ def test_migrate_insert_dedup_query_and_errors(server):
 
 def test_a_second_process_cannot_take_the_store(server):
     proc = subprocess.run(
-        [*SLUICE, "olap", "serve", "--path", str(server.root / "olap"), "--port", "0"],
+        [*OLAP_SERVER, "--path", str(server.root / "olap"), "--port", "0"],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
         capture_output=True,
         text=True,
         timeout=60,

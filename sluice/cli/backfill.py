@@ -1,13 +1,23 @@
-"""``sluice backfill``: recompute rollups from Kafka (the logic lives in :mod:`sluice.backfill`)."""
+"""``sluice backfill``: recompute rollups from Kafka (logic: :mod:`streams.backfill`)."""
 
 from __future__ import annotations
 
-import json
-import urllib.error
-import urllib.request
 from typing import Any
 
 import typer
+
+from sluice.cli.common import (
+    KafkaClientErrors,
+    WorkerUnreachable,
+    call_worker,
+    chdb_hint,
+    err,
+    fail,
+    needs,
+    out,
+    quiet_clickhouse,
+    settings,
+)
 
 
 def backfill(
@@ -38,12 +48,14 @@ def backfill(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
     from rich.table import Table
 
-    from sluice import backfill as bf
-    from sluice.cli import KafkaClientErrors, err, fail, out, settings
-    from sluice.codec import Codec
+    try:
+        from streams import backfill as bf
+        from streams.engine import Engine
+    except ImportError as exc:
+        raise needs("worker", exc) from None
+    from avro_schemas.codec import Codec
     from sluice.dlq import parse_time
-    from streams.engine import Engine
-    from topics.catalog import event_topics
+    from topics.catalog import Catalog
 
     s = settings()
     try:
@@ -57,7 +69,7 @@ def backfill(
     errors = KafkaClientErrors()
     conf = errors.config(s)
     try:
-        sources = bf.plan(conf, {spec.name: spec.family for spec in event_topics()})
+        sources = bf.plan(conf, Catalog.from_settings(s).families())
     except bf.BackfillError as exc:
         raise fail(errors.first or str(exc)) from None
     if not sources:
@@ -65,7 +77,7 @@ def backfill(
 
     write, target = (_dry_run, "nothing (dry run)") if dry_run else _writer(s)
     total = sum(src.high - src.low for src in sources)
-    codec = Codec()
+    codec = Codec(settings=s)
     try:
         with Progress(
             "[progress.description]{task.description}",
@@ -117,40 +129,29 @@ def _dry_run(table: str, columns: list[str], rows: list[list]) -> None:
 
 def _writer(s: Any) -> tuple[Any, str]:
     """Write to the running worker when it owns an embedded store, else directly."""
-    from sluice import backfill as bf
-    from sluice.cli import _chdb_hint, _quiet_clickhouse, fail
-    from sluice.olap import OlapError, connect
-    from sluice.olap.client import redact
-    from sluice.security import clickhouse_options
+    from sluice.olap import OlapError, open_store
+    from sluice.settings import ROWS_PATH, STATUS_PATH, redact_url
+    from streams import backfill as bf
 
     if s.clickhouse_url.startswith("chdb://"):
-        url = f"http://{s.sluice_web_host}:{s.sluice_web_port}/sluice/olap/rows/"
-        if _worker_answers(url):
+        try:
+            call_worker(s, STATUS_PATH, timeout=5)
+        except WorkerUnreachable:
+            pass  # no worker: open the store directly
+        else:
 
             def via_worker(table: str, columns: list[str], rows: list[list]) -> None:
-                request = urllib.request.Request(
-                    url,
-                    data=bf.dumps(table, columns, rows),
-                    headers={"Content-Type": "application/json"},
-                )
                 try:
-                    with urllib.request.urlopen(request, timeout=120) as response:
-                        response.read()
-                except urllib.error.HTTPError as exc:
-                    try:
-                        message = json.load(exc).get("error", str(exc))
-                    except Exception:
-                        message = str(exc)
-                    raise bf.BackfillError(f"writing {table} via the worker: {message}") from None
-                except (urllib.error.URLError, OSError) as exc:
+                    call_worker(s, ROWS_PATH, bf.dumps(table, columns, rows), timeout=120)
+                except WorkerUnreachable as exc:
                     raise bf.BackfillError(f"writing {table} via the worker: {exc}") from None
 
-            return via_worker, f"the worker at {s.sluice_web_host}:{s.sluice_web_port}"
-    _quiet_clickhouse()
+            return via_worker, f"the worker at {s.worker_url('')}"
+    quiet_clickhouse()
     try:
-        client = connect(s.clickhouse_url, **clickhouse_options(s))
+        client = open_store(s)
     except OlapError as exc:
-        raise fail(_chdb_hint(str(exc))) from None
+        raise fail(chdb_hint(str(exc))) from None
 
     def direct(table: str, columns: list[str], rows: list[list]) -> None:
         try:
@@ -158,15 +159,4 @@ def _writer(s: Any) -> tuple[Any, str]:
         except OlapError as exc:
             raise bf.BackfillError(str(exc)) from None
 
-    return direct, redact(s.clickhouse_url)
-
-
-def _worker_answers(url: str) -> bool:
-    """Whether a worker serves ``url`` (a GET on the POST-only view answers 405)."""
-    try:
-        with urllib.request.urlopen(url, timeout=5):
-            return True
-    except urllib.error.HTTPError:
-        return True
-    except (urllib.error.URLError, OSError):
-        return False
+    return direct, redact_url(s.clickhouse_url)

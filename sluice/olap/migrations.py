@@ -51,7 +51,7 @@ class Migration:
 def available() -> list[Migration]:
     """Every migration shipped with Sluice, in version order."""
     found = []
-    for entry in resources.files("sluice.olap").joinpath("migrations").iterdir():
+    for entry in resources.files("sluice.olap").joinpath("sql").iterdir():
         match = re.fullmatch(r"(\d+)_(\w+)\.sql", entry.name)
         if match:
             found.append(Migration(int(match[1]), match[2], entry.read_text()))

@@ -1,4 +1,4 @@
-"""The test-only OLAP fault hooks: off by default, and doing exactly what they say."""
+"""The fault suite's OLAP hooks (dev/faults.py): off by default, doing exactly what they say."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from sluice.olap.client import FaultHooks, InjectedFault
+from dev.faults import FaultHooks, InjectedFault, installed
 
 COLUMNS = ["tenant_id", "event_key", "kind", "occurred_at"]
 
@@ -22,9 +22,7 @@ def olap(reference_olap):
     from sluice.olap import migrate
 
     migrate(reference_olap)
-    saved = reference_olap._faults
-    yield reference_olap
-    reference_olap._faults = saved
+    return reference_olap
 
 
 def _count(olap, key: str) -> int:
@@ -42,16 +40,16 @@ def _batch(olap, key: str) -> dict:
 
 
 def test_unavailable_fails_without_writing(olap):
-    olap._faults = FaultHooks({FaultHooks.FAIL_UNTIL: str(time.time() + 60)})
-    with pytest.raises(InjectedFault):
+    hooks = FaultHooks({FaultHooks.FAIL_UNTIL: str(time.time() + 60)})
+    with installed(hooks), pytest.raises(InjectedFault):
         olap.write(_batch(olap, "hook:down"))
     assert _count(olap, "hook:down") == 0
 
 
 def test_ambiguous_writes_then_reports_failure_every_nth_flush(olap):
-    olap._faults = FaultHooks({FaultHooks.AMBIGUOUS_EVERY: "2"})
-    olap.write(_batch(olap, "hook:a1"))
-    with pytest.raises(InjectedFault):
-        olap.write(_batch(olap, "hook:a2"))
-    assert _count(olap, "hook:a2") == 1  # written although reported as failed
-    olap.write(_batch(olap, "hook:a3"))
+    with installed(FaultHooks({FaultHooks.AMBIGUOUS_EVERY: "2"})):
+        olap.write(_batch(olap, "hook:a1"))
+        with pytest.raises(InjectedFault):
+            olap.write(_batch(olap, "hook:a2"))
+        assert _count(olap, "hook:a2") == 1  # written although reported as failed
+        olap.write(_batch(olap, "hook:a3"))

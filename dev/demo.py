@@ -1,4 +1,4 @@
-"""Write demo traffic as JSON lines: ``python -m sluice.demo OUT.jsonl [EMAILS]``.
+"""Write demo traffic as JSON lines: ``python -m dev.demo OUT.jsonl [EMAILS]``.
 
 Timestamps are ISO-8601 strings, as a user would write them by hand.
 """
@@ -9,13 +9,13 @@ import json
 import sys
 from pathlib import Path
 
-from sluice.workload import email_workload, iso
+from dev.workload import email_workload, iso
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if not args:
-        print("usage: python -m sluice.demo OUT.jsonl [EMAILS]", file=sys.stderr)
+        print("usage: python -m dev.demo OUT.jsonl [EMAILS]", file=sys.stderr)
         return 2
     out = Path(args[0])
     emails = int(args[1]) if len(args) > 1 else 2000

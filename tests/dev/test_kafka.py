@@ -1,4 +1,4 @@
-"""The local Kafka broker (``sluice.devkafka``) and the ``kafka_bootstrap`` fixture."""
+"""The local Kafka broker (``dev.kafka``) and the ``kafka_bootstrap`` fixture."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from sluice import devkafka
+from dev import kafka as devkafka
 
 if TYPE_CHECKING:
     import _broker

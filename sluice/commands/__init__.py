@@ -1,1 +1,0 @@
-"""Sub-command groups of the ``sluice`` CLI (mounted by :mod:`sluice.cli`)."""
