@@ -4,12 +4,15 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 KAFKA_DATA ?= var/kafka
 
-.PHONY: setup kafka kafka-stop topics migrate worker demo run test lint bench clean
+.PHONY: setup kafka kafka-stop topics migrate worker demo run test lint bench lock clean
 
-$(BIN)/sluice: pyproject.toml
+# Installs exactly the locked versions (requirements/dev.txt: the worker, chDB and the test
+# tools, with hashes), then Sluice itself without resolving anything again.
+$(BIN)/sluice: pyproject.toml requirements/dev.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --require-hashes -r requirements/dev.txt
+	$(BIN)/pip install -q --no-deps -e .
 	touch $@
 
 setup: $(BIN)/sluice            ## Python deps + the Kafka broker jars
@@ -45,6 +48,11 @@ lint: setup
 bench: kafka                    ## limit, naive faust, Quix peer and the worker, one run (bench/)
 	$(BIN)/pip install -q -e '.[dev,bench]'
 	$(BIN)/python -m bench.run
+
+lock:                           ## re-pin requirements/*.txt after changing pyproject.toml
+	$(BIN)/pip install -q uv
+	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 --generate-hashes --quiet -o requirements/dev.txt
+	$(BIN)/uv pip compile pyproject.toml --extra worker --extra chdb --python-version 3.11 --generate-hashes --quiet -o requirements/worker.txt
 
 clean:
 	rm -rf var .pytest_cache

@@ -16,7 +16,8 @@ what it applied since the last checkpoint, then commits the offsets that covers:
 5. **OLAP rows** written (absolute values, idempotent: a replay changes nothing);
 6. **offsets committed**, only if the consumer group's generation is the one of the
    snapshot and only for partitions still assigned (after a rebalance the new owner
-   replays from the last commit).
+   replays from the last commit). A refused or failed commit fails nothing: the state is
+   durable, and the next checkpoint commits the same offsets.
 
 A failure at any step commits nothing: the snapshot is handed back to the engine
 (:meth:`streams.engine.Engine.requeue`), or, if the changelog was already durable, only
@@ -243,7 +244,12 @@ class Checkpointer:
         }
         if not offsets:
             return {}
-        if not await group.commit(offsets):
+        try:
+            accepted = await group.commit(offsets)
+        except Exception as exc:  # the state is durable: the next checkpoint commits it
+            log.warning("offset commit failed (%s); the next checkpoint retries", exc)
+            return {}
+        if not accepted:
             log.warning("offset commit refused (rebalancing); the next checkpoint retries")
             return {}
         progress.committed.update(offsets)

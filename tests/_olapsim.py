@@ -1,14 +1,16 @@
-"""A broker-free model of the worker's checkpoint loop, for engine tests.
+"""A broker-free stand-in for Kafka and ClickHouse around the worker's real checkpoint.
 
-:class:`Harness` plays a Kafka log of events through :class:`streams.engine.Engine` the
-way :mod:`streams.app` does — apply, then checkpoint: changelog, OLAP rows, commit — and
-can crash at any point of that sequence, restart from the compacted changelog and the
-committed offsets, fail an OLAP write, or lose part of a changelog flush.
-:class:`FakeOlap` keeps what ReplacingMergeTree shows with ``FINAL``.
+:class:`Harness` plays a log of events through :class:`streams.engine.Engine` and runs the
+worker's own :class:`streams.checkpoint.Checkpointer` every ``every`` events, with fake
+ports: the changelog is a dict (compacted: last value per key), the OLAP is
+:class:`FakeOlap` (what ReplacingMergeTree shows with ``FINAL``), offsets are an index into
+the log. It can fail an OLAP write, lose part of a changelog flush and crash (kill -9:
+a new engine restored from the changelog resumes at the last commit).
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
@@ -16,7 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sluice.olap.catalog import OLAP_TABLES
-from streams.engine import Checkpoint, Engine
+from streams.checkpoint import Checkpointer, Ports, Progress
+from streams.engine import Engine
 from topics.taxonomy import family_of
 
 INTERNAL_COLUMNS = ("updated", "_version", "_deleted")
@@ -70,6 +73,73 @@ class Record:
     event: dict[str, Any]
 
 
+class _Sinks:
+    async def flush(self) -> list:
+        return []
+
+    def restore_rejected(self, rejected: list) -> None:
+        assert not rejected
+
+
+class _DeadLetters:
+    async def rejected(self, item: Any) -> None:
+        raise AssertionError("no sink in the harness refuses events")
+
+    async def flush(self) -> None:
+        return None
+
+
+class _Changelog:
+    """The compacted changelog; ``lose`` makes the next flush deliver a random part and fail."""
+
+    def __init__(self, store: dict[str, list]) -> None:
+        self.store = store
+        self.queued: list[tuple[int, str, list]] = []
+        self.lose = 0.0
+        self.rng = random.Random(0)
+
+    def write(self, entries: Sequence[tuple[int, str, list]]) -> None:
+        self.queued.extend(entries)
+
+    def flush(self) -> None:
+        queued, self.queued = self.queued, []
+        lose, self.lose = self.lose, 0.0
+        for _, key, value in queued:
+            if not lose or self.rng.random() > lose:
+                self.store[key] = value
+        if lose:
+            raise RuntimeError("crashed in the middle of a changelog flush")
+
+
+class _Warehouse:
+    def __init__(self, harness: Harness) -> None:
+        self.harness = harness
+
+    def write(self, rows: dict[str, list[list]]) -> None:
+        h = self.harness
+        for table, table_rows in rows.items():
+            h.olap.insert(table, h.engine.columns(table), table_rows)
+
+
+class _Group:
+    def __init__(self) -> None:
+        self.offsets: dict[tuple[str, int], int] = {}
+
+    def generation(self) -> int:
+        return 1
+
+    def assignment(self) -> set:
+        return set(self.offsets) | {("*", -1)}
+
+    async def commit(self, offsets: Mapping[Any, int]) -> bool:
+        self.offsets.update(offsets)
+        return True
+
+
+async def _direct(fn: Any, *args: Any) -> Any:
+    return fn(*args)
+
+
 @dataclass
 class Harness:
     """One consumer over every partition; checkpoints every ``every`` events."""
@@ -84,6 +154,16 @@ class Harness:
     committed: int = 0  # index into log: everything before it is acked
     position: int = 0  # next index to apply
     restores: int = 0
+
+    def __post_init__(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._changelog = _Changelog(self.changelog)
+        self._checkpointer = self._new_checkpointer()
+
+    def _new_checkpointer(self) -> Checkpointer:
+        ports = Ports(_Sinks(), _DeadLetters(), self._changelog, _Warehouse(self), _Group())
+        self.progress = Progress()
+        return Checkpointer(self.engine, self.progress, ports, asyncio.Lock(), run_blocking=_direct)
 
     def produce(self, events: Iterable[Mapping[str, Any]]) -> None:
         for event in events:
@@ -102,6 +182,8 @@ class Harness:
         while self.position < end:
             r = self.log[self.position]
             self.engine.apply(r.partition, r.topic, r.offset, r.family, r.event)
+            self.progress.applied[(r.topic, r.partition)] = r.offset + 1
+            self.progress.unflushed += 1
             self.position += 1
             if self.position % self.every == 0:
                 self.checkpoint()
@@ -115,35 +197,26 @@ class Harness:
         lose_changelog: float = 0.0,
         rng: random.Random | None = None,
     ) -> bool:
-        """Changelog, then rows, then commit. ``lose_changelog``: crash mid-flush."""
-        ckpt = self.engine.snapshot()
+        """The worker's checkpoint. ``olap_fails``: the OLAP write fails (the rows are
+        retried first at the next one); ``lose_changelog``: a crash mid changelog flush."""
+        position = self.position
+        self.olap.fail_next = olap_fails
         if lose_changelog:
-            rng = rng or random.Random(0)
-            # a crash in the middle of a flush: an arbitrary subset arrives, then nothing
-            for _, key, value in ckpt.changelog:
-                if rng.random() > lose_changelog:
-                    self.changelog[key] = value
+            self._changelog.lose, self._changelog.rng = lose_changelog, rng or random.Random(0)
+        outcome = self._loop.run_until_complete(self._checkpointer.run())
+        self.olap.fail_next = False
+        if lose_changelog:
             self.crash()
             return False
-        for _, key, value in ckpt.changelog:
-            self.changelog[key] = value
-        try:
-            self.olap.fail_next = olap_fails
-            self._write(ckpt)
-        except RuntimeError:
-            self.engine.requeue(ckpt)
-            return False
-        self.committed = self.position
-        return True
-
-    def _write(self, ckpt: Checkpoint) -> None:
-        for table, rows in ckpt.rows.items():
-            self.olap.insert(table, self.engine.columns(table), rows)
+        if outcome.ok:
+            self.committed = position
+        return outcome.ok
 
     def crash(self) -> None:
         """kill -9: a new engine restores from the changelog and resumes at the commit."""
         self.engine = Engine()
         self.engine.restore(list(self.changelog.items()))
+        self._checkpointer = self._new_checkpointer()
         self.position = self.committed
         self.restores += 1
 

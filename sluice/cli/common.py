@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 from pydantic import ValidationError as SettingsError
 from rich.console import Console
+from rich.markup import escape
 
 if TYPE_CHECKING:
     from sluice.settings import Settings
@@ -26,7 +27,7 @@ err = Console(stderr=True)
 
 def fail(message: str, code: int = 1) -> typer.Exit:
     """Print one error line; return the Exit to raise (``raise fail(...)``)."""
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 

@@ -13,8 +13,8 @@ import signal
 import time
 
 import pytest
-from sluice.lag import group_lag
 
+from sluice.kafka import group_lag
 from tests._sluice import _QUIET, Deployment, OlapServer
 from tests.faults._faults import (
     PACE_S,

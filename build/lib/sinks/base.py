@@ -1,0 +1,427 @@
+"""The Sink protocol, and batching with retries, written once for every sink.
+
+A sink buffers what the router writes (``write`` never blocks and never fails), sends
+full batches in the background, and makes everything written before ``flush`` durable
+when ``flush`` returns. The worker acknowledges events to Kafka only after that.
+
+Errors::
+
+    Exception
+    └── SinkError
+        ├── TransientError   try again later: 5xx, 408, 429, 401/403 (a key being rotated
+        │                    must not dead-letter the stream), timeouts, refused or reset
+        │                    connections. ``retry_after``: seconds the destination asked for.
+        ├── PermanentError   this request will never be accepted as is (other 4xx).
+        │                    A batch is split in halves until the bad events are alone;
+        │                    each is then *rejected* (→ ``events.dlq``, stage = sink name).
+        └── SinkUnavailable  raised by ``flush``: a transient failure outlived the flush
+                             deadline. Nothing is lost: the batches stay buffered, the
+                             checkpoint fails (nothing acked), the next one retries.
+
+Memory stays bounded because the worker stops taking events when too many are
+unacknowledged, and a sink only buffers events the worker has not acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from typing import Any, Protocol, runtime_checkable
+
+log = logging.getLogger("sluice.sinks")
+
+
+# -- what flows through a sink --------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """One decoded event and where it came from (the raw bytes are for dead letters)."""
+
+    record: Mapping[str, Any]
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None = None
+    value: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """An event a sink refused for good: it goes to the dead-letter topic."""
+
+    envelope: Envelope
+    sink: str
+    reason: str
+    detail: str
+
+
+# -- errors ------------------------------------------------------------------------------
+class SinkError(Exception):
+    """Base of every sink error. ``reason`` is a short stable code (a metric label)."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+class TransientError(SinkError):
+    """The same request may succeed later."""
+
+    def __init__(self, reason: str, detail: str = "", retry_after: float | None = None) -> None:
+        super().__init__(reason, detail)
+        self.retry_after = retry_after
+
+
+class PermanentError(SinkError):
+    """The request will never succeed as is."""
+
+
+class SinkUnavailable(SinkError):
+    """``flush`` could not make the buffered events durable before its deadline."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("unavailable", detail)
+
+
+# -- the protocol ------------------------------------------------------------------------
+@runtime_checkable
+class Sink(Protocol):
+    """What the router needs from a sink. ``name`` is the dead letters' stage."""
+
+    name: str
+
+    async def start(self) -> None:
+        """Open connections (called once before the first write)."""
+
+    def write(self, batch: Sequence[Envelope]) -> None:
+        """Buffer events; never blocks and never raises for a delivery problem."""
+
+    async def flush(self) -> list[Rejected]:
+        """Make everything written so far durable; return the events refused for good.
+
+        Raises :class:`SinkUnavailable` if that failed; the events stay buffered.
+        """
+
+    async def close(self) -> None:
+        """Release connections (buffered events are not sent: flush first)."""
+
+    def forget(self, tps: set[tuple[str, int]]) -> None:
+        """Drop buffered events of these (topic, partition)s (revoked from this worker)."""
+
+    def buffered(self) -> int:
+        """Events buffered and not yet durable."""
+
+
+class SinkObserver(Protocol):
+    """Where sinks report what they do (the worker's Prometheus metrics)."""
+
+    def delivered(self, sink: str, count: int) -> None: ...
+    def retried(self, sink: str, reason: str) -> None: ...
+    def rejected(self, sink: str, reason: str, count: int) -> None: ...
+    def skipped(self, sink: str, event_type: str, why: str) -> None: ...
+    def flushed(self, sink: str, seconds: float) -> None: ...
+
+
+class NullObserver:
+    """An observer that ignores everything (tests, benchmarks of the SDK)."""
+
+    def delivered(self, sink: str, count: int) -> None: ...
+    def retried(self, sink: str, reason: str) -> None: ...
+    def rejected(self, sink: str, reason: str, count: int) -> None: ...
+    def skipped(self, sink: str, event_type: str, why: str) -> None: ...
+    def flushed(self, sink: str, seconds: float) -> None: ...
+
+
+# -- retries -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Capped exponential backoff with jitter, never sooner than a Retry-After.
+
+    ``delay(n)`` for the n-th retry (0-based) is ``initial_s * multiplier**n`` capped at
+    ``max_s``, times a random factor in ``[1 - jitter, 1 + jitter]`` so that workers
+    retrying the same outage do not all come back at the same instant. A destination's
+    ``Retry-After`` is a floor (itself capped at ``max_retry_after_s``, so a bogus
+    header cannot park a sink for a day).
+    """
+
+    initial_s: float = 0.2
+    max_s: float = 10.0
+    multiplier: float = 2.0
+    jitter: float = 0.1
+    max_retry_after_s: float = 300.0
+
+    def delay(
+        self,
+        attempt: int,
+        retry_after: float | None = None,
+        rand: Callable[[], float] = random.random,
+    ) -> float:
+        backoff = min(self.max_s, self.initial_s * self.multiplier ** min(attempt, 64))
+        backoff *= 1.0 + self.jitter * (2.0 * rand() - 1.0)
+        if retry_after is not None and retry_after > 0:
+            return max(backoff, min(retry_after, self.max_retry_after_s))
+        return backoff
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+# -- batching ----------------------------------------------------------------------------
+@dataclass
+class _Batch:
+    seq: int
+    entries: list[tuple[Envelope, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    """How a sink batches: by count and by age; how hard it tries."""
+
+    max_events: int = 1000
+    linger_s: float = 1.0
+    max_in_flight: int = 4
+    flush_deadline_s: float = 30.0
+
+
+class BatchingSink(ABC):
+    """A :class:`Sink` that batches, sends in the background, retries and bisects.
+
+    Subclasses write two things: :meth:`prepare` (one event → the item to send, or None
+    when it needs no sending, e.g. sampled out; may raise :class:`PermanentError` to
+    reject it at once) and :meth:`send` (one batch of items; raise :class:`SinkError`).
+    """
+
+    #: False when a request does not carry the events themselves (an aggregate), so
+    #: splitting a refused batch cannot isolate a culprit: the whole batch is rejected.
+    splittable: bool = True
+
+    def __init__(
+        self,
+        name: str,
+        limits: BatchLimits | None = None,
+        policy: RetryPolicy | None = None,
+        observer: SinkObserver | None = None,
+    ) -> None:
+        self.name = name
+        self.limits = limits or BatchLimits()
+        self.policy = policy or RetryPolicy()
+        self.observer: SinkObserver = observer or NullObserver()
+        self._open: list[tuple[Envelope, Any]] = []
+        self._opened_at = 0.0
+        self._seq = 0
+        self._queue: deque[_Batch] = deque()
+        self._sending = 0  # events in batches being sent right now
+        self._rejected: list[Rejected] = []
+        self._pump: asyncio.Task[None] | None = None
+        self._pump_paused = False
+        self._not_before = 0.0  # monotonic: a Retry-After applies to every request
+
+    # -- what subclasses write -------------------------------------------------------------
+    @abstractmethod
+    def prepare(self, envelope: Envelope) -> Any | None:
+        """Turn one event into what :meth:`send` sends (None: nothing to send)."""
+
+    @abstractmethod
+    async def send(self, items: list[Any]) -> None:
+        """Send one batch; return only once the destination accepted it."""
+
+    async def start(self) -> None:  # noqa: B027 - optional hook, most sinks connect lazily
+        """Open connections; the default has none."""
+
+    async def close(self) -> None:
+        """Stop the background sender; subclasses close their connections too."""
+        if self._pump is not None:
+            self._pump.cancel()
+            await asyncio.gather(self._pump, return_exceptions=True)
+            self._pump = None
+
+    # -- the Sink protocol -------------------------------------------------------------------
+    def write(self, batch: Sequence[Envelope]) -> None:
+        now = time.monotonic()
+        for env in batch:
+            try:
+                item = self.prepare(env)
+            except PermanentError as exc:
+                self._reject([(env, None)], exc)
+                continue
+            if item is None:
+                continue
+            if not self._open:
+                self._opened_at = now
+            self._open.append((env, item))
+            if len(self._open) >= self.limits.max_events:
+                self._seal()
+        if self._open and now - self._opened_at >= self.limits.linger_s:
+            self._seal()
+
+    async def flush(self) -> list[Rejected]:
+        started = time.perf_counter()
+        self._seal(kick=False)
+        target = self._seq
+        deadline = time.monotonic() + self.limits.flush_deadline_s
+        # One sender at a time: stop the background pump, then drive what's queued.
+        self._pump_paused = True
+        try:
+            if self._pump is not None:
+                await asyncio.gather(self._pump, return_exceptions=True)
+                self._pump = None
+            await self._drain(deadline, upto=target)
+        finally:
+            self._pump_paused = False
+            self.observer.flushed(self.name, time.perf_counter() - started)
+            if self._queue:
+                self._kick()
+        rejected, self._rejected = self._rejected, []
+        return rejected
+
+    def forget(self, tps: set[tuple[str, int]]) -> None:
+        def keep(entry: tuple[Envelope, Any]) -> bool:
+            return (entry[0].topic, entry[0].partition) not in tps
+
+        self._open = [e for e in self._open if keep(e)]
+        for batch in self._queue:
+            batch.entries = [e for e in batch.entries if keep(e)]
+        self._rejected = [
+            r for r in self._rejected if (r.envelope.topic, r.envelope.partition) not in tps
+        ]
+
+    def buffered(self) -> int:
+        return len(self._open) + sum(len(b.entries) for b in self._queue) + self._sending
+
+    # -- internals ---------------------------------------------------------------------------
+    def _seal(self, kick: bool = True) -> None:
+        if self._open:
+            self._seq += 1
+            self._queue.append(_Batch(self._seq, self._open))
+            self._open = []
+        if kick:
+            self._kick()
+
+    def _kick(self) -> None:
+        """Start the background sender for full batches, if a loop runs and none is."""
+        if (
+            self._pump_paused
+            or not self._queue
+            or (self._pump is not None and not self._pump.done())
+        ):
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop (a synchronous test): flush() sends
+        self._pump = loop.create_task(self._background())
+
+    async def _background(self) -> None:
+        try:
+            await self._drain(time.monotonic() + self.limits.flush_deadline_s, upto=None)
+        except SinkUnavailable as exc:
+            # Not an error yet: the batches are queued again and flush() will retry.
+            log.warning(
+                "sink %s: background send failed, retrying at the next flush: %s", self.name, exc
+            )
+
+    async def _drain(self, deadline: float, upto: int | None) -> None:
+        """Send queued batches (seq <= upto), at most max_in_flight at once."""
+        running: set[asyncio.Task[None]] = set()
+        failure: BaseException | None = None
+        while True:
+            while (
+                self._queue
+                and failure is None
+                and len(running) < self.limits.max_in_flight
+                and (upto is None or self._queue[0].seq <= upto)
+                and not (upto is None and self._pump_paused)
+            ):
+                running.add(asyncio.create_task(self._deliver(self._queue.popleft(), deadline)))
+            if not running:
+                break
+            done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                exc = task.exception()
+                if exc is not None and failure is None:
+                    failure = exc
+        if failure is not None:
+            if isinstance(failure, SinkError):
+                raise SinkUnavailable(f"{self.name}: {failure}") from failure
+            raise failure
+
+    async def _deliver(self, batch: _Batch, deadline: float) -> None:
+        """Deliver one batch; bisect permanent refusals; re-queue it if time runs out."""
+        parts = [batch.entries]
+        size = len(batch.entries)
+        self._sending += size
+        try:
+            while parts:
+                entries = parts.pop()
+                try:
+                    await self._send_with_retries(entries, deadline)
+                except PermanentError as exc:
+                    if len(entries) == 1 or not self.splittable:
+                        self._reject(entries, exc)
+                    else:
+                        mid = len(entries) // 2
+                        parts += [entries[mid:], entries[:mid]]
+                except BaseException:
+                    # Out of time (or cancelled): what was not delivered goes back in front.
+                    left = [e for part in parts for e in part] + entries
+                    self._queue.appendleft(_Batch(batch.seq, left))
+                    raise
+                else:
+                    self.observer.delivered(self.name, len(entries))
+        finally:
+            self._sending -= size
+
+    async def _send_with_retries(
+        self, entries: list[tuple[Envelope, Any]], deadline: float
+    ) -> None:
+        items = [item for _, item in entries]
+        attempt = 0
+        while True:
+            wait = self._not_before - time.monotonic()
+            if wait > 0:
+                if time.monotonic() + wait > deadline:
+                    raise TransientError("retry_after", f"destination asked to wait {wait:.1f}s")
+                await asyncio.sleep(wait)
+            try:
+                await self.send(items)
+                return
+            except TransientError as exc:
+                self.observer.retried(self.name, exc.reason)
+                delay = self.policy.delay(attempt, exc.retry_after)
+                if exc.retry_after:
+                    self._not_before = max(self._not_before, time.monotonic() + delay)
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.info(
+                    "sink %s: %s; retry %d in %.2fs", self.name, exc.reason, attempt + 1, delay
+                )
+                await asyncio.sleep(delay)
+                attempt += 1
+
+    def _reject(self, entries: Iterable[tuple[Envelope, Any]], exc: SinkError) -> None:
+        rejected = [Rejected(env, self.name, exc.reason, exc.detail) for env, _ in entries]
+        self._rejected.extend(rejected)
+        self.observer.rejected(self.name, exc.reason, len(rejected))
+        log.warning(
+            "sink %s refused %d event(s) for good: %s", self.name, len(rejected), exc.reason
+        )

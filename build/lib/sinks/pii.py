@@ -1,0 +1,187 @@
+"""PII protection for everything leaving for product analytics.
+
+Three layers, each enough on its own for the fields it knows:
+
+1. **Allowlists per event type** (:data:`POSTHOG_PROPERTIES`): a field not listed never
+   leaves. Listed fields say how: ``KEEP`` (identifiers, enums, numbers), ``HASH``
+   (emails, IPs, free text: replaced by an HMAC-SHA256 pseudonym), ``URL_HOST`` (a
+   clicked link keeps only its host: paths and query strings carry tokens and emails).
+2. **Pseudonyms** with a secret key (``PII_HMAC_KEY``): the same input gives the same
+   pseudonym, so analysts can count distinct recipients without seeing one. Without a
+   key, ``HASH`` fields are removed instead: never a bare, guessable SHA of an email.
+3. **A last scan** of every string that does leave: anything shaped like an email address
+   or an IPv4/IPv6 address is replaced by its pseudonym, whatever the field (a page path
+   like ``/leads/ann@example.com`` or a user id that is an email).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import re
+from collections.abc import Mapping
+from enum import Enum
+from types import MappingProxyType
+from typing import Any
+from urllib.parse import urlsplit
+
+from topics.taxonomy import EVENT_TYPES
+
+
+class Treatment(Enum):
+    KEEP = "keep"
+    HASH = "hash"
+    URL_HOST = "url_host"
+
+
+KEEP, HASH, URL_HOST = Treatment.KEEP, Treatment.HASH, Treatment.URL_HOST
+
+# -- allowlists -------------------------------------------------------------------------
+_EMAIL_BASE = {
+    "email_id": KEEP,
+    "campaign_id": KEEP,
+    "mailbox_id": KEEP,
+    "lead_id": KEEP,
+    "sequence_step_id": KEEP,
+    "automated": KEEP,  # machine opens/clicks (security scanners): analysts filter them
+    "recipient_email": HASH,  # distinct recipients, never who
+}
+_EMAIL_EXTRA: dict[str, dict[str, Treatment]] = {
+    "email_clicked": {"link_url": URL_HOST},
+    "email_bounced": {"bounce_type": KEEP, "smtp_code": KEEP},  # not bounce_reason: free text
+}
+_BUSINESS = {
+    "plan_from": KEEP,
+    "plan_to": KEEP,
+    "mrr_cents": KEEP,
+    "previous_mrr_cents": KEEP,
+    "currency": KEEP,
+    "seats": KEEP,
+    "billing_period": KEEP,
+}
+_ADMIN_UI = {"page": KEEP, "element": KEEP, "session_id": KEEP, "duration_ms": KEEP}
+_ADMIN_UI_EXTRA: dict[str, dict[str, Treatment]] = {
+    "admin_filter_changed": {"filter_name": KEEP, "filter_value": HASH},  # typed by a person
+}
+_ADMIN_LOW_RISK = {"target_type": KEEP, "target_id": KEEP}  # never before/after/reason/ip
+
+
+def _build() -> Mapping[str, Mapping[str, Treatment]]:
+    table: dict[str, Mapping[str, Treatment]] = {}
+    for t in EVENT_TYPES["email"]:
+        table[t] = MappingProxyType({**_EMAIL_BASE, **_EMAIL_EXTRA.get(t, {})})
+    for t in EVENT_TYPES["business"]:
+        table[t] = MappingProxyType(dict(_BUSINESS))
+    for t in EVENT_TYPES["admin_ui"]:
+        table[t] = MappingProxyType({**_ADMIN_UI, **_ADMIN_UI_EXTRA.get(t, {})})
+    for t in ("admin_setting_toggled", "admin_record_viewed"):
+        table[t] = MappingProxyType(dict(_ADMIN_LOW_RISK))
+    return MappingProxyType(table)
+
+
+#: Event type → the properties allowed to reach PostHog, and how.
+POSTHOG_PROPERTIES: Mapping[str, Mapping[str, Treatment]] = _build()
+
+#: Fields that hold PII or free text in some schema: never ``KEEP`` (a contract test).
+SENSITIVE_FIELDS: frozenset[str] = frozenset(
+    {
+        "recipient_email",
+        "ip_address",
+        "user_agent",
+        "link_url",
+        "bounce_reason",
+        "reason",
+        "filter_value",
+        "before",
+        "after",
+        "message",
+        "summary",
+        "message_id",
+    }
+)
+
+# -- pseudonyms and the last scan -------------------------------------------------------------
+_EMAIL_RE = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)+")
+_IPV4_RE = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?![\w.])")
+# Candidates only; ipaddress decides (a MAC or a time like 12:30:45 is not an IPv6).
+_IPV6_RE = re.compile(r"(?<![\w:.])[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?:%\w+)?(?![\w:])")
+
+
+class Pseudonymizer:
+    """HMAC-SHA256 pseudonyms under a secret key; ``None`` means "remove the value"."""
+
+    PREFIX = "h:"
+
+    def __init__(self, key: bytes | None) -> None:
+        self._key = key or None
+        self._repeated: dict[str, str] = {}
+
+    @property
+    def enabled(self) -> bool:
+        return self._key is not None
+
+    def __call__(self, value: str) -> str | None:
+        if self._key is None:
+            return None
+        digest = hmac.new(self._key, value.strip().lower().encode(), hashlib.sha256).hexdigest()
+        return self.PREFIX + digest[:32]  # 128 bits: collision-free at any realistic volume
+
+    def scrub(self, text: str) -> str:
+        """Replace every email- or IP-shaped substring of ``text`` by its pseudonym."""
+        # Cheap guard first: most values (ids, enums) contain none of these characters.
+        if "@" not in text and "." not in text and ":" not in text:
+            return text
+        text = _EMAIL_RE.sub(self._replacement, text)
+        text = _IPV4_RE.sub(self._ip_replacement, text)
+        if text.count(":") >= 2:
+            text = _IPV6_RE.sub(self._ip_replacement, text)
+        return text
+
+    def scrub_repeated(self, text: str) -> str:
+        """:meth:`scrub`, memoized for low-cardinality values (tenant ids, sources)."""
+        found = self._repeated.get(text)
+        if found is None:
+            found = self.scrub(text)
+            if len(self._repeated) < 100_000:
+                self._repeated[text] = found
+        return found
+
+    def _replacement(self, match: re.Match[str]) -> str:
+        return self(match.group(0)) or "[removed]"
+
+    def _ip_replacement(self, match: re.Match[str]) -> str:
+        candidate = match.group(0)
+        try:
+            ipaddress.ip_address(candidate.split("%", 1)[0])
+        except ValueError:
+            return candidate
+        return self(candidate) or "[removed]"
+
+
+def url_host(value: str) -> str | None:
+    """Only the host of a URL (no user info, path, query or fragment)."""
+    try:
+        host = urlsplit(value.strip()).hostname
+    except ValueError:
+        return None
+    return host or None
+
+
+def allowed_properties(
+    event: Mapping[str, Any], allow: Mapping[str, Treatment], pseudo: Pseudonymizer
+) -> dict[str, Any]:
+    """The event's properties that may leave, treated; ``None`` values are left out."""
+    out: dict[str, Any] = {}
+    for name, treatment in allow.items():
+        value = event.get(name)
+        if value is None:
+            continue
+        if treatment is HASH:
+            value = pseudo(str(value))
+        elif treatment is URL_HOST:
+            value = url_host(str(value))
+        if value is None:
+            continue
+        out[name] = pseudo.scrub(value) if isinstance(value, str) else value
+    return out

@@ -1,0 +1,23 @@
+"""``sluice worker``: the long-running processor (stops cleanly on SIGTERM)."""
+
+from __future__ import annotations
+
+import typer
+
+from sluice.cli.common import fail, needs, settings
+
+
+def worker(
+    loglevel: str = typer.Option("info", help="Log level of the worker."),
+) -> None:
+    """Run the long-running stream processor (stops cleanly on SIGTERM)."""
+    try:
+        from streams.app import run_worker
+    except ImportError as exc:
+        raise needs("worker", exc) from None
+    from streams.seam import SeamError
+
+    try:
+        run_worker(settings(), loglevel=loglevel)
+    except (SeamError, RuntimeError) as exc:
+        raise fail(str(exc)) from None

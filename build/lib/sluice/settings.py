@@ -1,0 +1,405 @@
+"""The one settings object. Nothing else in Sluice reads ``os.environ``.
+
+Every field is read from the environment variable of the same name in upper case
+(``KAFKA_BOOTSTRAP_SERVERS``, ``CLICKHOUSE_URL``, ...) or from a ``.env`` file in the
+working directory. Settings are validated once, at start-up; a bad value is one clear
+error naming the variable.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlparse
+
+from pydantic import Field, SecretStr, field_serializer, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from topics.taxonomy import FAMILY_OF
+
+# The worker's HTTP paths (streams/web.py serves them; the CLI calls them).
+STATUS_PATH = "/sluice/status/"
+QUERY_PATH = "/sluice/query/"
+ROWS_PATH = "/sluice/olap/rows/"
+METRICS_PATH = "/metrics"
+
+
+class Settings(BaseSettings):
+    """Sluice configuration (see the README's configuration reference)."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+
+    kafka_bootstrap_servers: str = Field(
+        "localhost:9092", description="Kafka bootstrap servers, comma separated."
+    )
+    sluice_profile: Literal["development", "production"] = Field(
+        "development",
+        description="`production` refuses to start with plaintext Kafka, unverified TLS, "
+        "or ClickHouse credentials over plain http://.",
+    )
+    # -- Kafka client security (every client: producer SDK, CLI, worker; sluice/kafka.py)
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_SSL"] = Field(
+        "PLAINTEXT",
+        description="PLAINTEXT, SSL (TLS, optionally mTLS with a client cert) or SASL_SSL "
+        "(SCRAM over TLS).",
+    )
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "SCRAM-SHA-512", description="SASL mechanism for SASL_SSL."
+    )
+    kafka_sasl_username: str | None = Field(None, description="SASL/SCRAM username.")
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL/SCRAM password.")
+    kafka_ssl_ca_file: str | None = Field(
+        None,
+        description="PEM CA bundle that signed the brokers' certificates (system CAs if unset).",
+    )
+    kafka_ssl_cert_file: str | None = Field(
+        None, description="PEM client certificate for mTLS (with KAFKA_SSL_KEY_FILE)."
+    )
+    kafka_ssl_key_file: str | None = Field(None, description="PEM private key of the client cert.")
+    kafka_ssl_key_password: SecretStr | None = Field(
+        None, description="Password of an encrypted KAFKA_SSL_KEY_FILE."
+    )
+    kafka_ssl_check_hostname: bool = Field(
+        True,
+        description="Verify that the broker certificate names the host connected to. "
+        "Never turn off in production (refused there).",
+    )
+    clickhouse_url: str = Field(
+        "chdb://./var/olap",
+        description="chdb://PATH for the embedded engine, http(s)://user:pass@host:port/db "
+        "for a ClickHouse server.",
+    )
+    clickhouse_user: str | None = Field(
+        None, description="ClickHouse user (overrides the URL's user)."
+    )
+    clickhouse_password: SecretStr | None = Field(
+        None, description="ClickHouse password (overrides the URL's password)."
+    )
+    clickhouse_ca_file: str | None = Field(
+        None, description="PEM CA bundle to verify an https:// ClickHouse server."
+    )
+    clickhouse_verify: bool = Field(
+        True,
+        description="Verify the https:// ClickHouse server's certificate "
+        "(refused off in production).",
+    )
+    schema_registry_url: str | None = Field(
+        None,
+        description="Confluent Schema Registry URL. When set, producers use Confluent "
+        "framing; otherwise Avro single-object encoding.",
+    )
+    sluice_schema_dir: str | None = Field(
+        None,
+        description="Directory of Avro schemas (`<family>/v<N>.avsc`, every version) that "
+        "the worker decodes with, producers encode with and `sluice schemas check` checks. "
+        "Unset: the schemas shipped with Sluice.",
+    )
+    posthog_api_key: SecretStr | None = Field(None, description="PostHog project API key.")
+    posthog_host: str = Field("https://us.i.posthog.com", description="PostHog host.")
+    # -- sinks (docs/sinks.md). A sink is enabled when its endpoint (and key) is set.
+    posthog_batch_max: int = Field(
+        1000, gt=0, le=10_000, description="Most events in one PostHog /batch/ request."
+    )
+    posthog_gzip: bool = Field(True, description="Gzip PostHog request bodies.")
+    posthog_sample_rates: dict[str, float] = Field(
+        default_factory=dict,
+        description='Per-event-type PostHog sampling, JSON: {"admin_session_keepalive": 0.1}. '
+        "Types not listed are sent in full.",
+    )
+    pii_hmac_key: SecretStr | None = Field(
+        None,
+        description="Secret key for HMAC-SHA256 pseudonyms of emails, IPs and free text "
+        "sent to PostHog. Unset: those values are removed instead.",
+    )
+    otel_exporter_otlp_endpoint: str | None = Field(
+        None,
+        description="OTLP/HTTP base URL (the OpenTelemetry variable); metrics go to "
+        "<endpoint>/v1/metrics. Enables the observability sink.",
+    )
+    otel_exporter_otlp_metrics_endpoint: str | None = Field(
+        None, description="Full OTLP/HTTP metrics URL; overrides the base endpoint."
+    )
+    otel_exporter_otlp_headers: SecretStr | None = Field(
+        None, description="Extra OTLP request headers, `k1=v1,k2=v2` (often an API key)."
+    )
+    otel_service_name: str = Field("sluice", description="OTel resource service.name.")
+    siem_syslog_address: str | None = Field(
+        None, description="host:port of an RFC 5424 syslog receiver over TCP (enables it)."
+    )
+    siem_syslog_tls: bool = Field(False, description="Wrap the syslog TCP connection in TLS.")
+    siem_syslog_ca_file: str | None = Field(
+        None, description="CA bundle to verify the syslog server (TLS); system CAs if unset."
+    )
+    siem_hec_url: str | None = Field(
+        None,
+        description="HTTP JSON collector URL, Splunk HEC style "
+        "(https://host:8088/services/collector/event); enables it.",
+    )
+    siem_hec_token: SecretStr | None = Field(
+        None, description="Token sent as `Authorization: Splunk <token>` to the collector."
+    )
+    sink_timeout_s: float = Field(10.0, gt=0, description="Timeout of one sink request.")
+    sink_flush_deadline_s: float = Field(
+        30.0,
+        gt=0,
+        description="How long one checkpoint keeps retrying a failing sink before it "
+        "gives up (nothing acked; the next checkpoint tries again).",
+    )
+    sink_retry_initial_s: float = Field(0.2, gt=0, description="First retry backoff.")
+    sink_retry_max_s: float = Field(10.0, gt=0, description="Cap of the retry backoff.")
+    sink_max_in_flight: int = Field(4, gt=0, le=32, description="Concurrent requests per sink.")
+    sink_linger_s: float = Field(
+        1.0, gt=0, description="Longest a partly filled sink batch waits before it is sent."
+    )
+    sluice_attribution_window_days: float | None = Field(
+        None,
+        gt=0,
+        description="Email engagement (delivered, open, click, reply, bounce, ...) counts in "
+        "the rollups only if it happened within this many days of the email's send; later "
+        "events are counted in the sluice_late_events metric instead. Unset: counts whenever "
+        "it happened (the spec's SQL).",
+    )
+    sluice_state_store: Literal["rocksdb", "memory"] = Field(
+        "rocksdb",
+        description="Where the attribution state lives: 'rocksdb' keeps at most "
+        "SLUICE_STATE_MEMORY_ITEMS entries in memory and the rest in RocksDB under "
+        "SLUICE_DATA_DIR/spill (a cache: the changelog topic stays the durable copy); "
+        "'memory' keeps all of it in memory (no disk, unbounded).",
+    )
+    sluice_state_memory_items: int = Field(
+        1_000_000,
+        ge=1000,
+        description="With SLUICE_STATE_STORE=rocksdb: the most state entries (an email's "
+        "attribution record, a lead's row, ...; about 0.6 KB each) held in memory; the oldest "
+        "go to disk beyond it.",
+    )
+    sluice_flush_interval_s: float = Field(
+        5.0, gt=0, description="Seconds between checkpoints (OLAP flush + offset commit)."
+    )
+    kafka_session_timeout_s: float = Field(
+        45.0,
+        ge=1,
+        description="Consumer-group session timeout: how long a crashed or paused worker "
+        "keeps its partitions before the group hands them to the others (heartbeats every "
+        "tenth of it, at most 3 s).",
+    )
+    sluice_app_id: str = Field(
+        "sluice", description="Faust app id = Kafka consumer group of the worker."
+    )
+    sluice_data_dir: str = Field(
+        "./var", description="Directory for the worker's local state (Faust tablesdir)."
+    )
+    sluice_web_port: int = Field(6066, description="Port of the worker's HTTP endpoint.")
+    sluice_web_host: str = Field(
+        "127.0.0.1", description="Bind address of the worker's HTTP endpoint."
+    )
+    sluice_api_token: SecretStr | None = Field(
+        None,
+        description="Bearer token the worker's query and rows endpoints require "
+        "(`Authorization: Bearer <token>`); the CLI sends it. Status and /metrics stay open. "
+        "Unset: the worker makes a random one in SLUICE_DATA_DIR/api-token (mode 0600), which "
+        "the CLI of the same user reads; the production profile refuses that unless the web "
+        "endpoint is bound to a loopback address.",
+    )
+    sluice_topic_partitions: int = Field(
+        4, gt=0, description="Partitions of every event topic (set before `topics create`)."
+    )
+    sluice_topic_prefix: str = Field(
+        "",
+        description="Prefix for every topic name (lets several deployments or test runs "
+        "share one cluster).",
+    )
+
+    @field_validator("posthog_sample_rates")
+    @classmethod
+    def _check_sample_rates(cls, value: dict[str, float]) -> dict[str, float]:
+        for event_type, rate in value.items():
+            if event_type not in FAMILY_OF:
+                raise ValueError(f"{event_type!r} is not an event type of the taxonomy")
+            if not 0.0 <= rate <= 1.0:
+                raise ValueError(f"rate of {event_type} must be within [0, 1], got {rate}")
+        return value
+
+    @field_validator("sluice_schema_dir")
+    @classmethod
+    def _check_schema_dir(cls, value: str | None) -> str | None:
+        if value is not None and not Path(value).is_dir():
+            raise ValueError(f"{value!r} is not a directory")
+        return value
+
+    @field_validator("siem_syslog_address")
+    @classmethod
+    def _check_syslog_address(cls, value: str | None) -> str | None:
+        if value is not None:
+            host, _, port = value.rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"must be host:port (got {value!r})")
+        return value
+
+    def worker_url(self, path: str) -> str:
+        """The running worker's HTTP endpoint ``path`` (one of the ``*_PATH`` constants)."""
+        host = self.sluice_web_host
+        if host in {"0.0.0.0", "::", ""}:
+            host = "127.0.0.1"  # bound to every address: this host reaches it on loopback
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        return f"http://{host}:{self.sluice_web_port}{path}"
+
+    @property
+    def api_token_file(self) -> Path:
+        """Where the worker keeps the token it made when ``SLUICE_API_TOKEN`` is unset."""
+        return Path(self.sluice_data_dir) / "api-token"
+
+    def api_token(self) -> str | None:
+        """The bearer token of the worker's protected endpoints: the configured one, else
+        the one the worker made (None when neither exists or the file is unreadable)."""
+        if self.sluice_api_token is not None:
+            return self.sluice_api_token.get_secret_value()
+        try:
+            return self.api_token_file.read_text().strip() or None
+        except OSError:
+            return None
+
+    def secret_values(self) -> list[str]:
+        """Every secret configured (tests scan logs and outputs for leaks with it)."""
+        found = [
+            v.get_secret_value()
+            for v in (
+                self.posthog_api_key,
+                self.pii_hmac_key,
+                self.kafka_sasl_password,
+                self.kafka_ssl_key_password,
+                self.clickhouse_password,
+                self.siem_hec_token,
+                self.otel_exporter_otlp_headers,
+                self.sluice_api_token,
+            )
+            if v is not None
+        ]
+        password = urlparse(self.clickhouse_url).password
+        if password:
+            found.append(password)
+        return [v for v in found if v]
+
+    def otlp_metrics_url(self) -> str | None:
+        """Where OTLP metrics go, or None when the observability sink is off."""
+        if self.otel_exporter_otlp_metrics_endpoint:
+            return self.otel_exporter_otlp_metrics_endpoint
+        if self.otel_exporter_otlp_endpoint:
+            return self.otel_exporter_otlp_endpoint.rstrip("/") + "/v1/metrics"
+        return None
+
+    @model_validator(mode="after")
+    def _check_security(self) -> Settings:
+        problems = self.security_problems()
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def security_problems(self) -> list[str]:
+        """Inconsistent security settings, plus what the production profile refuses."""
+        problems: list[str] = []
+        if self.kafka_security_protocol == "SASL_SSL" and not (
+            self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            problems.append(
+                "KAFKA_SECURITY_PROTOCOL=SASL_SSL needs KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD"
+            )
+        if bool(self.kafka_ssl_cert_file) != bool(self.kafka_ssl_key_file):
+            problems.append("KAFKA_SSL_CERT_FILE and KAFKA_SSL_KEY_FILE go together (mTLS)")
+        if self.sluice_profile != "production":
+            return problems
+        url = urlparse(self.clickhouse_url)
+        if self.kafka_security_protocol == "PLAINTEXT":
+            problems.append(
+                "production profile refuses plaintext Kafka "
+                "(set KAFKA_SECURITY_PROTOCOL=SSL or SASL_SSL)"
+            )
+        if not self.kafka_ssl_check_hostname:
+            problems.append("production profile refuses KAFKA_SSL_CHECK_HOSTNAME=false")
+        if url.scheme == "http" and (url.password or self.clickhouse_password):
+            problems.append(
+                "production profile refuses ClickHouse credentials over http:// (use https://)"
+            )
+        if self.sluice_api_token is None and not is_loopback(self.sluice_web_host):
+            problems.append(
+                f"production profile refuses the query and rows endpoints on "
+                f"{self.sluice_web_host} without SLUICE_API_TOKEN"
+            )
+        if url.scheme == "https" and not self.clickhouse_verify:
+            problems.append("production profile refuses CLICKHOUSE_VERIFY=false")
+        for name, value in (
+            ("POSTHOG_HOST", self.posthog_host if self.posthog_api_key else None),
+            ("SIEM_HEC_URL", self.siem_hec_url if self.siem_hec_token else None),
+        ):
+            if value and urlparse(value).scheme == "http":
+                problems.append(f"production profile refuses a secret sent over http:// ({name})")
+        return problems
+
+    @field_serializer("clickhouse_url")
+    def _dump_clickhouse_url(self, value: str) -> str:
+        return redact_url(value)  # dumps (JSON, status) never carry the password
+
+    def __repr_args__(self) -> Any:
+        # A ClickHouse URL may carry a password: never print it.
+        for name, value in super().__repr_args__():
+            yield name, (redact_url(value) if name == "clickhouse_url" else value)
+
+    @field_validator("clickhouse_url")
+    @classmethod
+    def _check_clickhouse_url(cls, value: str) -> str:
+        scheme = urlparse(value).scheme
+        if scheme not in {"chdb", "http", "https"}:
+            raise ValueError(
+                f"must start with chdb://, http:// or https:// (got scheme {scheme!r})"
+            )
+        return value
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a bind address only accepts connections from this host."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password, for messages, logs and reprs."""
+    parsed = urlparse(url)
+    if parsed.password:
+        netloc = parsed.netloc.replace(f":{parsed.password}@", ":***@")
+        return parsed._replace(netloc=netloc).geturl()
+    return url
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Return the process-wide settings, validated on first use."""
+    return Settings()
+
+
+def reference_markdown() -> str:
+    """The configuration reference table (docs/operations.md embeds it; a test keeps it
+    in sync): ``python -c "from sluice.settings import reference_markdown as r; print(r())"``.
+    """
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        if field.default_factory is not None:
+            default = f"`{field.default_factory()}`"
+        elif field.default is None:
+            default = "unset"
+        else:
+            value = field.default
+            text = str(value).lower() if isinstance(value, bool) else str(value)
+            default = f"`{text}`" if text != "" else "empty"
+        if field.annotation is not None and "SecretStr" in str(field.annotation):
+            default += " (secret)"
+        meaning = (field.description or "").replace("|", "\\|").replace("\n", " ")
+        rows.append(f"| `{name.upper()}` | {default} | {meaning} |")
+    return "\n".join(rows) + "\n"

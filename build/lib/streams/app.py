@@ -1,0 +1,145 @@
+"""The Faust application: configuration and wiring, nothing else.
+
+Faust runs the application around the hot path (:mod:`streams.worker`): the consumer
+group (assignment, rebalancing, static membership), the state table's recovery from its
+changelog, the checkpoint timer, the web server (:mod:`streams.web`). The private hooks
+this wiring needs live in :mod:`streams.seam`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sluice.kafka import kafka_ssl_context
+from sluice.settings import METRICS_PATH, QUERY_PATH, ROWS_PATH, STATUS_PATH, Settings
+from streams import seam, web
+from topics.catalog import STATE_TABLE
+
+if TYPE_CHECKING:
+    from streams.worker import Worker
+
+log = logging.getLogger("sluice.app")
+
+
+def faust_credentials(settings: Settings) -> Any:
+    """``broker_credentials`` for faust.App: None (plaintext), SSL or SASL/SCRAM over TLS."""
+    import faust
+
+    s = settings
+    if s.kafka_security_protocol == "PLAINTEXT":
+        return None
+    context = kafka_ssl_context(s)
+    if s.kafka_security_protocol == "SSL":
+        return faust.SSLCredentials(context)
+    return faust.SASLCredentials(
+        username=s.kafka_sasl_username,
+        password=s.kafka_sasl_password.get_secret_value() if s.kafka_sasl_password else None,
+        ssl_context=context,
+        mechanism=s.kafka_sasl_mechanism,
+    )
+
+
+def build_app(settings: Settings, worker: Worker) -> seam.SeamApp:
+    """The Faust app that drives ``worker``."""
+    s = settings
+    # absolute: Faust resolves a relative tabledir inside its datadir
+    data_dir = Path(s.sluice_data_dir).resolve()
+    (data_dir / "faust").mkdir(parents=True, exist_ok=True)
+    brokers = [f"kafka://{h.strip()}" for h in s.kafka_bootstrap_servers.split(",") if h.strip()]
+    app = seam.SeamApp(
+        s.sluice_app_id,
+        broker=brokers,
+        broker_credentials=faust_credentials(s),  # TLS / SASL_SSL from settings
+        store="memory://",
+        topic_partitions=s.sluice_topic_partitions,
+        topic_allow_declare=True,
+        topic_disable_leader=True,
+        table_standby_replicas=0,
+        consumer_auto_offset_reset="earliest",
+        stream_wait_empty=True,
+        producer_linger=0.05,
+        producer_max_request_size=16 * 1024 * 1024,
+        consumer_max_fetch_size=16 * 1024 * 1024,
+        producer_acks=-1,
+        broker_commit_every=1_000_000_000,  # commits happen after our checkpoints
+        broker_session_timeout=s.kafka_session_timeout_s,
+        broker_heartbeat_interval=min(3.0, s.kafka_session_timeout_s / 10),
+        web_enabled=True,
+        web_port=s.sluice_web_port,
+        web_bind=s.sluice_web_host,
+        web_host=s.sluice_web_host,
+        datadir=str(data_dir / "faust"),
+        tabledir=str(data_dir / "tables"),
+        logging_config=None,
+    )
+    worker.bind(app)
+    app.sluice = worker  # type: ignore[attr-defined] - the views reach the worker here
+    app.before_wait_empty = worker.drain
+    app.on_stopping = worker.stop
+    source = app.topic(
+        *worker.families,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        acks=False,  # Sluice commits offsets itself after each checkpoint
+    )
+    app.dlq = app.topic(  # type: ignore[attr-defined]
+        worker.catalog.dlq.name, key_serializer="raw", value_serializer="raw", internal=False
+    )
+    # The state's changelog. Keys and values are JSON made by the engine; the table itself
+    # stays empty: recovery hands each batch of changelog entries straight to the engine
+    # (whose maps spill to disk beyond the memory budget).
+    table = app.Table(STATE_TABLE, default=None, partitions=s.sluice_topic_partitions)
+    if table.changelog_topic.get_topic_name() != worker.catalog.changelog.name:
+        raise seam.SeamError(
+            f"Faust names the changelog {table.changelog_topic.get_topic_name()!r}, "
+            f"the topic catalog {worker.catalog.changelog.name!r}"
+        )
+    seam.divert_recovery(table, worker.apply_changelog_batch)
+    table.on_recover(worker.on_recovered)
+    app.on_partitions_revoked.connect(worker.on_revoked)
+    app.on_partitions_assigned.connect(_assigned_handler(worker))
+    app.agent(source, name="sluice-events")(worker.agent)
+    app.timer(s.sluice_flush_interval_s, on_leader=False)(worker.checkpoint)
+    app.page(STATUS_PATH)(web.StatusView)
+    app.page(QUERY_PATH)(web.QueryView)
+    app.page(ROWS_PATH)(web.RowsView)
+    app.page(METRICS_PATH)(web.MetricsView)
+    app.task(worker.router.start)
+    app.task(worker.hot_loop)
+    return app
+
+
+def _assigned_handler(worker: Worker) -> Any:
+    handed_off = False
+
+    async def on_assigned(app: Any, assigned: set, **kwargs: Any) -> None:
+        nonlocal handed_off
+        if not handed_off:  # the consumer exists from the first assignment on
+            seam.hand_off(app.consumer, worker.families)
+            handed_off = True
+        await worker.on_assigned(app, assigned, **kwargs)
+
+    return on_assigned
+
+
+def create_worker(settings: Settings) -> Worker:
+    """A worker and the Faust app that drives it."""
+    from streams.worker import Worker
+
+    worker = Worker(settings)
+    build_app(settings, worker)
+    return worker
+
+
+def run_worker(settings: Settings, loglevel: str = "info") -> None:
+    """``sluice worker``: check the seam, open the OLAP store, run until SIGTERM."""
+    import faust
+
+    seam.check()
+    worker = create_worker(settings)
+    worker.olap  # open and migrate the OLAP store before taking any event  # noqa: B018
+    faust.Worker(worker.app, loglevel=loglevel, quiet=True).execute_from_commandline()

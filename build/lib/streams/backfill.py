@@ -1,0 +1,331 @@
+"""Recompute rollups from the events Kafka still retains and overwrite their OLAP rows.
+
+Why it is safe while the worker runs
+------------------------------------
+Backfill feeds each partition's retained events, from the first retained offset up to
+the high watermark read when it starts, through the worker's own state components
+(:class:`streams.engine.Engine`), so a row it computes is exactly the row the worker
+holds at that offset. Rows are absolute values versioned by source offsets
+(``_version``), and the tables keep the highest version per key
+(ReplacingMergeTree): the worker's later updates (higher offsets) supersede a backfilled
+row, and a backfilled row supersedes anything the worker wrote from fewer events.
+Nothing is committed to the worker's consumer group.
+
+Rows are written sorted by key, in fixed-size chunks, and ``updated`` is the newest
+record time read (not the wall clock): a second run over the same log sends
+byte-identical inserts, which ClickHouse deduplicates, and gives the same rows.
+
+What it reads and writes
+------------------------
+Every event of an email has to be seen to count it (an open arrives days after the
+send), so every partition is read from its first retained offset whatever ``--from``
+says; ``--from``/``--to`` select which rows are written (by send day, month, or a
+lead's send days). When retention has already deleted the start of a partition, rows
+older than its first retained record would be recomputed from part of their events:
+they are skipped and reported, never written short.
+
+Only the rollup tables are recomputed. The audit log, the sensitive-access record and
+the system events are compliance facts written once; backfill never touches them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any
+
+from sluice.olap.values import rows_to_json
+from streams.engine import Engine
+from streams.state import sort_key
+
+#: Tables backfill may rewrite, with the column(s) that place a row in time.
+ROLLUP_TABLES: dict[str, tuple[str, ...]] = {
+    "campaign_analytics": ("day",),
+    "mailbox_analytics": ("day",),
+    "sequence_step_analytics": ("day",),
+    "warmup_analytics": ("day",),
+    "billing_analytics": ("month",),
+    "lead_analytics": ("first_sent_day", "last_sent_day"),
+}
+
+CHUNK_ROWS = 10_000
+
+Writer = Callable[[str, list[str], list[list]], None]
+
+
+class BackfillError(Exception):
+    """A backfill that cannot run (bad table name, Kafka or ClickHouse unreachable)."""
+
+
+@dataclass(frozen=True)
+class Range:
+    """Rows to write: those whose time column falls in ``[start, end]`` (UTC days)."""
+
+    start: date
+    end: date | None = None
+
+    @classmethod
+    def from_ms(cls, start_ms: int, end_ms: int | None = None) -> Range:
+        start = _day(start_ms)
+        end = _day(end_ms) if end_ms is not None else None
+        if end is not None and end < start:
+            raise BackfillError(f"--to ({end}) is before --from ({start})")
+        return cls(start, end)
+
+    def holds(self, table: str, row: Mapping[str, Any]) -> bool:
+        columns = ROLLUP_TABLES[table]
+        if table == "lead_analytics":  # leads with a send in the range
+            first, last = (row[c] for c in columns)
+            if last is None:
+                return False
+            return _as_day(last) >= self.start and (self.end is None or _as_day(first) <= self.end)
+        value = _as_day(row[columns[0]])
+        if table == "billing_analytics":  # the months the range touches
+            return value >= self.start.replace(day=1) and (self.end is None or value <= self.end)
+        return value >= self.start and (self.end is None or value <= self.end)
+
+
+@dataclass
+class PartitionReport:
+    """What backfill did with one partition number (across every event topic)."""
+
+    partition: int
+    events: int = 0
+    undecodable: int = 0
+    #: first day whose rows the retained events fully cover (None: nothing deleted yet)
+    complete_from: date | None = None
+    written: dict[str, int] = field(default_factory=dict)
+    skipped_incomplete: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Report:
+    partitions: list[PartitionReport] = field(default_factory=list)
+
+    @property
+    def events(self) -> int:
+        return sum(p.events for p in self.partitions)
+
+    @property
+    def undecodable(self) -> int:
+        return sum(p.undecodable for p in self.partitions)
+
+    def written(self) -> dict[str, int]:
+        total: dict[str, int] = {}
+        for p in self.partitions:
+            for table, n in p.written.items():
+                total[table] = total.get(table, 0) + n
+        return total
+
+    def skipped(self) -> dict[str, int]:
+        total: dict[str, int] = {}
+        for p in self.partitions:
+            for table, n in p.skipped_incomplete.items():
+                total[table] = total.get(table, 0) + n
+        return total
+
+
+def check_tables(names: Iterable[str] | None) -> list[str]:
+    """The tables to rewrite (all rollups when none named); unknown names are an error."""
+    if not names:
+        return list(ROLLUP_TABLES)
+    wanted = [n.strip() for name in names for n in name.split(",") if n.strip()]
+    unknown = [n for n in wanted if n not in ROLLUP_TABLES]
+    if unknown:
+        raise BackfillError(
+            f"cannot backfill {', '.join(unknown)}: choose from {', '.join(ROLLUP_TABLES)}"
+            " (the audit log, sensitive access and system events are never recomputed)"
+        )
+    return list(dict.fromkeys(wanted))
+
+
+@dataclass(frozen=True)
+class Source:
+    """One topic-partition to read: ``[low, high)`` at the time backfill started."""
+
+    topic: str
+    family: str
+    partition: int
+    low: int
+    high: int
+
+
+def plan(conf: dict[str, Any], families: Mapping[str, str], timeout: float = 15.0) -> list[Source]:
+    """Every non-empty partition of the event topics (``families``: topic -> family)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({**conf, "group.id": "sluice-backfill", "enable.auto.commit": False})
+    try:
+        metadata = consumer.list_topics(timeout=timeout)
+        sources = []
+        for topic, family in families.items():
+            meta = metadata.topics.get(topic)
+            if meta is None or meta.error is not None:
+                continue
+            for p in sorted(meta.partitions):
+                low, high = consumer.get_watermark_offsets(
+                    TopicPartition(topic, p), timeout=timeout
+                )
+                if high > low:
+                    sources.append(Source(topic, family, p, low, high))
+        return sources
+    except Exception as exc:
+        raise BackfillError(f"cannot read the event topics: {exc}") from None
+    finally:
+        consumer.close()
+
+
+def run(
+    conf: dict[str, Any],
+    sources: Sequence[Source],
+    tables: Sequence[str],
+    window: Range,
+    write: Writer,
+    decode: Callable[[bytes, str], Mapping],
+    on_progress: Callable[[int], None] = lambda n: None,
+    idle_timeout: float = 30.0,
+    engine_factory: Callable[[], Engine] = Engine,
+) -> Report:
+    """Recompute and write, one partition number at a time (bounded memory)."""
+    report = Report()
+    by_partition: dict[int, list[Source]] = {}
+    for source in sources:
+        by_partition.setdefault(source.partition, []).append(source)
+    for partition in sorted(by_partition):
+        engine = engine_factory()
+        part = PartitionReport(partition)
+        try:
+            newest_ms = _read(
+                conf, by_partition[partition], engine, decode, part, on_progress, idle_timeout
+            )
+            updated = datetime.fromtimestamp(newest_ms / 1000, tz=UTC)
+            ckpt = engine.snapshot(now=updated)
+        finally:
+            engine.close()  # its disk tier, if any: the rows are in ckpt now
+        for table in tables:
+            columns = engine.columns(table)
+            keep, short = [], 0
+            for row in ckpt.rows.get(table, []):
+                named = dict(zip(columns, row, strict=True))
+                if not window.holds(table, named):
+                    continue
+                if not _complete(table, named, part.complete_from):
+                    short += 1
+                    continue
+                keep.append(row)
+            keep.sort(key=lambda r, n=len(engine.layouts[table].key_columns): sort_key(r[:n]))
+            for i in range(0, len(keep), CHUNK_ROWS):
+                write(table, columns, keep[i : i + CHUNK_ROWS])
+            part.written[table] = len(keep)
+            if short:
+                part.skipped_incomplete[table] = short
+        report.partitions.append(part)
+    return report
+
+
+def _read(
+    conf: dict[str, Any],
+    sources: Sequence[Source],
+    engine: Engine,
+    decode: Callable[[bytes, str], Mapping],
+    part: PartitionReport,
+    on_progress: Callable[[int], None],
+    idle_timeout: float,
+) -> int:
+    """Apply every record of ``sources`` up to their planned high; return the newest
+    record timestamp (ms)."""
+    from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+    from avro_schemas.codec import DecodeError
+
+    consumer = Consumer(
+        {
+            **conf,
+            "group.id": "sluice-backfill",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+        }
+    )
+    ps = engine.state(part.partition)
+    families = {s.topic: s.family for s in sources}
+    ends = {s.topic: s.high for s in sources}
+    deleted = {s.topic for s in sources if s.low > 0}  # retention already removed events
+    first_ms: dict[str, int] = {}
+    newest = 0
+    remaining = set(ends)
+    try:
+        consumer.assign([TopicPartition(s.topic, s.partition, s.low) for s in sources])
+        idle = 0.0
+        while remaining:
+            messages = consumer.consume(num_messages=2000, timeout=1.0)
+            if not messages:
+                idle += 1.0
+                if idle >= idle_timeout:
+                    raise BackfillError(
+                        f"partition {part.partition}: no records for {idle_timeout:.0f}s "
+                        f"before the planned end of {', '.join(sorted(remaining))}"
+                    )
+                continue
+            idle = 0.0
+            counted = 0
+            for msg in messages:
+                error = msg.error()
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:  # noqa: SLF001
+                        continue
+                    raise BackfillError(f"reading {msg.topic()}: {error.str()}")
+                topic, offset = msg.topic(), msg.offset()
+                if topic not in remaining or offset >= ends[topic]:
+                    continue
+                counted += 1
+                newest = max(newest, msg.timestamp()[1])
+                try:
+                    event = decode(msg.value() or b"", families[topic])
+                except DecodeError:
+                    part.undecodable += 1  # a dead letter already; the worker skips it too
+                    engine.advance(ps, topic, offset)
+                else:
+                    if topic in deleted and topic not in first_ms:
+                        first_ms[topic] = int(event["occurred_at"])  # event time, not Kafka's
+                    engine.apply(part.partition, topic, offset, families[topic], event)
+                if offset + 1 >= ends[topic]:
+                    remaining.discard(topic)
+            part.events += counted
+            on_progress(counted)
+    finally:
+        consumer.close()
+    if first_ms:
+        # rows of the first retained day may miss events deleted that same day
+        start = _day(max(first_ms.values()))
+        part.complete_from = date.fromordinal(start.toordinal() + 1)
+    return newest
+
+
+def _complete(table: str, row: Mapping[str, Any], complete_from: date | None) -> bool:
+    if complete_from is None:
+        return True
+    if table == "lead_analytics":  # all-time totals: any deleted event may be the lead's
+        return False
+    value = _as_day(row[ROLLUP_TABLES[table][0]])
+    return value >= complete_from
+
+
+def _day(ms: int) -> date:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).date()
+
+
+def _as_day(value: Any) -> date:
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
+    return date.fromisoformat(str(value)[:10])
+
+
+def dumps(table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> bytes:
+    """The body of one POST of recomputed rows to a running worker (:mod:`streams.web`)."""
+    return json.dumps(
+        {"table": table, "columns": list(columns), "rows": rows_to_json(rows)}
+    ).encode()

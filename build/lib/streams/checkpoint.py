@@ -1,0 +1,261 @@
+"""The checkpoint: what makes at-least-once delivery exact, as explicit ordered steps.
+
+Every ``SLUICE_FLUSH_INTERVAL_S`` (and before a rebalance or shutdown) the worker persists
+what it applied since the last checkpoint, then commits the offsets that covers:
+
+0. rows left over: an earlier checkpoint made its changelog durable but could not write
+   its OLAP rows; those rows are written first, and no new snapshot is taken until they
+   are in (resending the changelog on every retry would flood it while ClickHouse is down);
+1. **snapshot**, under the state lock: the changed state (changelog entries and OLAP
+   rows), the offsets applied, the count of events since the last checkpoint. Everything
+   after runs without the lock, while the hot loop applies the next batches;
+2. **sinks flushed**: every routed event durable at its destination; events a
+   destination refused for good are dead-lettered (stage = the sink);
+3. **changelog** written and flushed (the state survives a crash from here on);
+4. **dead letters** flushed (decode failures and refused events are durable);
+5. **OLAP rows** written (absolute values, idempotent: a replay changes nothing);
+6. **offsets committed**, only if the consumer group's generation is the one of the
+   snapshot and only for partitions still assigned (after a rebalance the new owner
+   replays from the last commit). A refused or failed commit fails nothing: the state is
+   durable, and the next checkpoint commits the same offsets.
+
+A failure at any step commits nothing: the snapshot is handed back to the engine
+(:meth:`streams.engine.Engine.requeue`), or, if the changelog was already durable, only
+its rows are kept for step 0. Every step talks to the world through one small port
+(:class:`Ports`), so the whole sequence and each of its failure paths run in tests with
+fakes (``tests/unit/test_checkpoint.py``) — the worker wires the real ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+from sinks.base import Rejected
+from streams.engine import Checkpoint, Engine
+
+log = logging.getLogger("sluice.checkpoint")
+
+TP = Any  # a (topic, partition) key: faust's TP in the worker, a tuple in tests
+T = TypeVar("T")
+Rows = dict[str, list[list]]
+
+
+class Sinks(Protocol):
+    """The router: flush every sink; give back what a failed checkpoint had refused."""
+
+    async def flush(self) -> list[Rejected]: ...
+
+    def restore_rejected(self, rejected: list[Rejected]) -> None: ...
+
+
+class DeadLetters(Protocol):
+    """The dead-letter topic's producer."""
+
+    async def rejected(self, item: Rejected) -> None:
+        """Queue the dead letter of an event a sink refused for good."""
+
+    async def flush(self) -> None:
+        """Every queued dead letter acknowledged (raises if not)."""
+
+
+class Changelog(Protocol):
+    """The state changelog (blocking calls: run in a thread)."""
+
+    def write(self, entries: Sequence[tuple[int, str, list]]) -> None: ...
+
+    def flush(self) -> None: ...
+
+
+class Warehouse(Protocol):
+    """The OLAP store (a blocking call: run in a thread)."""
+
+    def write(self, rows: Rows) -> None: ...
+
+
+class Group(Protocol):
+    """The consumer group: its generation, this member's assignment, the commit."""
+
+    def generation(self) -> int: ...
+
+    def assignment(self) -> set[TP]: ...
+
+    async def commit(self, offsets: Mapping[TP, int]) -> bool:
+        """Commit under the current generation; False when the group refused (rebalancing)."""
+
+
+@dataclass
+class Ports:
+    """Everything a checkpoint talks to."""
+
+    sinks: Sinks
+    dead_letters: DeadLetters
+    changelog: Changelog
+    warehouse: Warehouse
+    group: Group
+
+
+@dataclass
+class Progress:
+    """What the hot loop applied, and what checkpoints committed (this generation)."""
+
+    applied: dict[TP, int] = field(default_factory=dict)  # one past the last offset applied
+    committed: dict[TP, int] = field(default_factory=dict)
+    unflushed: int = 0  # events applied since the last successful checkpoint
+
+    def to_commit(self) -> dict[TP, int]:
+        return {tp: o for tp, o in self.applied.items() if self.committed.get(tp) != o}
+
+    def forget(self, tps: set[TP]) -> None:
+        """Partitions revoked: their offsets are the next owner's business."""
+        self.applied = {tp: o for tp, o in self.applied.items() if tp not in tps}
+        self.committed = {tp: o for tp, o in self.committed.items() if tp not in tps}
+
+
+@dataclass
+class Outcome:
+    """One checkpoint's result, for metrics and status."""
+
+    ok: bool
+    events: int = 0
+    changelog: int = 0
+    rows: dict[str, int] = field(default_factory=dict)
+    committed: dict[TP, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    error: str | None = None
+    step: str | None = None  # the step that failed
+
+
+async def in_thread(fn: Callable[..., T], *args: Any) -> T:
+    """Run a blocking call without stopping the event loop."""
+    return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+
+class Checkpointer:
+    """Runs the steps above, one checkpoint at a time."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        progress: Progress,
+        ports: Ports,
+        state_lock: asyncio.Lock,
+        on_late: Callable[[dict[str, int]], None] = lambda late: None,
+        run_blocking: Callable[..., Awaitable[Any]] = in_thread,
+    ) -> None:
+        self.engine = engine
+        self.progress = progress
+        self.ports = ports
+        self.state_lock = state_lock
+        self.on_late = on_late
+        self.run_blocking = run_blocking
+        self.leftover: Rows = {}  # step 0's rows
+        self._io = asyncio.Lock()  # one checkpoint's I/O at a time
+
+    @property
+    def busy(self) -> bool:
+        return self._io.locked()
+
+    async def run(self) -> Outcome:
+        """One checkpoint (waits for the one in flight, if any)."""
+        async with self._io:
+            started = time.perf_counter()
+            outcome = await self._steps()
+            outcome.seconds = time.perf_counter() - started
+            return outcome
+
+    async def _steps(self) -> Outcome:
+        ports, progress = self.ports, self.progress
+        step = "0 leftover rows"
+        if self.leftover:
+            try:
+                await self.run_blocking(ports.warehouse.write, self.leftover)
+            except Exception as exc:
+                return _failed(step, exc)
+            self.leftover = {}
+
+        step = "1 snapshot"
+        async with self.state_lock:
+            ckpt = self.engine.snapshot()
+            late = self.engine.take_late()
+            generation = ports.group.generation()
+            offsets = progress.to_commit()
+            events, progress.unflushed = progress.unflushed, 0
+        if late:
+            self.on_late(late)
+        if ckpt.empty() and not offsets and not events:
+            return Outcome(ok=True)
+
+        rejected: list[Rejected] = []
+        changelog_durable = False
+        try:
+            step = "2 sinks"
+            rejected = await ports.sinks.flush()
+            for item in rejected:
+                await ports.dead_letters.rejected(item)
+            step = "3 changelog"
+            if ckpt.changelog:
+                ports.changelog.write(ckpt.changelog)
+                await self.run_blocking(ports.changelog.flush)
+            step = "4 dead letters"
+            await ports.dead_letters.flush()
+            rejected = []  # their dead letters are durable: never send them twice
+            changelog_durable = True
+            step = "5 OLAP rows"
+            if ckpt.rows:
+                await self.run_blocking(ports.warehouse.write, ckpt.rows)
+        except Exception as exc:  # nothing committed; everything is retried
+            await self._hand_back(ckpt, rejected, changelog_durable, events)
+            return _failed(step, exc)
+
+        step = "6 commit"
+        committed = await self._commit(generation, offsets)
+        return Outcome(
+            ok=True,
+            events=events,
+            changelog=len(ckpt.changelog),
+            rows={t: len(r) for t, r in ckpt.rows.items()},
+            committed=committed,
+        )
+
+    async def _hand_back(
+        self, ckpt: Checkpoint, rejected: list[Rejected], changelog_durable: bool, events: int
+    ) -> None:
+        self.ports.sinks.restore_rejected(rejected)
+        if changelog_durable:
+            self.leftover = ckpt.rows  # only the rows are missing
+        else:
+            async with self.state_lock:
+                self.engine.requeue(ckpt)
+        self.progress.unflushed += events
+
+    async def _commit(self, generation: int, offsets: dict[TP, int]) -> dict[TP, int]:
+        group, progress = self.ports.group, self.progress
+        if generation != group.generation():
+            # a rebalance since the snapshot: the new owners replay from the last commit
+            return {}
+        assigned = group.assignment()
+        offsets = {
+            tp: o for tp, o in offsets.items() if tp in assigned and progress.committed.get(tp) != o
+        }
+        if not offsets:
+            return {}
+        try:
+            accepted = await group.commit(offsets)
+        except Exception as exc:  # the state is durable: the next checkpoint commits it
+            log.warning("offset commit failed (%s); the next checkpoint retries", exc)
+            return {}
+        if not accepted:
+            log.warning("offset commit refused (rebalancing); the next checkpoint retries")
+            return {}
+        progress.committed.update(offsets)
+        return offsets
+
+
+def _failed(step: str, exc: Exception) -> Outcome:
+    log.error("checkpoint failed at step %s, will retry: %s", step, exc)
+    return Outcome(ok=False, error=str(exc), step=step)

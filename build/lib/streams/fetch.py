@@ -1,0 +1,161 @@
+"""The hot path's reader: a confluent-kafka consumer fed by Faust's assignment.
+
+Faust stays the application: its consumer group decides which partitions this worker
+owns (rebalancing), its tables recover the state from changelogs, its timers checkpoint,
+its web server answers. What it does not do is hand events to an agent one by one:
+measured, Faust's per-event machinery costs ~90 µs of CPU per event, which caps a
+worker near 11,000 events/s before any work is done. So the event topics' partitions
+are *handed off*: Faust's fetcher skips them, and this reader — librdkafka, in C —
+fetches them in batches of thousands for :meth:`streams.worker.Worker.process`.
+
+The reader never joins the group (``assign()``, never ``subscribe()``): it is told what
+to read after Faust's rebalance and table recovery, starts at the group's committed
+offsets (the offsets Sluice commits through Faust after each checkpoint), and drops its
+partitions when Faust revokes them. Assignment changes and fetches never overlap (one
+lock), so no batch read under an old assignment is ever applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import orjson
+from confluent_kafka import Consumer, Message, TopicPartition
+
+from sluice.kafka import PARTITION_EOF
+
+log = logging.getLogger("sluice.fetch")
+
+BATCH = 5_000  # most messages one fetch hands to the worker
+POLL_S = 0.1  # longest one fetch waits for the first message
+
+
+class Reader:
+    """Reads the partitions it is assigned, in batches; thread-safe against the loop."""
+
+    def __init__(self, conf: dict[str, Any], group: str) -> None:
+        self._logger = logging.getLogger("sluice.fetch.librdkafka")
+        self.consumer = Consumer(
+            {
+                **conf,
+                "group.id": group,  # only to read the committed offsets; never joins
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "auto.offset.reset": "earliest",
+                "fetch.wait.max.ms": 50,
+                "fetch.max.bytes": 64 * 1024 * 1024,
+                "max.partition.fetch.bytes": 16 * 1024 * 1024,
+                # prefetch bound (one queue for all partitions): enough to keep a batch
+                # ready, not so much that backpressure fills memory with unread events
+                "queued.max.messages.kbytes": 64 * 1024,
+                "queued.min.messages": 20_000,
+                "logger": self._logger,
+            }
+        )
+        self.assigned: set[tuple[str, int]] = set()
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="sluice-fetch")
+        self._lock = asyncio.Lock()
+        self.errors: list[str] = []
+
+    async def assign(self, partitions: Iterable[tuple[str, int]]) -> None:
+        """Start reading ``partitions`` at the group's committed offsets (else the start)."""
+        new = set(partitions) - self.assigned
+        if not new:
+            return
+        async with self._lock:
+            # offset -1001 (invalid): librdkafka fetches the group's committed offset
+            self.consumer.incremental_assign([TopicPartition(t, p) for t, p in sorted(new)])
+            self.assigned |= new
+        log.info("reading %s", ", ".join(f"{t}[{p}]" for t, p in sorted(new)))
+
+    async def unassign(self, partitions: Iterable[tuple[str, int]] | None = None) -> None:
+        """Stop reading ``partitions`` (all when None); nothing fetched for them is handed
+        out afterwards."""
+        gone = self.assigned if partitions is None else set(partitions) & self.assigned
+        if not gone:
+            return
+        async with self._lock:
+            self.consumer.incremental_unassign([TopicPartition(t, p) for t, p in sorted(gone)])
+            self.assigned -= gone
+
+    async def fetch(self) -> list[Message]:
+        """The next batch (maybe empty); errors other than end-of-partition are logged."""
+        async with self._lock:
+            if not self.assigned:
+                return []
+            loop = asyncio.get_running_loop()
+            messages = await loop.run_in_executor(self._pool, self.consumer.consume, BATCH, POLL_S)
+        good = []
+        for message in messages:
+            error = message.error()
+            if error is None:
+                good.append(message)
+            elif error.code() != PARTITION_EOF:
+                log.warning(
+                    "fetch error on %s[%s]: %s", message.topic(), message.partition(), error
+                )
+        return good
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)  # a fetch in flight returns within POLL_S
+        self.consumer.close()
+
+
+class ChangelogWriter:
+    """Writes the state changelog with librdkafka, in the bytes Faust's table reads back.
+
+    Faust's table recovery (JSON key and value serializers) restores what this writes;
+    Faust's own producer would add its per-message machinery (futures, callbacks, one
+    more JSON encoding) to tens of thousands of entries per checkpoint.
+    """
+
+    def __init__(self, conf: dict[str, Any], topic: str) -> None:
+        from confluent_kafka import Producer
+
+        self.topic = topic
+        self._logger = logging.getLogger("sluice.changelog.librdkafka")
+        self.producer = Producer(
+            {
+                **conf,
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": 20,
+                "compression.type": "lz4",
+                "batch.size": 1_000_000,
+                "queue.buffering.max.messages": 1_000_000,
+                "logger": self._logger,
+            }
+        )
+        self._errors: list[str] = []
+
+    def _delivered(self, err: Any, _msg: Any) -> None:
+        if err is not None:
+            self._errors.append(str(err))
+
+    def write(self, entries: Iterable[tuple[int, str, list]]) -> None:
+        """Queue ``(partition, key, value)`` entries (key: the engine's JSON string)."""
+        topic = self.topic
+        produce = self.producer.produce
+        dumps = orjson.dumps
+        for partition, key, value in entries:
+            k, v = dumps(key), dumps(value)
+            while True:
+                try:
+                    produce(topic, v, k, partition=partition, on_delivery=self._delivered)
+                    break
+                except BufferError:
+                    self.producer.poll(0.05)
+
+    def flush(self, timeout: float = 60.0) -> None:
+        """Block until every queued entry is acknowledged; raise if any was not."""
+        left = self.producer.flush(timeout)
+        errors, self._errors = self._errors, []
+        if left or errors:
+            raise RuntimeError(
+                f"changelog: {left} entries unacknowledged, {len(errors)} failed"
+                + (f" ({errors[0]})" if errors else "")
+            )

@@ -1,0 +1,146 @@
+"""Sluice's own health, as Prometheus metrics on the worker's ``/metrics`` endpoint.
+
+Every label has a small, fixed set of values: sink names, event families and types of
+the taxonomy, stable reason codes, topic names and partition numbers. No tenant, user,
+email or event id ever becomes a label value.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Container
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from topics.taxonomy import FAMILY_OF
+
+__all__ = ["CONTENT_TYPE_LATEST", "HealthMetrics"]
+
+_FLUSH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+def _bounded(value: str, allowed: Container[str]) -> str:
+    return value if value in allowed else "other"
+
+
+class HealthMetrics:
+    """The worker's metrics, in a registry of their own (one per worker)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        # epoch seconds, per sink, for `sluice status` (not metrics: timestamps as gauges
+        # would need a label per sink anyway and Prometheus has the counters' rates)
+        self.last_flush: dict[str, float] = {}
+        self.last_delivery: dict[str, float] = {}
+        r = self.registry
+        self.consumed = Counter(
+            "sluice_events_consumed", "Events taken from Kafka, per family.", ["family"], registry=r
+        )
+        self.routed = Counter(
+            "sluice_events_routed", "Events handed to a sink, per sink.", ["sink"], registry=r
+        )
+        self.delivered = Counter(
+            "sluice_sink_delivered_events",
+            "Events a sink's destination accepted.",
+            ["sink"],
+            registry=r,
+        )
+        self.skipped = Counter(
+            "sluice_sink_skipped_events",
+            "Events a sink did not send on purpose (sampled_out, no_allowlist).",
+            ["sink", "event_type", "why"],
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "sluice_dead_letters",
+            "Events sent to the dead-letter topic, per stage (decode or a sink) and reason.",
+            ["stage", "reason"],
+            registry=r,
+        )
+        self.late = Counter(
+            "sluice_late_events",
+            "Email events outside the attribution window (not counted in rollups), per type.",
+            ["event_type"],
+            registry=r,
+        )
+        self.retries = Counter(
+            "sluice_sink_retries",
+            "Sink requests retried, per reason.",
+            ["sink", "reason"],
+            registry=r,
+        )
+        self.flush_seconds = Histogram(
+            "sluice_sink_flush_seconds",
+            "Time of one sink flush.",
+            ["sink"],
+            buckets=_FLUSH_BUCKETS,
+            registry=r,
+        )
+        self.checkpoint_seconds = Histogram(
+            "sluice_checkpoint_seconds",
+            "Time of one checkpoint.",
+            buckets=_FLUSH_BUCKETS,
+            registry=r,
+        )
+        self.checkpoint_failures = Counter(
+            "sluice_checkpoint_failures",
+            "Checkpoints that failed (nothing acked; retried).",
+            registry=r,
+        )
+        self.buffered = Gauge(
+            "sluice_sink_buffered_events",
+            "Events buffered in a sink, not yet durable.",
+            ["sink"],
+            registry=r,
+        )
+        self.pending = Gauge(
+            "sluice_pending_events", "Events taken and not yet acknowledged.", registry=r
+        )
+        self.lag = Gauge(
+            "sluice_consumer_lag",
+            "Events not yet committed, per source topic and partition.",
+            ["topic", "partition"],
+            registry=r,
+        )
+
+    def observer(self) -> SinkObserverAdapter:
+        """These metrics as the observer the sinks report to."""
+        return SinkObserverAdapter(self)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def dead_letter_counts(self) -> dict[str, dict[str, int]]:
+        """Dead letters produced by this worker: {stage: {reason: count}}."""
+        counts: dict[str, dict[str, int]] = {}
+        for metric in self.dead_letters.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_total"):
+                    stage, reason = sample.labels["stage"], sample.labels["reason"]
+                    counts.setdefault(stage, {})[reason] = int(sample.value)
+        return counts
+
+
+class SinkObserverAdapter:
+    """:class:`HealthMetrics` seen as a sinks' observer (names kept apart from the metrics)."""
+
+    def __init__(self, health: HealthMetrics) -> None:
+        self.health = health
+
+    def delivered(self, sink: str, count: int) -> None:
+        self.health.delivered.labels(sink).inc(count)
+        self.health.last_delivery[sink] = time.time()
+
+    def retried(self, sink: str, reason: str) -> None:
+        self.health.retries.labels(sink, reason).inc()
+
+    def rejected(self, sink: str, reason: str, count: int) -> None:
+        pass  # counted once, when the worker produces the dead letter (dead_letters)
+
+    def skipped(self, sink: str, event_type: str, why: str) -> None:
+        self.health.skipped.labels(sink, _bounded(event_type, FAMILY_OF), why).inc()
+
+    def flushed(self, sink: str, seconds: float) -> None:
+        self.health.flush_seconds.labels(sink).observe(seconds)
+        self.health.last_flush[sink] = time.time()

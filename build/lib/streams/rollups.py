@@ -1,0 +1,934 @@
+"""Attribution state and the rollups derived from it: pure logic, no I/O.
+
+Why the state looks like this
+-----------------------------
+The OLAP contract (DESIGN §3) is the spec's SQL over an ``emails`` table: for the emails
+of campaign C *sent* on day D, each metric counts the distinct emails that have at least
+one event of that kind, whenever it arrived. So the worker keeps, per (tenant, email),
+one small record — the winning ``email_sent`` and a bit per event kind — and every rollup
+row is a pure function of those records. Warm-up emails get the same treatment with their
+own record (the winning ``warmup_email_sent``, the first landing and a reply bit).
+
+That record is a join-semilattice: merging an event is commutative, associative and
+idempotent (bits are OR-ed; the winning send is the smallest ``(occurred_at, event_id)``).
+Redelivery, replay after a crash, duplicates at new offsets and any arrival order all
+converge to the same state, so exactness does not depend on exactly-once delivery.
+Rollup rows are maintained incrementally by retracting an email's old contribution and
+adding its new one, and can always be rebuilt from the records alone (after a restore).
+
+A rollup row holds counters (sums of 0/1 per email) and, where a column is not a sum
+(first/last send day, distinct mailboxes), a *tally*: a multiset of one value per email,
+which supports retraction just as well; derived columns are pure functions of both.
+
+Plan changes (``billing_analytics``) are not attributed to emails: :class:`BillingPlans`
+keeps the set of business events per tenant, keyed by event id, so redelivery is a no-op.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import (
+    Callable,
+    Hashable,
+    Iterable,
+    Iterator,
+    Mapping,
+    MutableMapping,
+    Sequence,
+)
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from functools import cached_property
+from sys import intern
+from typing import Any
+
+from streams.state import Component, DirtyRows, RowKey, TablePart, Taken
+
+DAY_MS = 86_400_000
+# rows a checkpoint rewrites per component after a restore (the rest in the next ones)
+REWRITE_BATCH = 100_000
+
+# --------------------------------------------------------------------------------------
+# Email attribution state
+# --------------------------------------------------------------------------------------
+
+# One bit per kind of email event; ``email_sent`` is not a bit, it sets the attribution.
+FLAG_BITS: Mapping[str, int] = {
+    "email_delivered": 1 << 0,
+    "email_opened": 1 << 1,
+    "email_clicked": 1 << 2,
+    "email_replied": 1 << 3,
+    "email_bounced": 1 << 4,
+    "email_unsubscribed": 1 << 5,
+    "email_spam_complaint": 1 << 6,
+    # bounce kinds, kept for mailbox health rollups
+    "bounce_hard": 1 << 7,
+    "bounce_soft": 1 << 8,
+}
+
+# EmailState slots (a list, not a dataclass: millions of these live in memory).
+# SENT_AT, SENT_EVENT_ID and FLAGS sit at the same slots in every attribution state, so one
+# Rollup class serves emails and warm-up emails.
+SENT_AT, SENT_EVENT_ID, CAMPAIGN, MAILBOX, LEAD, STEP, FLAGS = range(7)
+EmailState = list  # [sent_at_ms | None, sent_event_id | None, campaign, mailbox, lead, step, flags]
+
+
+def new_state() -> EmailState:
+    """An email we have heard of but whose ``email_sent`` has not arrived yet."""
+    return [None, None, None, None, None, None, 0]
+
+
+def merge_event(state: EmailState, event: Mapping) -> bool:
+    """Merge one decoded email event into ``state`` in place. Return True if it changed.
+
+    Commutative and idempotent: the order and number of deliveries do not matter.
+    """
+    event_type = event["event_type"]
+    if event_type == "email_sent":
+        candidate = (event["occurred_at"], event["event_id"])
+        if state[SENT_AT] is not None and candidate >= (state[SENT_AT], state[SENT_EVENT_ID]):
+            return False
+        state[SENT_AT], state[SENT_EVENT_ID] = candidate
+        # interned: millions of states share a few campaigns, mailboxes, steps and leads
+        state[CAMPAIGN] = intern(event["campaign_id"])
+        state[MAILBOX] = intern(event["mailbox_id"])
+        state[LEAD] = intern(event["lead_id"])
+        step = event.get("sequence_step_id")
+        state[STEP] = intern(step) if step is not None else None
+        return True
+    bits = event_bits(event)
+    if not bits or state[FLAGS] & bits == bits:
+        return False
+    state[FLAGS] |= bits
+    return True
+
+
+def event_bits(event: Mapping) -> int:
+    """The flag bits one (non-send) email event sets."""
+    event_type = event["event_type"]
+    bits = FLAG_BITS.get(event_type, 0)
+    if event_type == "email_bounced":
+        kind = event.get("bounce_type")
+        if kind == "hard":
+            bits |= FLAG_BITS["bounce_hard"]
+        elif kind == "soft":
+            bits |= FLAG_BITS["bounce_soft"]
+    return bits
+
+
+def merge_states(into: EmailState, other: EmailState) -> bool:
+    """Join two states of the same email (used when restoring). Return True if changed."""
+    changed = False
+    if other[SENT_AT] is not None and (
+        into[SENT_AT] is None
+        or (other[SENT_AT], other[SENT_EVENT_ID]) < (into[SENT_AT], into[SENT_EVENT_ID])
+    ):
+        into[:FLAGS] = other[:FLAGS]
+        changed = True
+    if other[FLAGS] | into[FLAGS] != into[FLAGS]:
+        into[FLAGS] |= other[FLAGS]
+        changed = True
+    return changed
+
+
+# --------------------------------------------------------------------------------------
+# The attribution window (optional): engagement counts only within W of the send
+# --------------------------------------------------------------------------------------
+
+# With a window, an email state has one more slot: the earliest time each flag was seen
+# (a list indexed by bit number), and FLAGS holds only the flags seen within the window.
+# Keeping the earliest times (not "was it late when it arrived") keeps the state a
+# semilattice: the verdict depends on event times alone, never on arrival order, so an
+# out-of-order event, a replay or an earlier send that replaces the winning one all give
+# the same rows.
+TIMES = 7
+_FLAG_COUNT = max(FLAG_BITS.values()).bit_length()
+# bit number -> the event type that sets it (bounce kinds ride on email_bounced)
+_EVENT_OF_BIT = tuple(
+    (bits.bit_length() - 1, kind) for kind, bits in FLAG_BITS.items() if kind.startswith("email_")
+)
+
+
+def windowed_email(window_ms: int) -> Attribution:
+    """Email attribution where an event more than ``window_ms`` after its email's send
+    does not count (it is *late*)."""
+
+    def new() -> EmailState:
+        return [None, None, None, None, None, None, 0, [None] * _FLAG_COUNT]
+
+    def effective(state: EmailState) -> int:
+        times = state[TIMES]
+        sent = state[SENT_AT]
+        flags = 0
+        for i, t in enumerate(times):
+            if t is not None and (sent is None or t <= sent + window_ms):
+                flags |= 1 << i
+        return flags
+
+    def merge(state: EmailState, event: Mapping) -> bool:
+        if event["event_type"] == "email_sent":
+            if not merge_event(state, event):
+                return False
+            state[FLAGS] = effective(state)
+            return True
+        bits = event_bits(event)
+        at = event["occurred_at"]
+        times = state[TIMES]
+        changed = False
+        for i in range(_FLAG_COUNT):
+            if bits >> i & 1 and (times[i] is None or at < times[i]):
+                times[i] = at
+                changed = True
+        if changed:
+            state[FLAGS] = effective(state)
+        return changed
+
+    def join(into: EmailState, other: EmailState) -> bool:
+        other = adopt(other)
+        before = (into[:FLAGS], list(into[TIMES]))
+        if other[SENT_AT] is not None and (
+            into[SENT_AT] is None
+            or (other[SENT_AT], other[SENT_EVENT_ID]) < (into[SENT_AT], into[SENT_EVENT_ID])
+        ):
+            into[:FLAGS] = other[:FLAGS]
+        times = into[TIMES]
+        for i, t in enumerate(other[TIMES]):
+            if t is not None and (times[i] is None or t < times[i]):
+                times[i] = t
+        into[FLAGS] = effective(into)
+        return (into[:FLAGS], into[TIMES]) != before
+
+    def adopt(state: list) -> EmailState:
+        """A state written without a window (7 slots): its flags count as in-window."""
+        if len(state) > TIMES:
+            return state
+        at = state[SENT_AT] or 0
+        times = [at if state[FLAGS] >> i & 1 else None for i in range(_FLAG_COUNT)]
+        return [*state[:TIMES], times]
+
+    def late(state: EmailState, event: Mapping) -> list[str]:
+        """Event types this event makes late: itself, or (a first send) what came before."""
+        sent = state[SENT_AT]
+        if event["event_type"] != "email_sent":
+            beyond = sent is not None and event["occurred_at"] > sent + window_ms
+            return [event["event_type"]] if beyond else []
+        if sent is not None:
+            return []
+        end = event["occurred_at"] + window_ms
+        times = state[TIMES]
+        return [kind for i, kind in _EVENT_OF_BIT if times[i] is not None and times[i] > end]
+
+    return Attribution("email_id", new, merge, join, adopt=adopt, late=late)
+
+
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+
+
+_DAYS: dict[int, date] = {}
+
+
+def utc_day(ms: int) -> date:
+    """The UTC calendar day of an epoch-ms timestamp (memoized: this is the hot path)."""
+    n = ms // DAY_MS
+    day = _DAYS.get(n)
+    if day is None:
+        day = _DAYS[n] = date.fromordinal(_EPOCH_ORDINAL + n)
+    return day
+
+
+def month_start(day: date) -> date:
+    """First day of ``day``'s month (the billing grain)."""
+    return day.replace(day=1)
+
+
+def send_day(state: EmailState) -> date:
+    """The UTC calendar day of the winning send."""
+    return utc_day(state[SENT_AT])
+
+
+# --------------------------------------------------------------------------------------
+# Warm-up attribution state
+# --------------------------------------------------------------------------------------
+
+# Warm-up flags. The folder bits are not OR-ed: they always describe the *first* landing
+# (smallest (occurred_at, event_id)), which is where a placement test says the email went;
+# a later move from spam to inbox does not make it count twice.
+WU_REPLIED = 1 << 0
+WU_LANDED = 1 << 1
+WU_INBOX = 1 << 2
+WU_SPAM = 1 << 3
+WU_OTHER = 1 << 4
+FOLDER_BITS: Mapping[str, int] = {"inbox": WU_INBOX, "spam": WU_SPAM, "other": WU_OTHER}
+_FOLDER_MASK = WU_LANDED | WU_INBOX | WU_SPAM | WU_OTHER
+
+# WarmupState slots: [sent_at, sent_event_id, mailbox, landed_at, landed_event_id, folder, flags]
+W_MAILBOX, W_LANDED_AT, W_LANDED_EVENT_ID, W_FOLDER = 2, 3, 4, 5
+WarmupState = list
+
+
+def new_warmup_state() -> WarmupState:
+    """A warm-up email we have heard of, not yet sent nor landed."""
+    return [None, None, None, None, None, None, 0]
+
+
+def _landing_bits(folder: str | None) -> int:
+    # A landing without a folder counts as landed but in no folder bucket.
+    return WU_LANDED | FOLDER_BITS.get(folder or "", 0)
+
+
+def merge_warmup_event(state: WarmupState, event: Mapping) -> bool:
+    """Merge one decoded warm-up event into ``state`` in place. Return True if changed."""
+    event_type = event["event_type"]
+    candidate = (event["occurred_at"], event["event_id"])
+    if event_type == "warmup_email_sent":
+        if state[SENT_AT] is not None and candidate >= (state[SENT_AT], state[SENT_EVENT_ID]):
+            return False
+        state[SENT_AT], state[SENT_EVENT_ID] = candidate
+        state[W_MAILBOX] = intern(event["mailbox_id"])
+        return True
+    if event_type == "warmup_email_landed":
+        if state[W_LANDED_AT] is not None and candidate >= (
+            state[W_LANDED_AT],
+            state[W_LANDED_EVENT_ID],
+        ):
+            return False
+        state[W_LANDED_AT], state[W_LANDED_EVENT_ID] = candidate
+        state[W_FOLDER] = event.get("folder")
+        state[FLAGS] = (state[FLAGS] & ~_FOLDER_MASK) | _landing_bits(state[W_FOLDER])
+        return True
+    if event_type == "warmup_email_replied":
+        if state[FLAGS] & WU_REPLIED:
+            return False
+        state[FLAGS] |= WU_REPLIED
+        return True
+    return False
+
+
+def merge_warmup_states(into: WarmupState, other: WarmupState) -> bool:
+    """Join two states of the same warm-up email. Return True if changed."""
+    changed = False
+    if other[SENT_AT] is not None and (
+        into[SENT_AT] is None
+        or (other[SENT_AT], other[SENT_EVENT_ID]) < (into[SENT_AT], into[SENT_EVENT_ID])
+    ):
+        into[SENT_AT : W_MAILBOX + 1] = other[SENT_AT : W_MAILBOX + 1]
+        changed = True
+    if other[W_LANDED_AT] is not None and (
+        into[W_LANDED_AT] is None
+        or (other[W_LANDED_AT], other[W_LANDED_EVENT_ID])
+        < (into[W_LANDED_AT], into[W_LANDED_EVENT_ID])
+    ):
+        into[W_LANDED_AT : W_FOLDER + 1] = other[W_LANDED_AT : W_FOLDER + 1]
+        into[FLAGS] = (into[FLAGS] & ~_FOLDER_MASK) | _landing_bits(into[W_FOLDER])
+        changed = True
+    extra = other[FLAGS] & ~_FOLDER_MASK
+    if extra | into[FLAGS] != into[FLAGS]:
+        into[FLAGS] |= extra
+        changed = True
+    return changed
+
+
+@dataclass(frozen=True)
+class Attribution:
+    """How one kind of message is tracked: its id field and its semilattice."""
+
+    id_field: str
+    new_state: Callable[[], list]
+    merge_event: Callable[[list, Mapping], bool]
+    merge_states: Callable[[list, list], bool]
+    #: a state read back from the changelog, in this attribution's shape
+    adopt: Callable[[list], list] = list
+    #: event types an event puts outside the attribution window (counted, not applied)
+    late: Callable[[list, Mapping], list[str]] | None = None
+
+
+EMAIL = Attribution("email_id", new_state, merge_event, merge_states)
+WARMUP = Attribution("email_id", new_warmup_state, merge_warmup_event, merge_warmup_states)
+
+# --------------------------------------------------------------------------------------
+# Rollup definitions: a rollup maps a message's state to (row key, counters, tallies).
+# --------------------------------------------------------------------------------------
+
+Derive = Callable[[Mapping[str, int], Mapping[str, Counter]], Any]
+
+
+@dataclass(frozen=True)
+class Rollup:
+    """One OLAP table (or the part of one) fed from attribution state.
+
+    ``key_columns`` name the row key (``company_id`` first: every row is one tenant's);
+    ``metrics`` map each counter column to the flag bits whose presence it counts
+    (``None`` = counts every sent message); ``tallies`` collect one value per message
+    into a multiset (not written); ``derived`` columns are computed from counters and
+    tallies when a row is written. Value columns: metrics, then derived.
+
+    ``key`` and ``tallies`` must depend on the attribution (the winning send) only, never
+    on flags: a flag-only change then touches counters alone (the hot path relies on it).
+    """
+
+    table: str
+    key_columns: tuple[str, ...]
+    key: Callable[[str, list], RowKey | None]
+    metrics: tuple[tuple[str, int | None], ...]
+    tallies: tuple[tuple[str, Callable[[list], Hashable]], ...] = ()
+    derived: tuple[tuple[str, Derive], ...] = ()
+
+    @cached_property
+    def all_bits(self) -> int:
+        """Every flag bit some metric looks at."""
+        bits = 0
+        for _, b in self.metrics:
+            bits |= b or 0
+        return bits
+
+    @property
+    def value_columns(self) -> tuple[str, ...]:
+        return (*(m for m, _ in self.metrics), *(d for d, _ in self.derived))
+
+    def contribution(
+        self, tenant: str, state: list
+    ) -> tuple[RowKey, tuple[int, ...], tuple[Hashable, ...]] | None:
+        """This message's contribution to one row, or None if it counts nowhere yet."""
+        if state[SENT_AT] is None:
+            return None
+        key = self.key(tenant, state)
+        if key is None:
+            return None
+        flags = state[FLAGS]
+        counts = tuple([1 if bits is None or flags & bits else 0 for bits in self._metric_bits])
+        if not self.tallies:
+            return key, counts, ()
+        return key, counts, tuple([value(state) for _, value in self.tallies])
+
+    @cached_property
+    def _metric_bits(self) -> tuple[int | None, ...]:
+        return tuple(bits for _, bits in self.metrics)
+
+    def values(self, counters: Sequence[int], tallies: Sequence[Counter] | None) -> tuple:
+        """The value columns of one row."""
+        if not self.derived:
+            return tuple(counters)
+        named = dict(zip((m for m, _ in self.metrics), counters, strict=True))
+        tallied = dict(
+            zip(
+                (t for t, _ in self.tallies),
+                tallies or [Counter()] * len(self.tallies),
+                strict=True,
+            )
+        )
+        return (*counters, *(fn(named, tallied) for _, fn in self.derived))
+
+
+CAMPAIGN_METRICS: tuple[tuple[str, int | None], ...] = (
+    ("sent", None),
+    ("delivered", FLAG_BITS["email_delivered"]),
+    ("opened_tracked", FLAG_BITS["email_opened"]),
+    ("clicked_tracked", FLAG_BITS["email_clicked"]),
+    ("replied", FLAG_BITS["email_replied"]),
+    ("bounced", FLAG_BITS["email_bounced"]),
+    ("unsubscribed", FLAG_BITS["email_unsubscribed"]),
+    ("spam_complaints", FLAG_BITS["email_spam_complaint"]),
+)
+
+MAILBOX_METRICS: tuple[tuple[str, int | None], ...] = (
+    *CAMPAIGN_METRICS[:6],
+    ("bounced_hard", FLAG_BITS["bounce_hard"]),
+    ("bounced_soft", FLAG_BITS["bounce_soft"]),
+    *CAMPAIGN_METRICS[6:],
+)
+
+LEAD_METRICS: tuple[tuple[str, int | None], ...] = (
+    ("emails_sent", None),
+    *CAMPAIGN_METRICS[1:6],
+    ("bounced_hard", FLAG_BITS["bounce_hard"]),
+    *CAMPAIGN_METRICS[6:],
+)
+
+# A lead's "latest state" as a pure function of its emails' states: the most decisive
+# outcome any of its emails reached. Terminal outcomes (complaint, unsubscribe, hard
+# bounce) outrank engagement because they end the conversation whatever came before;
+# arrival order cannot change the answer, so it is exact under replay.
+LEAD_STATUS_ORDER: tuple[tuple[str, str], ...] = (
+    ("spam_complaints", "spam_complaint"),
+    ("unsubscribed", "unsubscribed"),
+    ("bounced_hard", "bounced_hard"),
+    ("replied", "replied"),
+    ("clicked_tracked", "clicked"),
+    ("opened_tracked", "opened"),
+    ("delivered", "delivered"),
+    ("emails_sent", "sent"),
+)
+
+
+def lead_status(metrics: Mapping[str, int], _: Mapping[str, Counter] | None = None) -> str:
+    """The lead's latest state (see :data:`LEAD_STATUS_ORDER`); ``''`` with no sent email."""
+    for column, status in LEAD_STATUS_ORDER:
+        if metrics[column] > 0:
+            return status
+    return ""
+
+
+def _min_key(tally: Counter) -> Any:
+    return min(tally, default=None)
+
+
+def _max_key(tally: Counter) -> Any:
+    return max(tally, default=None)
+
+
+CAMPAIGN_ANALYTICS = Rollup(
+    table="campaign_analytics",
+    key_columns=("company_id", "campaign_id", "day"),
+    key=lambda tenant, s: (tenant, s[CAMPAIGN], send_day(s)),
+    metrics=CAMPAIGN_METRICS,
+)
+
+MAILBOX_ANALYTICS = Rollup(
+    table="mailbox_analytics",
+    key_columns=("company_id", "mailbox_id", "day"),
+    key=lambda tenant, s: (tenant, s[MAILBOX], send_day(s)),
+    metrics=MAILBOX_METRICS,
+)
+
+SEQUENCE_STEP_ANALYTICS = Rollup(
+    table="sequence_step_analytics",
+    key_columns=("company_id", "campaign_id", "sequence_step_id", "day"),
+    # emails sent outside a sequence have no step: they count in campaign_analytics only
+    key=lambda tenant, s: None if s[STEP] is None else (tenant, s[CAMPAIGN], s[STEP], send_day(s)),
+    metrics=CAMPAIGN_METRICS,
+)
+
+LEAD_ANALYTICS = Rollup(
+    table="lead_analytics",
+    key_columns=("company_id", "lead_id"),
+    key=lambda tenant, s: (tenant, s[LEAD]),
+    metrics=LEAD_METRICS,
+    tallies=(("send_day", send_day), ("campaign", lambda s: s[CAMPAIGN])),
+    derived=(
+        ("campaigns", lambda m, t: len(t["campaign"])),
+        ("first_sent_day", lambda m, t: _min_key(t["send_day"])),
+        ("last_sent_day", lambda m, t: _max_key(t["send_day"])),
+        ("status", lead_status),
+    ),
+)
+
+# The email half of billing_analytics; BillingPlans fills the plan-change half.
+BILLING_SENDS = Rollup(
+    table="billing_analytics",
+    key_columns=("company_id", "month"),
+    key=lambda tenant, s: (tenant, month_start(send_day(s))),
+    metrics=(("billable_sends", None),),
+    tallies=(("mailbox", lambda s: s[MAILBOX]),),
+    derived=(("active_mailboxes", lambda m, t: len(t["mailbox"])),),
+)
+
+EMAIL_ROLLUPS: tuple[Rollup, ...] = (
+    CAMPAIGN_ANALYTICS,
+    MAILBOX_ANALYTICS,
+    SEQUENCE_STEP_ANALYTICS,
+    LEAD_ANALYTICS,
+    BILLING_SENDS,
+)
+
+WARMUP_ANALYTICS = Rollup(
+    table="warmup_analytics",
+    key_columns=("company_id", "mailbox_id", "day"),
+    key=lambda tenant, s: (tenant, s[W_MAILBOX], send_day(s)),
+    metrics=(
+        ("warmup_sent", None),
+        ("landed", WU_LANDED),
+        ("landed_inbox", WU_INBOX),
+        ("landed_spam", WU_SPAM),
+        ("landed_other", WU_OTHER),
+        ("replied", WU_REPLIED),
+    ),
+    derived=(
+        (
+            "inbox_placement_rate",
+            lambda m, t: m["landed_inbox"] / m["landed"] if m["landed"] else None,
+        ),
+    ),
+)
+
+WARMUP_ROLLUPS: tuple[Rollup, ...] = (WARMUP_ANALYTICS,)
+
+
+# --------------------------------------------------------------------------------------
+# The component: attribution states of one partition and their rollup rows
+# --------------------------------------------------------------------------------------
+
+
+class AttributionRollups(Component):
+    """Attribution states and rollup rows of one Kafka partition (so: of a set of tenants).
+
+    Not thread-safe; owned by the worker's event loop.
+    """
+
+    def __init__(
+        self,
+        attribution: Attribution,
+        rollups: Iterable[Rollup],
+        tag: str,
+        new_map: Callable[[], MutableMapping] = dict,
+    ) -> None:
+        """``new_map`` makes the maps that grow with the emails and leads in flight
+        (``dict``, or :meth:`streams.spill.SpillStore.map` for state beyond memory)."""
+        self.attribution = attribution
+        self.tag = tag
+        self.rollups = tuple(rollups)
+        self._by_table = {r.table: r for r in self.rollups}
+        self.states: MutableMapping[tuple[str, str], list] = new_map()
+        # table -> row key -> counters; tallies only for rollups that have some
+        self.rows: dict[str, MutableMapping[RowKey, list[int]]] = {
+            r.table: new_map() for r in self.rollups
+        }
+        self.tallies: dict[str, MutableMapping[RowKey, list[Counter]]] = {
+            r.table: new_map() for r in self.rollups if r.tallies
+        }
+        self._maps = [self.states, *self.rows.values(), *self.tallies.values()]
+        self.dirty = DirtyRows(self._by_table)
+        self.dirty_states: set[tuple[str, str]] = set()
+        # events outside the attribution window, by type (a metric: replays count again)
+        self.late: Counter[str] = Counter()
+        # after a restore: the row keys still to rewrite (see restored())
+        self._rewrite: Iterator[tuple[str, RowKey]] | None = None
+
+    def parts(self) -> tuple[TablePart, ...]:
+        return tuple(TablePart(r.table, r.key_columns, r.value_columns) for r in self.rollups)
+
+    # -- state ---------------------------------------------------------------------------
+    def apply(self, event: Mapping) -> bool:
+        """Apply one decoded, validated event. Return True if any state changed."""
+        key = (event["tenant_id"], event[self.attribution.id_field])
+        state = self.states.get(key)
+        if state is None:
+            key = (intern(key[0]), key[1])
+            state = self.states[key] = self.attribution.new_state()
+            before = None
+        else:
+            before = state.copy()
+        late = self.attribution.late
+        if late is not None:
+            self.late.update(late(state, event))
+        if not self.attribution.merge_event(state, event):
+            return False
+        self._account(key[0], before, state)
+        self.dirty_states.add(key)
+        return True
+
+    def restore(self, key: list, value: list) -> None:
+        """Join a state read back from the changelog into this partition's state."""
+        tenant, message_id = intern(key[0]), key[1]
+        state = self.states.get((tenant, message_id))
+        if state is None:
+            value = [
+                intern(v) if type(v) is str and i > SENT_EVENT_ID else v
+                for i, v in enumerate(value)
+            ]
+            state = self.states[(tenant, message_id)] = self.attribution.adopt(value)
+            self._account(tenant, None, state, mark=False)
+            return
+        before = state.copy()
+        if self.attribution.merge_states(state, value):
+            self._account(tenant, before, state, mark=False)
+
+    def restored(self) -> None:
+        # Every row is rewritten (the OLAP may lag the changelog), REWRITE_BATCH per
+        # checkpoint: a state far beyond memory is never all in one checkpoint.
+        self._rewrite = self._all_row_keys()
+        # don't resend the restored states to the changelog they came from
+        self.dirty_states.clear()
+
+    def _all_row_keys(self) -> Iterator[tuple[str, RowKey]]:
+        for table, rows in self.rows.items():
+            # a dict must not change while it is walked; a SpillMap may (and is not copied)
+            for key in list(rows) if isinstance(rows, dict) else rows:
+                yield table, key
+
+    def _account(self, tenant: str, before: list | None, after: list, mark: bool = True) -> None:
+        """Move one message's contribution from ``before`` to ``after``; ``mark``: mark
+        the rows dirty (a restore does not: :meth:`restored` rewrites every row)."""
+        if after[SENT_AT] is None:
+            return  # never sent (a send only ever replaces a send): counts nowhere yet
+        if before is not None and before[:FLAGS] == after[:FLAGS]:
+            self._account_flags(tenant, before[FLAGS], after, mark)
+            return
+        for rollup in self.rollups:
+            old = rollup.contribution(tenant, before) if before is not None else None
+            new = rollup.contribution(tenant, after)
+            if old == new:
+                continue
+            table = rollup.table
+            rows = self.rows[table]
+            tallies = self.tallies.get(table)
+            # each value fetched is changed before the next fetch (rule of SpillMap)
+            if old is not None:
+                key, counts, values = old
+                row = rows[key]
+                for i, v in enumerate(counts):
+                    row[i] -= v
+                if tallies is not None:
+                    for tally, value in zip(tallies[key], values, strict=True):
+                        tally[value] -= 1
+                        if not tally[value]:
+                            del tally[value]
+                if mark:
+                    self.dirty.add(table, key)
+            if new is not None:
+                key, counts, values = new
+                target = rows.get(key)
+                if target is None:
+                    rows[key] = list(counts)
+                else:
+                    for i, v in enumerate(counts):
+                        target[i] += v
+                if tallies is not None:
+                    kept = tallies.get(key)
+                    if kept is None:
+                        tallies[key] = [Counter((value,)) for value in values]
+                    else:
+                        for tally, value in zip(kept, values, strict=True):
+                            tally[value] += 1
+                if mark:
+                    self.dirty.add(table, key)
+
+    def _account_flags(self, tenant: str, old_flags: int, after: list, mark: bool) -> None:
+        """Fast path: only flags changed, so every row key and tally stays the same."""
+        new_flags = after[FLAGS]
+        changed = old_flags ^ new_flags
+        for rollup in self.rollups:
+            if not changed & rollup.all_bits:
+                continue
+            key = rollup.key(tenant, after)
+            if key is None:
+                continue
+            row = self.rows[rollup.table][key]
+            for i, (_, bits) in enumerate(rollup.metrics):
+                if bits is not None and changed & bits:
+                    row[i] += 1 if new_flags & bits else -1
+            if mark:
+                self.dirty.add(rollup.table, key)
+
+    # -- rows ----------------------------------------------------------------------------
+    def value(self, table: str, key: RowKey) -> tuple:
+        rollup = self._by_table[table]
+        counters = self.rows[table].get(key) or [0] * len(rollup.metrics)
+        tallies = self.tallies[table].get(key) if table in self.tallies else None
+        return rollup.values(counters, tallies)
+
+    def _take_rewrites(self) -> None:
+        """Mark the next rows of a rewrite after a restore dirty (see :meth:`restored`)."""
+        if self._rewrite is None:
+            return
+        for n, (table, key) in enumerate(self._rewrite, 1):
+            self.dirty.add(table, key)
+            if n >= REWRITE_BATCH:
+                return  # the rest at the next checkpoints
+        self._rewrite = None
+
+    def take_dirty_rows(self) -> dict[str, list[tuple[RowKey, tuple]]]:
+        """Snapshot and clear the dirty rows: table -> [(key, value columns)]."""
+        return {
+            table: [(k, self.value(table, k)) for k in keys]
+            for table, keys in self.dirty.take().items()
+        }
+
+    def take(self) -> Taken:
+        self._take_rewrites()
+        states = sorted(self.dirty_states)
+        self.dirty_states.clear()
+        return Taken(
+            changelog=[([tenant, mid], list(self.states[(tenant, mid)])) for tenant, mid in states],
+            rows={table: dict(items) for table, items in self.take_dirty_rows().items()},
+            token=states,
+        )
+
+    def requeue(self, taken: Taken) -> None:
+        for table, rows in taken.rows.items():
+            self.dirty.update(table, rows)
+        self.dirty_states.update(k for k in taken.token if k in self.states)
+
+    def stats(self) -> dict[str, int]:
+        return {"states": len(self.states)}
+
+    def close(self) -> None:
+        for m in self._maps:
+            if not isinstance(m, dict):
+                m.store.forget(m)  # type: ignore[attr-defined]
+
+
+class EmailRollups(AttributionRollups):
+    """Campaign email attribution → campaign/mailbox/sequence-step/lead/billing rows.
+
+    Its changelog keys are untagged ``[tenant, email_id]`` (the format of the first
+    release, kept so existing changelogs restore).
+    """
+
+    families = frozenset({"email"})
+
+    def __init__(
+        self,
+        rollups: Iterable[Rollup] = EMAIL_ROLLUPS,
+        window_ms: int | None = None,
+        new_map: Callable[[], MutableMapping] = dict,
+    ) -> None:
+        """``window_ms``: the attribution window (None: an event counts whenever it came)."""
+        attribution = EMAIL if window_ms is None else windowed_email(window_ms)
+        super().__init__(attribution, rollups, "", new_map)
+
+    @property
+    def emails(self) -> MutableMapping[tuple[str, str], EmailState]:
+        return self.states
+
+    @property
+    def dirty_rows(self) -> dict[str, set[RowKey]]:
+        return self.dirty.keys
+
+
+class WarmupRollups(AttributionRollups):
+    """Warm-up email attribution → warmup_analytics rows. Never touches campaign tables."""
+
+    families = frozenset({"warmup"})
+
+    def __init__(
+        self,
+        rollups: Iterable[Rollup] = WARMUP_ROLLUPS,
+        new_map: Callable[[], MutableMapping] = dict,
+    ) -> None:
+        super().__init__(WARMUP, rollups, "\x00warmup", new_map)
+
+
+# --------------------------------------------------------------------------------------
+# Plan changes: the business half of billing_analytics
+# --------------------------------------------------------------------------------------
+
+PLAN_EVENT_COLUMNS: Mapping[str, str] = {
+    "business_signup": "signups",
+    "business_upgrade": "upgrades",
+    "business_downgrade": "downgrades",
+    "business_churn": "churns",
+}
+
+BILLING_PLAN_COLUMNS: tuple[str, ...] = (
+    *PLAN_EVENT_COLUMNS.values(),
+    "plan_at_month_end",
+    "active_at_month_end",
+)
+
+# (occurred_at, event_type, plan_to): one business event as billing needs it
+PlanEvent = tuple[int, str, str | None]
+
+
+def _next_month(month: date) -> date:
+    return date(month.year + month.month // 12, month.month % 12 + 1, 1)
+
+
+def _month_start_ms(month: date) -> int:
+    return int(datetime(month.year, month.month, 1, tzinfo=UTC).timestamp() * 1000)
+
+
+@dataclass
+class BillingPlans(Component):
+    """Business events per tenant (a set keyed by event id) → plan columns of billing rows.
+
+    Counts are distinct event ids per type and UTC month. ``plan_at_month_end`` is the
+    ``plan_to`` of the tenant's last business event before the month ended (any earlier
+    month counts), so a late event re-dates every later month: ``other_keys`` lists the
+    billing rows other components hold, so those are rewritten too.
+    """
+
+    other_keys: Callable[[], Iterable[RowKey]] = tuple
+    events: dict[str, dict[str, PlanEvent]] = field(default_factory=dict)
+    dirty_events: set[tuple[str, str]] = field(default_factory=set)
+    dirty: DirtyRows = field(default_factory=lambda: DirtyRows(["billing_analytics"]))
+
+    tag = "\x00business"
+    families = frozenset({"business"})
+    TABLE = "billing_analytics"
+
+    def parts(self) -> tuple[TablePart, ...]:
+        return (TablePart(self.TABLE, ("company_id", "month"), BILLING_PLAN_COLUMNS),)
+
+    def apply(self, event: Mapping) -> bool:
+        if event["event_type"] not in PLAN_EVENT_COLUMNS:
+            return False
+        record = (event["occurred_at"], event["event_type"], event.get("plan_to"))
+        if not self._merge(event["tenant_id"], event["event_id"], record, cascade=True):
+            return False
+        self.dirty_events.add((event["tenant_id"], event["event_id"]))
+        return True
+
+    def _merge(self, tenant: str, event_id: str, record: PlanEvent, cascade: bool) -> bool:
+        events = self.events.setdefault(tenant, {})
+        old = events.get(event_id)
+        # keep the smallest record: the same event redelivered is equal; a producer bug
+        # (one id, two payloads) still converges to one answer whatever the order
+        if old is not None and _order(old) <= _order(record):
+            return False
+        events[event_id] = record
+        if cascade:
+            since = record[0] if old is None else min(old[0], record[0])
+            self._cascade(tenant, month_start(utc_day(since)))
+        return True
+
+    def _months(self, tenant: str) -> set[date]:
+        return {month_start(utc_day(at)) for at, _, _ in self.events.get(tenant, {}).values()}
+
+    def _cascade(self, tenant: str, since: date) -> None:
+        keys = {(tenant, m) for m in self._months(tenant) if m >= since}
+        keys.update(k for k in self.other_keys() if k[0] == tenant and k[1] >= since)
+        self.dirty.update(self.TABLE, keys)
+
+    def value(self, table: str, key: RowKey) -> tuple:
+        tenant, month = key
+        start, end = _month_start_ms(month), _month_start_ms(_next_month(month))
+        counts = dict.fromkeys(PLAN_EVENT_COLUMNS.values(), 0)
+        last: tuple[int, str, PlanEvent] | None = None
+        for event_id, record in self.events.get(tenant, {}).items():
+            at, event_type, _ = record
+            if start <= at < end:
+                counts[PLAN_EVENT_COLUMNS[event_type]] += 1
+            if at < end and (last is None or (at, event_id) > last[:2]):
+                last = (at, event_id, record)
+        if last is None:
+            plan, active = None, 0
+        else:
+            _, event_type, plan_to = last[2]
+            active = int(event_type != "business_churn")
+            plan = plan_to if active else None
+        return (*counts.values(), plan, active)
+
+    def take(self) -> Taken:
+        events = sorted(self.dirty_events)
+        self.dirty_events.clear()
+        rows = {
+            table: {k: self.value(table, k) for k in keys}
+            for table, keys in self.dirty.take().items()
+        }
+        return Taken(
+            changelog=[([t, e], list(self.events[t][e])) for t, e in events],
+            rows=rows,
+            token=events,
+        )
+
+    def requeue(self, taken: Taken) -> None:
+        for table, rows in taken.rows.items():
+            self.dirty.update(table, rows)
+        self.dirty_events.update(taken.token)
+
+    def restore(self, key: list, value: list) -> None:
+        tenant, event_id = key
+        # no cascade: restored() marks every row dirty once, at the end
+        self._merge(tenant, event_id, (value[0], value[1], value[2]), cascade=False)
+
+    def restored(self) -> None:
+        for tenant in self.events:
+            self.dirty.update(self.TABLE, ((tenant, m) for m in self._months(tenant)))
+
+    def stats(self) -> dict[str, int]:
+        return {"plan_events": sum(len(e) for e in self.events.values())}
+
+
+def _order(record: PlanEvent) -> tuple:
+    at, event_type, plan_to = record
+    return (at, event_type, plan_to or "")

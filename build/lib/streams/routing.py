@@ -1,0 +1,263 @@
+"""Where every event goes: the routing table (data) and the pure function applying it.
+
+The table applies the spec's design-rules checklist (seed §5) to DESIGN §2's taxonomy:
+
+* behavioural, UX, experimental → product analytics (``posthog``);
+* infra / ops / query telemetry → observability (``observability``: OTel metrics);
+* security → ``siem`` in full detail, plus the narrow OLAP record of sensitive access;
+* billing, contracts, customer-facing analytics → OLAP aggregates (``rollups``);
+* compliance actions → ``audit_log`` (one OLAP row each), and ``siem`` when they are
+  security-sensitive; low-risk admin actions and admin UI events never reach it;
+* curated incidents → ``system_events``.
+
+Destinations are of two kinds. *Sinks* are external systems fed by :mod:`sinks` through
+:class:`Router`; *OLAP destinations* are written by the engine (:mod:`streams.engine`) at
+checkpoints. Both are listed here so that one screen answers "where does X go?".
+Unknown event types never get here: the codec dead-letters them at decode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+from sinks.base import Envelope, Rejected, Sink, SinkUnavailable
+from streams.compliance import sensitive_kind
+from topics.taxonomy import COMPLIANCE_ACTIONS
+
+log = logging.getLogger("sluice.routing")
+
+# -- destinations ---------------------------------------------------------------------
+POSTHOG = "posthog"
+OBSERVABILITY = "observability"
+SIEM = "siem"
+SINKS: frozenset[str] = frozenset({POSTHOG, OBSERVABILITY, SIEM})
+
+ROLLUPS = "rollups"  # *_analytics aggregates
+AUDIT_LOG = "audit_log"  # admin_audit_log: one row per compliance action
+SENSITIVE_ACCESS = "sensitive_access"  # the narrow sensitive-data-access record
+SYSTEM_EVENTS = "system_events"  # admin_system_events: one row per incident
+OLAP_DESTINATIONS: frozenset[str] = frozenset({ROLLUPS, AUDIT_LOG, SENSITIVE_ACCESS, SYSTEM_EVENTS})
+
+DESTINATIONS: frozenset[str] = SINKS | OLAP_DESTINATIONS
+
+
+@dataclass(frozen=True)
+class To:
+    """One destination of a route, optionally only when a (named, pure) predicate holds."""
+
+    destination: str
+    when: Callable[[Mapping[str, Any]], bool] | None = None
+
+    def applies(self, event: Mapping[str, Any]) -> bool:
+        return self.when is None or self.when(event)
+
+
+def sensitive(event: Mapping[str, Any]) -> bool:
+    """Sensitive-data access or a PII export: the rule lives with its record (compliance)."""
+    return sensitive_kind(event) is not None
+
+
+def _to(*destinations: str | To) -> tuple[To, ...]:
+    return tuple(d if isinstance(d, To) else To(d) for d in destinations)
+
+
+# -- the table ------------------------------------------------------------------------
+_EMAIL = _to(POSTHOG, ROLLUPS)
+_WARMUP = _to(ROLLUPS)
+_SECURITY = _to(SIEM)
+_INFRA = _to(OBSERVABILITY)
+_BUSINESS = _to(POSTHOG, ROLLUPS)
+_PRODUCT = _to(POSTHOG)  # admin UI and low-risk admin actions: product analytics only
+_COMPLIANCE = _to(AUDIT_LOG)
+_COMPLIANCE_SECURITY = _to(AUDIT_LOG, SIEM)
+_EXPORT = _to(AUDIT_LOG, SIEM, SENSITIVE_ACCESS)  # PII exports: also the narrow record
+
+ROUTES: Mapping[str, tuple[To, ...]] = MappingProxyType(
+    {
+        "email_sent": _EMAIL,
+        "email_delivered": _EMAIL,
+        "email_opened": _EMAIL,
+        "email_clicked": _EMAIL,
+        "email_replied": _EMAIL,
+        "email_bounced": _EMAIL,
+        "email_unsubscribed": _EMAIL,
+        "email_spam_complaint": _EMAIL,
+        "warmup_email_sent": _WARMUP,
+        "warmup_email_landed": _WARMUP,
+        "warmup_email_replied": _WARMUP,
+        "security_login_succeeded": _SECURITY,
+        "security_login_failed": _SECURITY,
+        "security_suspicious_activity": _SECURITY,
+        "security_data_access": _to(SIEM, To(SENSITIVE_ACCESS, when=sensitive)),
+        "infra_connection_pool_metrics": _INFRA,
+        "infra_error_rate": _INFRA,
+        "infra_latency": _INFRA,
+        "infra_health_check": _INFRA,
+        "infra_autoscaling": _INFRA,
+        "infra_alert": _to(OBSERVABILITY, SYSTEM_EVENTS),  # alert storms → one incident row
+        "query_executed": _INFRA,
+        "system_incident_opened": _to(SYSTEM_EVENTS),
+        "system_incident_resolved": _to(SYSTEM_EVENTS),
+        "system_maintenance_completed": _to(SYSTEM_EVENTS),
+        "business_signup": _BUSINESS,
+        "business_upgrade": _BUSINESS,
+        "business_downgrade": _BUSINESS,
+        "business_churn": _BUSINESS,
+        "admin_ui_viewed": _PRODUCT,
+        "admin_button_clicked": _PRODUCT,
+        "admin_filter_changed": _PRODUCT,
+        "admin_session_keepalive": _PRODUCT,
+        "admin_setting_toggled": _PRODUCT,
+        "admin_record_viewed": _PRODUCT,
+        "admin_role_changed": _COMPLIANCE_SECURITY,
+        "admin_permission_changed": _COMPLIANCE_SECURITY,
+        "admin_tenant_config_changed": _COMPLIANCE,
+        "admin_billing_changed": _COMPLIANCE,
+        "admin_subscription_changed": _COMPLIANCE,
+        "admin_data_export_requested": _EXPORT,
+        "admin_data_export_approved": _EXPORT,
+        "admin_impersonation_started": _COMPLIANCE_SECURITY,
+        "admin_account_locked": _COMPLIANCE_SECURITY,
+        "admin_account_deleted": _COMPLIANCE_SECURITY,
+    }
+)
+
+#: Admin events that must never reach the audit log (spec §2.1, §3.1).
+NEVER_AUDITED: frozenset[str] = frozenset(
+    t for t in ROUTES if t.startswith("admin_") and t not in COMPLIANCE_ACTIONS
+)
+
+
+# -- the pure functions -----------------------------------------------------------------
+def route(event: Mapping[str, Any]) -> frozenset[str]:
+    """Every destination of one decoded event (KeyError for a type outside the table)."""
+    return frozenset(t.destination for t in ROUTES[event["event_type"]] if t.applies(event))
+
+
+def possible_destinations(event_type: str) -> frozenset[str]:
+    """Every destination an event of this type can reach, whatever its fields."""
+    return frozenset(t.destination for t in ROUTES[event_type])
+
+
+def _static_sink_targets(event_type: str) -> tuple[str, ...] | None:
+    tos = [t for t in ROUTES[event_type] if t.destination in SINKS]
+    if any(t.when is not None for t in tos):
+        return None  # depends on the event's fields
+    return tuple(sorted(t.destination for t in tos))
+
+
+# Precomputed per type: the worker asks once per event on its hot path.
+_SINK_TARGETS: Mapping[str, tuple[str, ...] | None] = {t: _static_sink_targets(t) for t in ROUTES}
+
+
+def sink_targets(event: Mapping[str, Any]) -> tuple[str, ...]:
+    """The external sinks (not the OLAP) one event goes to."""
+    static = _SINK_TARGETS[event["event_type"]]
+    return static if static is not None else tuple(sorted(route(event) & SINKS))
+
+
+# -- applying it: fan events out to the configured sinks ---------------------------------
+class Router:
+    """Hands each decoded event to the sinks the table names; flushes them all at once.
+
+    A destination without a configured sink (e.g. no PostHog key) is skipped and counted,
+    so a deployment with nothing configured still runs (the OLAP path needs no sink).
+    """
+
+    def __init__(
+        self,
+        sinks: Mapping[str, Sequence[Sink]],
+        on_routed: Callable[[str, int], None] | None = None,
+    ) -> None:
+        unknown = set(sinks) - SINKS
+        if unknown:
+            raise ValueError(f"no such sink destination(s): {sorted(unknown)}")
+        self.sinks: dict[str, tuple[Sink, ...]] = {d: tuple(s) for d, s in sinks.items() if s}
+        self.unconfigured: dict[str, int] = {}
+        self._on_routed = on_routed
+        # Rejects of a flush whose checkpoint later failed: handed out again next time.
+        self._rejected: list[Rejected] = []
+
+    @property
+    def all_sinks(self) -> list[Sink]:
+        return [s for group in self.sinks.values() for s in group]
+
+    async def start(self) -> None:
+        for sink in self.all_sinks:
+            await sink.start()
+
+    def add(self, envelope: Envelope) -> None:
+        """Route one event to its sinks' buffers (never blocks, never sends)."""
+        for dest in sink_targets(envelope.record):
+            group = self.sinks.get(dest)
+            if group is None:
+                self.unconfigured[dest] = self.unconfigured.get(dest, 0) + 1
+                continue
+            for sink in group:
+                sink.write((envelope,))
+                if self._on_routed is not None:
+                    self._on_routed(sink.name, 1)
+
+    def write(self, envelopes: Iterable[Envelope]) -> None:
+        """Route a batch of events to their sinks' buffers (never blocks, never sends)."""
+        per_sink: dict[str, list[Envelope]] = {}
+        for env in envelopes:
+            for dest in sink_targets(env.record):
+                per_sink.setdefault(dest, []).append(env)
+        for dest, batch in per_sink.items():
+            group = self.sinks.get(dest)
+            if group is None:
+                self.unconfigured[dest] = self.unconfigured.get(dest, 0) + len(batch)
+                continue
+            for sink in group:
+                sink.write(batch)
+                if self._on_routed is not None:
+                    self._on_routed(sink.name, len(batch))
+
+    async def flush(self) -> list[Rejected]:
+        """Flush every sink concurrently; return the events some sink refused for good.
+
+        Raises :class:`SinkUnavailable` if any sink could not flush: then nothing of the
+        checkpoint may be acknowledged. Sinks that did flush keep nothing to resend.
+        """
+        sinks = self.all_sinks
+        results = await asyncio.gather(*(s.flush() for s in sinks), return_exceptions=True)
+        failures: list[str] = []
+        for sink, result in zip(sinks, results, strict=True):
+            if isinstance(result, BaseException):
+                if not isinstance(result, SinkUnavailable):
+                    log.exception("sink %s failed to flush", sink.name, exc_info=result)
+                failures.append(f"{sink.name}: {result}")
+            else:
+                self._rejected.extend(result)
+        if failures:
+            raise SinkUnavailable("; ".join(failures))
+        rejected, self._rejected = self._rejected, []
+        return rejected
+
+    def restore_rejected(self, rejected: Iterable[Rejected]) -> None:
+        """The checkpoint failed after a flush: dead-letter these on the next one."""
+        self._rejected[:0] = list(rejected)
+
+    def forget(self, tps: set[tuple[str, int]]) -> None:
+        """Drop buffered events of revoked partitions: their next owner routes them again."""
+        for sink in self.all_sinks:
+            sink.forget(tps)
+        self._rejected = [
+            r for r in self._rejected if (r.envelope.topic, r.envelope.partition) not in tps
+        ]
+
+    def buffered(self) -> dict[str, int]:
+        return {s.name: s.buffered() for s in self.all_sinks}
+
+    async def close(self) -> None:
+        for sink in self.all_sinks:
+            try:
+                await sink.close()
+            except Exception:  # closing must not stop the others from closing
+                log.exception("closing sink %s failed", sink.name)

@@ -1,0 +1,136 @@
+"""The contract every piece of per-partition state follows (pure logic, no I/O).
+
+A :class:`Component` owns one kind of state of one Kafka partition (email attribution,
+warm-up attribution, plan changes, the audit chain, ...). The engine feeds it decoded
+events and, at each checkpoint, asks it for what must be persisted:
+
+* **changelog entries** ``(key parts, value)``: enough to rebuild the state after a crash
+  or a rebalance (:meth:`Component.restore`, then :meth:`Component.restored`);
+* **OLAP rows** ``table -> {row key: value columns}``: absolute values, so rewriting a row
+  is harmless (tables are ReplacingMergeTree keyed on the row key).
+
+Why components look like this
+-----------------------------
+Delivery is at-least-once, so every component must make redelivery a no-op: state is a
+join-semilattice (merging is idempotent and commutative) or a set keyed by event id.
+Checkpoint order is changelog → OLAP → ack, and a checkpoint either completes or is
+handed back with :meth:`Component.requeue`; so a component learns that the previous
+checkpoint succeeded when it is asked to :meth:`Component.take` again without a requeue
+in between (the audit chain relies on that to mark its rows written).
+
+Several components may fill one table (``billing_analytics`` gets sends from email
+attribution and plan changes from business events): each declares the value columns it
+provides, and the engine joins their parts on the row key.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+RowKey = tuple
+ChangelogKey = list  # JSON-able key parts; the engine prefixes the component's tag
+ChangelogValue = list  # JSON-able; the engine prefixes the partition number
+
+
+@dataclass(frozen=True)
+class TablePart:
+    """The columns one component fills in one OLAP table.
+
+    ``versioned`` tables get ``updated`` and ``_version`` appended to every row (their rows
+    change over time; ReplacingMergeTree keeps the highest version). Immutable fact rows
+    (the audit chain) are not versioned: a rewrite is byte-identical.
+    """
+
+    table: str
+    key_columns: tuple[str, ...]
+    value_columns: tuple[str, ...]
+    versioned: bool = True
+
+
+@dataclass
+class Taken:
+    """What one component handed to one checkpoint (given back to it on failure)."""
+
+    changelog: list[tuple[ChangelogKey, ChangelogValue]] = field(default_factory=list)
+    rows: dict[str, dict[RowKey, tuple]] = field(default_factory=dict)
+    # component-private bookkeeping for requeue (which keys went out, ...)
+    token: Any = None
+
+    def empty(self) -> bool:
+        return not self.changelog and not any(self.rows.values())
+
+
+class Component(ABC):
+    """One kind of per-partition state. Not thread-safe: owned by the worker's loop."""
+
+    #: changelog key tag (``""``: untagged legacy keys, only the email state uses it)
+    tag: str = ""
+    #: taxonomy families whose events :meth:`apply` wants
+    families: frozenset[str] = frozenset()
+
+    @abstractmethod
+    def parts(self) -> tuple[TablePart, ...]:
+        """The OLAP tables (and columns) this component fills."""
+
+    @abstractmethod
+    def apply(self, event: Mapping) -> bool:
+        """Merge one decoded event of one of :attr:`families`; return True if anything changed.
+
+        Redelivery must be a no-op (and return False where the component can tell).
+        """
+
+    @abstractmethod
+    def take(self) -> Taken:
+        """Hand out everything changed since the last take (clears the dirty sets)."""
+
+    @abstractmethod
+    def requeue(self, taken: Taken) -> None:
+        """A checkpoint failed: mark what ``taken`` carried dirty again (current values win)."""
+
+    def value(self, table: str, key: RowKey) -> tuple:
+        """Current value columns of one row (for tables filled by several components)."""
+        raise KeyError(table)
+
+    # Optional hooks: components without changelog state (pure event → row mappings)
+    # keep the defaults.
+    def restore(self, key: ChangelogKey, value: ChangelogValue) -> None:  # noqa: B027
+        """Join one changelog entry (tag and partition already stripped) into the state."""
+
+    def restored(self) -> None:  # noqa: B027
+        """After a batch of :meth:`restore`: reconcile, and mark every row to be rewritten
+        (the OLAP may lag the changelog) without resending what came from the changelog."""
+
+    def stats(self) -> dict[str, int]:
+        """Sizes of the state, for ``sluice status``."""
+        return {}
+
+    def close(self) -> None:  # noqa: B027
+        """The partition moved away: release what the state holds outside the process."""
+
+
+class DirtyRows:
+    """Dirty row keys per table: the bookkeeping most components share."""
+
+    def __init__(self, tables: Iterable[str]) -> None:
+        self.keys: dict[str, set[RowKey]] = {t: set() for t in tables}
+
+    def add(self, table: str, key: RowKey) -> None:
+        self.keys[table].add(key)
+
+    def update(self, table: str, keys: Iterable[RowKey]) -> None:
+        self.keys[table].update(keys)
+
+    def take(self) -> dict[str, list[RowKey]]:
+        """Snapshot and clear, in a stable order (tidy inserts, stable tokens)."""
+        out = {t: sorted(keys, key=sort_key) for t, keys in self.keys.items() if keys}
+        for keys in self.keys.values():
+            keys.clear()
+        return out
+
+
+def sort_key(key: RowKey) -> tuple:
+    """Order row keys of mixed types (str, date, None) deterministically."""
+    return tuple("" if part is None else str(part) for part in key)

@@ -1,0 +1,211 @@
+"""The worker's HTTP endpoints (Faust's web server), and who may call them.
+
+* ``GET /sluice/status/`` — what the worker is doing, as JSON (open, read-only);
+* ``GET /metrics`` — Prometheus exposition of :mod:`streams.metrics` (open, read-only);
+* ``POST /sluice/query/`` ``{"sql": ...}`` — one read-only query on the worker's OLAP
+  store (chDB allows one process per store, so other processes read through here);
+* ``POST /sluice/olap/rows/`` ``{"table", "columns", "rows"}`` — rows ``sluice backfill``
+  recomputed, written into the store this worker owns (rollup tables only).
+
+The last two reveal and change data, so they always require ``Authorization: Bearer
+<token>``: ``SLUICE_API_TOKEN``, or (unset) a random token the worker writes to
+``SLUICE_DATA_DIR/api-token`` with mode 0600 at start-up, so only the worker's user (and
+the CLI it runs) can read it. The production profile refuses the second way unless the
+endpoint is bound to a loopback address. A refusal is 401 and one log line without the
+token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import os
+import secrets
+from typing import TYPE_CHECKING, Any
+
+from faust.web import View
+
+from sluice.olap import OlapError
+from sluice.olap.values import rows_to_json
+from sluice.settings import Settings
+from streams.metrics import CONTENT_TYPE_LATEST
+
+if TYPE_CHECKING:
+    from streams.worker import Worker
+
+log = logging.getLogger("sluice.web")
+
+MAX_BODY_BYTES = 64 * 1024 * 1024  # one backfill chunk of rows; queries are far smaller
+
+
+def status(worker: Worker) -> dict[str, Any]:
+    """The status document (``sluice status`` prints it)."""
+    engine = worker.engine
+    return {
+        "app_id": worker.settings.sluice_app_id,
+        "assigned": sorted(f"{tp.topic}:{tp.partition}" for tp in worker.app.consumer.assignment()),
+        "unflushed_events": worker.progress.unflushed,
+        "sinks": {
+            "buffered": worker.router.buffered(),
+            "unconfigured": worker.router.unconfigured,
+            # epoch seconds: last flush attempt / last batch a destination accepted
+            "last_flush": dict(worker.health.last_flush),
+            "last_delivery": dict(worker.health.last_delivery),
+        },
+        "dead_letters_by_reason": worker.health.dead_letter_counts(),
+        "partitions": {
+            p: {"emails": len(ps.email.emails), "positions": ps.positions}
+            for p, ps in sorted(engine.partitions.items())
+        },
+        "state_store": (
+            {"kind": "rocksdb", **engine.spill.stats()}
+            if engine.spill is not None
+            else {"kind": "memory"}
+        ),
+        **worker.stats,
+    }
+
+
+def metrics(worker: Worker) -> bytes:
+    """Prometheus exposition of the worker's health (gauges refreshed on scrape)."""
+    h = worker.health
+    h.pending.set(worker.progress.unflushed)
+    for sink, count in worker.router.buffered().items():
+        h.buffered.labels(sink).set(count)
+    consumer = worker.app.consumer
+    for tp in consumer.assignment():
+        if tp.topic not in worker.families:
+            continue  # changelogs are not ours
+        state = worker.engine.partitions.get(tp.partition)
+        position = state.positions.get(tp.topic) if state is not None else None
+        highwater = consumer.highwater(tp)
+        if highwater is not None and position is not None:
+            h.lag.labels(tp.topic, str(tp.partition)).set(max(0, highwater - position))
+    return h.exposition()
+
+
+def api_token(settings: Settings) -> str:
+    """The token the protected endpoints require (made and stored when not configured)."""
+    token = settings.api_token()
+    if token is not None:
+        return token
+    path = settings.api_token_file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(32)
+    # created 0600 (never world-readable, not even for a moment), replaced atomically
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(token + "\n")
+    os.replace(tmp, path)
+    log.info("no SLUICE_API_TOKEN: the query and rows endpoints use the token in %s", path)
+    return token
+
+
+def _authorized(view: View, request: Any) -> Any | None:
+    """None when the caller may proceed, else the 401 answer."""
+    expected = f"Bearer {view.app.sluice.api_token}".encode()
+    given = request.headers.get("Authorization", "").encode()
+    if hmac.compare_digest(given, expected):
+        return None
+    peer = request.remote or "?"
+    log.warning(
+        "refused %s %s from %s: %s",
+        request.method,
+        request.path,
+        peer,
+        "wrong bearer token" if given else "no bearer token",
+    )
+    return view.json({"error": "a valid bearer token is required"}, status=401)
+
+
+async def _json_body(view: View, request: Any) -> tuple[dict[str, Any] | None, Any | None]:
+    if (request.content_length or 0) > MAX_BODY_BYTES:
+        return None, view.json({"error": "request body too large"}, status=413)
+    try:
+        body = await request.json()
+    except Exception:
+        return None, view.json({"error": "the body must be a JSON object"}, status=400)
+    if not isinstance(body, dict):
+        return None, view.json({"error": "the body must be a JSON object"}, status=400)
+    return body, None
+
+
+def read_only_query(worker: Worker, sql: str) -> tuple[list[str], list[tuple]]:
+    head = sql.lstrip().split(None, 1)[0].upper() if sql.strip() else ""
+    if head not in {"SELECT", "SHOW", "DESCRIBE", "DESC", "EXISTS", "WITH", "EXPLAIN"}:
+        raise OlapError("only SELECT/SHOW/DESCRIBE/EXISTS/WITH queries")
+    return worker.olap.query(sql)
+
+
+class StatusView(View):
+    """GET /sluice/status/: what the worker is doing, as JSON."""
+
+    async def get(self, request: Any) -> Any:
+        return self.json(status(self.app.sluice))
+
+
+class MetricsView(View):
+    """GET /metrics: Sluice's own health for Prometheus (see :mod:`streams.metrics`)."""
+
+    async def get(self, request: Any) -> Any:
+        return self.bytes(metrics(self.app.sluice), content_type=CONTENT_TYPE_LATEST.split(";")[0])
+
+
+class QueryView(View):
+    """POST /sluice/query/ {"sql": ...}: one read-only query on the worker's OLAP store."""
+
+    async def post(self, request: Any) -> Any:
+        refused = _authorized(self, request)
+        if refused is not None:
+            return refused
+        body, bad = await _json_body(self, request)
+        if bad is not None:
+            return bad
+        worker = self.app.sluice
+        try:
+            columns, rows = await asyncio.get_running_loop().run_in_executor(
+                None, read_only_query, worker, str(body.get("sql", ""))
+            )
+        except OlapError as exc:
+            return self.json({"error": str(exc)}, status=400)
+        return self.json({"columns": columns, "rows": rows_to_json(rows)})
+
+
+class RowsView(View):
+    """POST /sluice/olap/rows/ {"table", "columns", "rows"}: ``sluice backfill`` writing
+    recomputed rollup rows into the store this worker owns (chDB allows one process)."""
+
+    async def post(self, request: Any) -> Any:
+        refused = _authorized(self, request)
+        if refused is not None:
+            return refused
+        body, bad = await _json_body(self, request)
+        if bad is not None:
+            return bad
+        from sluice.olap.values import rows_from_json
+        from streams.backfill import ROLLUP_TABLES
+
+        worker = self.app.sluice
+        table, columns = str(body.get("table", "")), list(body.get("columns") or [])
+        if table not in ROLLUP_TABLES:
+            return self.json({"error": f"{table!r} is not a rollup table"}, status=400)
+        if columns != worker.engine.columns(table):
+            return self.json(
+                {"error": f"columns of {table} do not match this worker's"}, status=400
+            )
+
+        def insert() -> int:
+            _, described = worker.olap.query(f"DESCRIBE TABLE {table}")
+            types = {name: kind for name, kind, *_ in described}
+            rows = rows_from_json([types[c] for c in columns], body.get("rows") or [])
+            if rows:
+                worker.olap.insert(table, columns, rows)
+            return len(rows)
+
+        try:
+            written = await asyncio.get_running_loop().run_in_executor(None, insert)
+        except (OlapError, ValueError, KeyError, TypeError) as exc:
+            return self.json({"error": str(exc)}, status=400)
+        return self.json({"written": written})

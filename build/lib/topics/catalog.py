@@ -1,0 +1,153 @@
+"""The topic catalog: every Kafka topic Sluice reads or writes, in one place.
+
+No other module spells a topic name: producers, the worker, the CLI and the tests look
+topics up here. The catalog is pure data built from three settings (topic prefix,
+partition count, app id), so it imports nothing of Sluice's and is the same wherever it
+is built: ``Catalog.from_settings(settings)``.
+
+Partitioning: every event topic has the same partition count and is keyed per family
+(:attr:`TopicSpec.key`, with the reason in :attr:`TopicSpec.key_reason`); the producer
+SDK and ``sluice produce`` take the key from here, with the Java-compatible murmur2
+partitioner, so services in any language agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from topics.taxonomy import FAMILIES
+
+DAY_MS = 24 * 3600 * 1000
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+# The name Faust gives the changelog of the worker's state table ("<app id>-<table>-changelog").
+STATE_TABLE = "email-state"
+
+
+class TopicSettings(Protocol):
+    """The settings the catalog depends on (a :class:`sluice.settings.Settings` has them)."""
+
+    sluice_topic_prefix: str
+    sluice_topic_partitions: int
+    sluice_app_id: str
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """One Kafka topic as Sluice wants it to exist."""
+
+    name: str
+    family: str | None
+    partitions: int
+    retention_ms: int | None
+    #: event fields whose values make the record key (joined with NUL), in order
+    key: tuple[str, ...] = ("tenant_id",)
+    key_reason: str = ""
+    schema: str | None = None
+    dlq: str | None = None
+    config: Mapping[str, str] = field(default_factory=dict)
+    description: str = ""
+
+    def topic_config(self) -> dict[str, str]:
+        """Broker-side topic configuration for ``AdminClient.create_topics``."""
+        retention = {} if self.retention_ms is None else {"retention.ms": str(self.retention_ms)}
+        return {**retention, **self.config}
+
+    def record_key(self, event: Mapping[str, Any]) -> bytes:
+        """The Kafka record key of one event of this topic's family."""
+        return "\x00".join(str(event[f]) for f in self.key).encode()
+
+
+# Why each family is keyed the way it is (the state that needs its events together).
+_TENANT_KEY = (
+    "its per-partition state merges by tenant (attribution records, the audit hash chain, "
+    "plan changes, incidents): every event of one tenant on one partition"
+)
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """Every topic of one deployment (prefix, partitions and app id fixed)."""
+
+    prefix: str = ""
+    partitions: int = 4
+    app_id: str = "sluice"
+
+    @classmethod
+    def from_settings(cls, settings: TopicSettings) -> Catalog:
+        return cls(
+            settings.sluice_topic_prefix, settings.sluice_topic_partitions, settings.sluice_app_id
+        )
+
+    def _name(self, base: str) -> str:
+        return f"{self.prefix}{base}"
+
+    @property
+    def dlq(self) -> TopicSpec:
+        """The dead-letter topic (record format: :mod:`topics.dead_letters`)."""
+        return TopicSpec(
+            name=self._name("events.dlq"),
+            family=None,
+            partitions=1,
+            # Dead letters are kept a month: time to notice, fix and replay them.
+            retention_ms=30 * DAY_MS,
+            key=(),
+            key_reason="the source record's key, unchanged",
+            config={"max.message.bytes": str(MAX_MESSAGE_BYTES)},
+            description="dead letters: raw bytes + headers sluice.reason, sluice.source.*",
+        )
+
+    @property
+    def changelog(self) -> TopicSpec:
+        """The worker's state changelog: compacted, one partition per event partition.
+
+        Faust names it after the app id and declares it itself if it is missing; created
+        here, it gets the compaction settings below from the start.
+        """
+        return TopicSpec(
+            name=f"{self.app_id}-{STATE_TABLE}-changelog",
+            family=None,
+            partitions=self.partitions,
+            retention_ms=None,  # compacted: the last value of every key is kept for good
+            key=(),
+            key_reason="state key (JSON), written to the partition whose events made it",
+            config={
+                "cleanup.policy": "compact",
+                "max.message.bytes": str(MAX_MESSAGE_BYTES),
+            },
+            description="the worker's state, compacted (restored after a restart or rebalance)",
+        )
+
+    def event_topics(self) -> list[TopicSpec]:
+        """Every topic that carries events, one per family of the taxonomy."""
+        return [self.for_family(family) for family in FAMILIES]
+
+    def for_family(self, family: str) -> TopicSpec:
+        """The topic that carries one event family."""
+        if family not in FAMILIES:
+            raise KeyError(f"{family!r} is not an event family")
+        return TopicSpec(
+            name=self._name(f"events.{family}"),
+            family=family,
+            partitions=self.partitions,
+            # Seven days: long enough for `sluice backfill` and for replays after an outage.
+            retention_ms=7 * DAY_MS,
+            key=("tenant_id",),
+            key_reason=_TENANT_KEY,
+            config={"max.message.bytes": str(MAX_MESSAGE_BYTES)},
+            schema=f"avro_schemas/{family}",
+            dlq=self._name("events.dlq"),
+            description=f"{family} events, Avro",
+        )
+
+    def families(self) -> dict[str, str]:
+        """Event topic name -> family."""
+        return {spec.name: spec.family for spec in self.event_topics() if spec.family}
+
+    def __iter__(self) -> Iterator[TopicSpec]:
+        """Every topic: the event topics, the dead letters, the changelog."""
+        yield from self.event_topics()
+        yield self.dlq
+        yield self.changelog
