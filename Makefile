@@ -43,7 +43,8 @@ test: setup                     ## the whole test suite (starts its own broker i
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/sluice olap lint sluice/olap/sql/*.sql
+	mkdir -p var && $(BIN)/sluice olap ddl > var/sluice-ddl.sql
+	$(BIN)/sluice olap lint var/sluice-ddl.sql
 
 bench: kafka                    ## limit, naive faust, Quix peer and the worker, one run (bench/)
 	$(BIN)/pip install -q -e '.[dev,bench]'

@@ -76,6 +76,18 @@ class Settings(BaseSettings):
     clickhouse_password: SecretStr | None = Field(
         None, description="ClickHouse password (overrides the URL's password)."
     )
+    clickhouse_cluster: str | None = Field(
+        None,
+        description="ClickHouse cluster name: `sluice olap migrate` then runs its DDL ON CLUSTER "
+        "with ReplicatedReplacingMergeTree tables ({shard}/{replica} macros) and inserts wait "
+        "for a quorum of replicas. One shard with replicas (see docs/operations.md).",
+    )
+    clickhouse_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="Timeout of one ClickHouse request (connect: a sixth of it, at most 5 s). "
+        "Reads from the query endpoint also stop on the server after SLUICE_QUERY_TIMEOUT_S.",
+    )
     clickhouse_ca_file: str | None = Field(
         None, description="PEM CA bundle to verify an https:// ClickHouse server."
     )

@@ -119,7 +119,7 @@ class Worker:
         """The OLAP store, opened and migrated on first use."""
         if self._olap is None:
             self._olap = open_store(self.settings)
-            migrate(self._olap)
+            migrate(self._olap, cluster=self.settings.clickhouse_cluster)
         return self._olap
 
     # -- the hot path -------------------------------------------------------------------

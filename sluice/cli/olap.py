@@ -44,13 +44,14 @@ def _store(s: Any) -> Any:
 
 @app.command("migrate")
 def migrate() -> None:
-    """Create or upgrade the OLAP tables (versioned, idempotent)."""
+    """Create or upgrade the OLAP tables (versioned, idempotent, one migrator at a time)."""
     from sluice.olap import OlapError
     from sluice.olap import migrate as apply
 
-    store = _store(settings())
+    s = settings()
+    store = _store(s)
     try:
-        applied = apply(store)
+        applied = apply(store, cluster=s.clickhouse_cluster)
     except OlapError as exc:
         raise fail(chdb_hint(str(exc))) from None
     if applied:
@@ -58,6 +59,22 @@ def migrate() -> None:
             out.print(f"applied  {m.version:03d}_{m.name}", highlight=False)
     else:
         out.print("up to date", highlight=False)
+
+
+@app.command("ddl")
+def ddl(
+    cluster: str | None = typer.Option(
+        None, "--cluster", help="Render for this cluster (default: CLICKHOUSE_CLUSTER, if set)."
+    ),
+) -> None:
+    """Print every migration's DDL, as `sluice olap migrate` would run it (nothing runs)."""
+    from sluice.olap.ddl import Target
+    from sluice.olap.migrations import available
+
+    target = Target(cluster if cluster is not None else settings().clickhouse_cluster)
+    for migration in available(target):
+        out.print(f"-- migration {migration.version:03d}_{migration.name}", highlight=False)
+        out.print(migration.sql, highlight=False, markup=False, soft_wrap=True, end="")
 
 
 def read(s: Any, sql: str) -> tuple[list[str], list]:

@@ -3,6 +3,21 @@
 
 chDB hosts one engine per process and its store is single-writer: the worker owns it.
 Other processes read through the worker's HTTP endpoint (see ``sluice olap query``).
+
+Written for a ClickHouse server, not for what chDB forgives:
+
+* every insert states its settings (:func:`insert_settings`): synchronous
+  (``async_insert=0``: an async insert ignores the deduplication token unless
+  ``async_insert_deduplicate`` is on and may acknowledge before the data is durable; the
+  worker already batches a whole checkpoint per insert, which is what async inserts are
+  for), deduplication on with a deterministic token, ``wait_end_of_query`` so an error is
+  never hidden behind a 200 already sent, and on a cluster ``insert_quorum='auto'`` (a
+  majority of replicas has the rows before the insert returns);
+* no HTTP session (``autogenerate_session_id=False``): sessions belong to one server, and
+  behind a load balancer the next request may reach another; nothing Sluice runs needs
+  session state;
+* timeouts (``CLICKHOUSE_TIMEOUT_S``) well under what a checkpoint can wait: a server that
+  stops answering fails the checkpoint, which is retried, instead of holding it.
 """
 
 from __future__ import annotations
@@ -54,14 +69,34 @@ def clickhouse_options(settings: Settings) -> dict[str, Any]:
 
 def open_store(settings: Settings) -> OlapClient:
     """The OLAP store the settings name (``CLICKHOUSE_URL`` with credentials and TLS)."""
-    return connect(settings.clickhouse_url, **clickhouse_options(settings))
+    return connect(
+        settings.clickhouse_url,
+        cluster=settings.clickhouse_cluster,
+        timeout_s=settings.clickhouse_timeout_s,
+        **clickhouse_options(settings),
+    )
 
 
-def connect(url: str, **options: Any) -> OlapClient:
+def insert_settings(token: str, cluster: str | None = None) -> dict[str, Any]:
+    """The settings of every insert (see the module docstring)."""
+    settings: dict[str, Any] = {
+        "async_insert": 0,
+        "insert_deduplicate": 1,
+        "insert_deduplication_token": token,
+    }
+    if cluster:
+        settings.update(insert_quorum="auto", insert_quorum_parallel=1)
+    return settings
+
+
+def connect(
+    url: str, *, cluster: str | None = None, timeout_s: float = 30.0, **options: Any
+) -> OlapClient:
     """Open the OLAP store named by ``url``.
 
     ``options`` go to clickhouse-connect for server URLs (credentials, TLS: see
-    :func:`clickhouse_options`); the embedded store ignores them.
+    :func:`clickhouse_options`); the embedded store ignores them. ``cluster``: the tables
+    are replicated on that cluster (inserts wait for a quorum).
     """
     try:
         path = chdb_path(url)
@@ -74,7 +109,15 @@ def connect(url: str, **options: Any) -> OlapClient:
                 raise OlapError(f"unsupported CLICKHOUSE_URL scheme {parsed.scheme!r}")
             # interface: clickhouse-connect takes TLS from the port (443/8443), not the
             # DSN's scheme, so https://host:8123 would otherwise be plain HTTP
-            client = clickhouse_connect.get_client(dsn=url, interface=parsed.scheme, **options)
+            client = clickhouse_connect.get_client(
+                dsn=url,
+                interface=parsed.scheme,
+                autogenerate_session_id=False,
+                connect_timeout=min(5.0, timeout_s / 6),
+                send_receive_timeout=timeout_s,
+                settings={"wait_end_of_query": 1},
+                **options,
+            )
     except OlapError:
         raise
     except Exception as exc:  # the drivers raise many kinds; one clear message here
@@ -83,7 +126,7 @@ def connect(url: str, **options: Any) -> OlapClient:
             if secret:
                 detail = detail.replace(secret, "***")
         raise OlapError(f"cannot open ClickHouse at {redact_url(url)}: {detail}") from None
-    return OlapClient(client, url)
+    return OlapClient(client, url, cluster)
 
 
 class OlapClient:
@@ -92,9 +135,10 @@ class OlapClient:
     Calls are serialized by a lock, so the worker may call from an executor thread.
     """
 
-    def __init__(self, client: Client, url: str) -> None:
+    def __init__(self, client: Client, url: str, cluster: str | None = None) -> None:
         self._client = client
         self.url = url
+        self.cluster = cluster
         self._lock = threading.Lock()
 
     @property
@@ -124,7 +168,7 @@ class OlapClient:
 
         The token is a hash of the table, columns and rows, so replaying the same flush
         (after a timeout whose insert in fact succeeded, say) is dropped by ClickHouse
-        (``non_replicated_deduplication_window`` is set on every catalog table).
+        (every catalog table keeps a deduplication window: :mod:`sluice.olap.ddl`).
         """
         if table not in OLAP_TABLES and table not in INTERNAL_TABLES:
             raise OlapError(f"refusing to write {table!r}: not in the OLAP catalog")
@@ -135,7 +179,7 @@ class OlapClient:
                     table,
                     rows,
                     column_names=list(columns),
-                    settings={"insert_deduplication_token": token},
+                    settings=insert_settings(token, self.cluster),
                 )
             except Exception as exc:
                 raise OlapError(f"insert into {table} failed: {exc}") from exc

@@ -5,6 +5,7 @@ RocksDB nor chDB."""
 from __future__ import annotations
 
 import email
+import shutil
 import subprocess
 import sys
 import venv
@@ -20,9 +21,20 @@ HEAVY = ("faust", "rocksdict", "chdb", "clickhouse", "pandas", "pyarrow", "aioka
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The wheel, built from the files git tracks (a copy: pip builds in-tree)."""
+    tracked = (
+        subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True)
+        .stdout.decode()
+        .split("\0")
+    )
+    source = tmp_path_factory.mktemp("source")
+    for name in filter(None, tracked):
+        if (REPO / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, source / name)
     out = tmp_path_factory.mktemp("wheel")
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(REPO)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(source)],
         check=True,
         timeout=300,
     )

@@ -1,1 +1,0 @@
-"""Sinks: one module per external system, behind one small protocol (:mod:`sinks.base`)."""
