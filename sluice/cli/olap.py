@@ -128,21 +128,25 @@ def query(
 @app.command("lint")
 def lint(
     files: list[Path] = typer.Argument(..., help="SQL files with CREATE TABLE proposals."),
+    strict: bool = typer.Option(False, "--strict", help="Fail on warnings too."),
 ) -> None:
     """Check OLAP table proposals against the design rules (spec §5).
 
-    Prints one line per problem, naming the rule broken, and exits 1; prints "ok" and
-    exits 0 when every table is fit for the lean OLAP.
+    Prints one line per problem (``FILE:LINE: error|warning [rule] ...``) and a summary.
+    Exits 1 if any error breaks the boundary; warnings (house conventions) exit 0 unless
+    ``--strict``. Prints "ok" when every table is fit for the lean OLAP.
     """
-    from sluice.olap.lint import lint_file
+    try:
+        from sluice.olap.lint import lint_paths
+    except ImportError as exc:
+        raise needs("olap", exc) from None
 
-    problems: list[str] = []
     for path in files:
         if not path.is_file():
             raise fail(f"{path}: no such file", code=2)
-        problems.extend(lint_file(path))
-    for line in problems:
+    report = lint_paths(files, strict=strict)
+    for line in report.lines:
         out.print(line, highlight=False, markup=False, soft_wrap=True)
-    if problems:
-        raise typer.Exit(1)
-    out.print("ok", highlight=False)
+    out.print(report.summary(), highlight=False, markup=False)
+    if report.exit_code:
+        raise typer.Exit(report.exit_code)

@@ -57,6 +57,7 @@ class Table:
     versioned: bool = True
     deleted: str | None = None
     view_where: str | None = None
+    comment_since: int | None = None  # the migration that set ``comment`` (None: with the table)
 
     def __post_init__(self) -> None:
         names = list(self.columns)
@@ -101,6 +102,12 @@ class Table:
     def column_since(self, column: Column) -> int:
         return column.since or self.since
 
+    def comment_at(self, version: int | None) -> str | None:
+        """The table comment as of migration ``version`` (None: the latest)."""
+        if version is not None and (self.comment_since or self.since) > version:
+            return None
+        return self.comment
+
 
 _TABLES: tuple[Table, ...] = (
     Table(
@@ -135,7 +142,8 @@ _TABLES: tuple[Table, ...] = (
             Column("spam_complaints", "UInt64", "of those, distinct emails reported as spam"),
         ),
         partition_by="toYYYYMM(day)",
-        comment=None,
+        comment="Per campaign per UTC send day email outcomes (distinct emails, the spec's ETL); aggregate, customer-facing analytics",
+        comment_since=4,
     ),
     Table(
         name="mailbox_analytics",

@@ -89,9 +89,18 @@ def create_table(table: Table, target: Target, version: int | None = None) -> st
         )
     else:
         lines.append(f"SETTINGS non_replicated_deduplication_window = {DEDUP_BLOCKS}")
-    if table.comment:
-        lines.append(f"COMMENT {quote_string(table.comment)}")
+    comment = table.comment_at(version)
+    if comment:
+        lines.append(f"COMMENT {quote_string(comment)}")
     return "\n".join(lines)
+
+
+def modify_comment(table: Table, target: Target) -> str:
+    """``ALTER TABLE ... MODIFY COMMENT`` for a comment set after the table."""
+    return (
+        f"ALTER TABLE {table.name}{target.on_cluster} MODIFY COMMENT "
+        f"{quote_string(table.comment or '')}"
+    )
 
 
 def add_column(table: Table, column: Column, target: Target) -> str:

@@ -29,7 +29,14 @@ from dataclasses import dataclass
 
 from sluice.olap.catalog import OLAP_TABLES, Table
 from sluice.olap.client import OlapClient, OlapError
-from sluice.olap.ddl import Target, add_column, bookkeeping, create_table, create_view
+from sluice.olap.ddl import (
+    Target,
+    add_column,
+    bookkeeping,
+    create_table,
+    create_view,
+    modify_comment,
+)
 
 log = logging.getLogger("sluice.olap.migrations")
 
@@ -38,6 +45,7 @@ VERSIONS: dict[int, str] = {
     1: "campaign_analytics",
     2: "email_and_billing_analytics",
     3: "compliance_and_system_events",
+    4: "campaign_analytics_comment",
 }
 
 #: version -> (checksum of the hand-written file it was, checksum of its rendering)
@@ -86,6 +94,8 @@ class Migration:
             if added:
                 out += [add_column(table, c, target) for c in added]
                 out.append(create_view(table, target, self.version, replace=True))
+            if table.since < self.version and table.comment_since == self.version:
+                out.append(modify_comment(table, target))
         return out
 
     @property

@@ -3,6 +3,7 @@ CREATE TABLE admin_audit_log
     tenant_id String COMMENT 'tenant',
     seq       UInt64 COMMENT 'sequence',
     action    String COMMENT 'what',
+    actor     String COMMENT 'who',
     occurred_at DateTime64(3, 'UTC') COMMENT 'when'
 )
 ENGINE = ReplacingMergeTree
