@@ -33,6 +33,9 @@ checkpoint flushes every sink first and commits nothing unless all of them made 
 events durable; an event a sink refused for good (e.g. HTTP 400) is dead-lettered with
 stage = the sink's name before the commit. A sink that stays down fails the checkpoint,
 so events pile up only to ``MAX_PENDING`` (then the reader stops taking: backpressure).
+A sink whose destination refuses Sluice (401/403) stops its route instead, as
+``SINK_ON_REFUSED`` says: its events dead-lettered (``destination_refused``) while the
+checkpoint commits, or held, in which case the checkpoint fails before its snapshot.
 
 Before a rebalance revokes partitions, and before shutdown, Faust calls
 ``_consumer_wait_empty``; Sluice stops reading and checkpoints there, so a SIGTERM or a
@@ -53,7 +56,7 @@ from confluent_kafka import Message
 from faust.types import TP
 from faust.web import View
 
-from sinks.base import Envelope, Rejected
+from sinks.base import DESTINATION_REFUSED, Envelope, Rejected
 from sinks.dlq import dead_letter_headers
 from sinks.health import CONTENT_TYPE_LATEST, HealthMetrics
 from sinks.registry import build_sinks
@@ -106,6 +109,8 @@ class Worker:
         self.router = Router(
             build_sinks(settings, self.health.observer()),
             on_routed=lambda sink, n: self.health.routed.labels(sink).inc(n),
+            on_refused=settings.sink_on_refused,
+            on_refused_by_sink=settings.sink_on_refused_by_sink,
         )
         self.families = {spec.name: spec.family for spec in event_topics()}
         # one past the last offset applied per source partition, this generation only
@@ -330,15 +335,16 @@ class Worker:
         env = rejected.envelope
         self.stats["dead_letters"] += 1
         self.health.dead_letters.labels(rejected.sink, rejected.reason).inc()
-        # reason only: a destination's error text may echo the event back
-        log.warning(
-            "dead letter %s[%s]@%s: %s refused it: %s",
-            env.topic,
-            env.partition,
-            env.offset,
-            rejected.sink,
-            rejected.reason,
-        )
+        if rejected.reason != DESTINATION_REFUSED:  # those: one line per sink and interval
+            # reason only: a destination's error text may echo the event back
+            log.warning(
+                "dead letter %s[%s]@%s: %s refused it: %s",
+                env.topic,
+                env.partition,
+                env.offset,
+                rejected.sink,
+                rejected.reason,
+            )
         await self.dlq.send(
             key=env.key,
             value=env.value,
@@ -383,6 +389,12 @@ class Worker:
                 except Exception as exc:
                     return self._failed(exc)
                 self._unwritten = {}
+            if self.router.held():
+                # A paused route (docs/sinks.md): nothing could be committed, so fail before
+                # the snapshot (no busy work); the router reports it once per interval.
+                self.health.checkpoint_failures.inc()
+                self.stats["checkpoint_failures"] += 1
+                return False
             async with self._ckpt_lock:
                 ckpt = self.engine.snapshot()
                 for event_type, n in self.engine.take_late().items():
@@ -509,6 +521,7 @@ class Worker:
             "unflushed_events": self.unflushed,
             "sinks": {
                 "buffered": self.router.buffered(),
+                "states": self.router.states(),  # ok | retrying | refused, and why
                 "unconfigured": self.router.unconfigured,
                 # epoch seconds: last flush attempt / last batch a destination accepted
                 "last_flush": dict(self.health.last_flush),
