@@ -8,15 +8,32 @@ Errors::
 
     Exception
     └── SinkError
-        ├── TransientError   try again later: 5xx, 408, 429, 401/403 (a key being rotated
-        │                    must not dead-letter the stream), timeouts, refused or reset
-        │                    connections. ``retry_after``: seconds the destination asked for.
+        ├── TransientError   try again later: 5xx, 408, 425, 429, timeouts, refused or
+        │   │                reset connections. ``retry_after``: seconds the destination
+        │   │                asked for.
+        │   └── DestinationRefused  401/403/407: the destination refuses *Sluice* (a key
+        │                    revoked, mistyped or lacking a scope), not the events. Retried
+        │                    like a transient error for ``RetryPolicy.refused_after_s`` (a
+        │                    key being rotated); after that the sink is *refused* (below).
         ├── PermanentError   this request will never be accepted as is (other 4xx).
         │                    A batch is split in halves until the bad events are alone;
         │                    each is then *rejected* (→ ``events.dlq``, stage = sink name).
         └── SinkUnavailable  raised by ``flush``: a transient failure outlived the flush
-                             deadline. Nothing is lost: the batches stay buffered, the
-                             checkpoint fails (nothing acked), the next one retries.
+            │                deadline. Nothing is lost: the batches stay buffered, the
+            │                checkpoint fails (nothing acked), the next one retries.
+            └── SinkRefused  raised by ``flush`` at once while the sink is refused.
+
+States (:class:`SinkState`, ``/sluice/status/`` → ``sinks.states``)::
+
+    ok ──transient failure──▶ retrying ──2xx──▶ ok
+    ok / retrying ──refused for refused_after_s──▶ refused ──a probe answered 2xx──▶ ok
+
+A *refused* sink sends nothing but one probe (its oldest batch, one attempt, no retry)
+every ``refused_probe_s``; its ``flush`` raises :class:`SinkRefused` without waiting, so
+no checkpoint waits for a destination that will not take anything. What happens to its
+events is the route's decision (:class:`streams.routing.Router`): held (the checkpoint
+fails: no commit, backpressure) or handed over by :meth:`BatchingSink.park` to the
+dead-letter topic with reason ``destination_refused``, for ``sluice dlq replay``.
 
 Memory stays bounded because the worker stops taking events when too many are
 unacknowledged, and a sink only buffers events the worker has not acknowledged.
@@ -27,11 +44,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
 import time
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any, Protocol, runtime_checkable
 
@@ -63,20 +81,38 @@ class Rejected:
 
 # -- errors ------------------------------------------------------------------------------
 class SinkError(Exception):
-    """Base of every sink error. ``reason`` is a short stable code (a metric label)."""
+    """Base of every sink error. ``reason`` is a short stable code (a metric label);
+    ``status`` the HTTP status behind it, if any."""
 
-    def __init__(self, reason: str, detail: str = "") -> None:
+    def __init__(self, reason: str, detail: str = "", status: int | None = None) -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
+        self.status = status
 
 
 class TransientError(SinkError):
     """The same request may succeed later."""
 
-    def __init__(self, reason: str, detail: str = "", retry_after: float | None = None) -> None:
-        super().__init__(reason, detail)
+    def __init__(
+        self,
+        reason: str,
+        detail: str = "",
+        retry_after: float | None = None,
+        status: int | None = None,
+    ) -> None:
+        super().__init__(reason, detail, status)
         self.retry_after = retry_after
+
+
+class DestinationRefused(TransientError):
+    """The destination refuses Sluice itself (401/403/407): no request of this sink can
+    succeed until an operator fixes the credentials or the destination's permissions.
+
+    A subclass of :class:`TransientError` because it is not the events' fault (never a
+    per-event rejection) and it may succeed later; the sink retries it only for
+    ``RetryPolicy.refused_after_s``, then stops asking (see the module docstring).
+    """
 
 
 class PermanentError(SinkError):
@@ -88,6 +124,61 @@ class SinkUnavailable(SinkError):
 
     def __init__(self, detail: str) -> None:
         super().__init__("unavailable", detail)
+
+
+class SinkRefused(SinkUnavailable):
+    """``flush`` of a refused sink: nothing was sent (or one probe was refused again).
+
+    Its events stay buffered; the router either holds them (the checkpoint fails) or
+    takes them with :meth:`BatchingSink.park` for the dead-letter topic.
+    """
+
+    def __init__(self, sink: str, refusal: SinkError) -> None:
+        # redacted: this message reaches the worker's checkpoint-failure log line
+        super().__init__(f"{sink}: refused by its destination: {redact(str(refusal))}")
+        self.reason = "refused"
+        self.sink = sink
+        self.refusal = refusal
+
+
+#: The dead letters' reason for the events of a refused sink whose route dead-letters.
+DESTINATION_REFUSED = "destination_refused"
+
+# -- what a sink reports about itself -----------------------------------------------------
+OK, RETRYING, REFUSED = "ok", "retrying", "refused"
+
+# Token-shaped words (API keys, HEC tokens, JWTs: 20+ characters mixing letters and
+# digits): a destination's error text may echo a credential back, and that text reaches
+# logs, /sluice/status/ and dead-letter headers. Words and codes without digits stay.
+_TOKEN_CHAR = r"[\w\-+/=.]"
+_SECRETISH = re.compile(
+    rf"(?<!{_TOKEN_CHAR})(?={_TOKEN_CHAR}*\d)(?={_TOKEN_CHAR}*[A-Za-z]){_TOKEN_CHAR}{{20,}}"
+)
+
+
+def redact(text: str, limit: int = 200) -> str:
+    """``text`` without anything shaped like a credential, at most ``limit`` characters."""
+    return _SECRETISH.sub("[redacted]", text)[:limit]
+
+
+@dataclass(frozen=True, slots=True)
+class SinkState:
+    """Where a sink stands with its destination (JSON-able with :meth:`as_dict`)."""
+
+    state: str  # ok | retrying | refused
+    since: float  # epoch seconds: when this state began (ok: since the sink was built)
+    status: int | None = None  # HTTP status of the last failure (None: none, or no HTTP)
+    reason: str = ""  # the last failure's reason code
+    detail: str = ""  # the last failure's text, credentials redacted
+    refused_requests: int = 0  # requests the destination refused (401/403/407) so far
+    next_probe_in_s: float | None = None  # refused: seconds until the next probe may go
+
+    @property
+    def probe_due(self) -> bool:
+        return self.next_probe_in_s is not None and self.next_probe_in_s <= 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 # -- the protocol ------------------------------------------------------------------------
@@ -118,6 +209,13 @@ class Sink(Protocol):
     def buffered(self) -> int:
         """Events buffered and not yet durable."""
 
+    def state(self) -> SinkState:
+        """Where the sink stands with its destination (ok, retrying, refused)."""
+
+    def park(self) -> list[Rejected]:
+        """Hand over every buffered event as refused (reason ``destination_refused``),
+        with the events already rejected; called after ``flush`` raised SinkRefused."""
+
 
 class SinkObserver(Protocol):
     """Where sinks report what they do (the worker's Prometheus metrics)."""
@@ -127,6 +225,8 @@ class SinkObserver(Protocol):
     def rejected(self, sink: str, reason: str, count: int) -> None: ...
     def skipped(self, sink: str, event_type: str, why: str) -> None: ...
     def flushed(self, sink: str, seconds: float) -> None: ...
+    def refused(self, sink: str, reason: str) -> None: ...
+    def state(self, sink: str, state: str) -> None: ...
 
 
 class NullObserver:
@@ -137,6 +237,8 @@ class NullObserver:
     def rejected(self, sink: str, reason: str, count: int) -> None: ...
     def skipped(self, sink: str, event_type: str, why: str) -> None: ...
     def flushed(self, sink: str, seconds: float) -> None: ...
+    def refused(self, sink: str, reason: str) -> None: ...
+    def state(self, sink: str, state: str) -> None: ...
 
 
 # -- retries -----------------------------------------------------------------------------
@@ -149,6 +251,10 @@ class RetryPolicy:
     retrying the same outage do not all come back at the same instant. A destination's
     ``Retry-After`` is a floor (itself capped at ``max_retry_after_s``, so a bogus
     header cannot park a sink for a day).
+
+    A refusal (401/403/407) is retried like that for ``refused_after_s`` (a key being
+    rotated, a destination's auth hiccup); past it the sink is *refused* and sends one
+    probe every ``refused_probe_s`` instead of retrying.
     """
 
     initial_s: float = 0.2
@@ -156,6 +262,8 @@ class RetryPolicy:
     multiplier: float = 2.0
     jitter: float = 0.1
     max_retry_after_s: float = 300.0
+    refused_after_s: float = 60.0
+    refused_probe_s: float = 30.0
 
     def delay(
         self,
@@ -235,6 +343,17 @@ class BatchingSink(ABC):
         self._pump: asyncio.Task[None] | None = None
         self._pump_paused = False
         self._not_before = 0.0  # monotonic: a Retry-After applies to every request
+        # where the sink stands with its destination (SinkState)
+        self._state = OK
+        self._since = time.time()
+        # (reason, detail, status) of the last failed request and of the last refusal:
+        # facts, not exception objects, whose tracebacks would pin a whole batch
+        self._failure: tuple[str, str, int | None] | None = None
+        self._refusal: tuple[str, str, int | None] = (DESTINATION_REFUSED, "", None)
+        self._refusing_since: float | None = None  # monotonic: first of this run of refusals
+        self._next_probe = 0.0  # monotonic: a refused sink sends nothing before this
+        self._refused_requests = 0
+        self.observer.state(self.name, OK)  # every sink's gauge exists from the start
 
     # -- what subclasses write -------------------------------------------------------------
     @abstractmethod
@@ -301,6 +420,8 @@ class BatchingSink(ABC):
         self._open = [e for e in self._open if keep(e)]
         for batch in self._queue:
             batch.entries = [e for e in batch.entries if keep(e)]
+        # an emptied batch would still be sent (or, refused, hold a checkpoint for nothing)
+        self._queue = deque(b for b in self._queue if b.entries)
         self._rejected = [
             r for r in self._rejected if (r.envelope.topic, r.envelope.partition) not in tps
         ]
@@ -308,7 +429,81 @@ class BatchingSink(ABC):
     def buffered(self) -> int:
         return len(self._open) + sum(len(b.entries) for b in self._queue) + self._sending
 
+    def state(self) -> SinkState:
+        reason, detail, status = self._failure or ("", "", None)
+        return SinkState(
+            state=self._state,
+            since=self._since,
+            status=status,
+            reason=reason,
+            detail=redact(detail),
+            refused_requests=self._refused_requests,
+            next_probe_in_s=(
+                round(max(0.0, self._next_probe - time.monotonic()), 3)
+                if self._state == REFUSED
+                else None
+            ),
+        )
+
+    def park(self) -> list[Rejected]:
+        """Hand over every buffered event as refused by the destination, and what was
+        rejected already: the route dead-letters them instead of holding them.
+
+        Call it right after :meth:`flush` raised :class:`SinkRefused`: nothing is in flight
+        then (a refused sink starts no background send before its next probe), so
+        everything buffered is handed over exactly once. An aggregating sink
+        (``splittable = False``) keeps the events in its aggregate: its next accepted
+        request carries them anyway.
+        """
+        self._seal(kick=False)
+        detail = redact(str(self._refused()), 2000)
+        parked = [
+            Rejected(env, self.name, DESTINATION_REFUSED, detail)
+            for batch in self._queue
+            for env, _ in batch.entries
+        ]
+        self._queue.clear()
+        rejected, self._rejected = self._rejected + parked, []
+        return rejected
+
     # -- internals ---------------------------------------------------------------------------
+    def _set_state(self, state: str) -> None:
+        if state != self._state:
+            self._state, self._since = state, time.time()
+            self.observer.state(self.name, state)
+
+    def _refused(self) -> DestinationRefused:
+        """A fresh error for the last refusal (raised where no request is sent)."""
+        reason, detail, status = self._refusal
+        return DestinationRefused(reason, detail, status=status)
+
+    def _request_accepted(self) -> None:
+        """A request got a 2xx: whatever was wrong is over."""
+        self._refusing_since = None
+        self._set_state(OK)
+
+    def _request_failed(self, exc: TransientError) -> None:
+        """A request failed in a way that may pass: ok → retrying, or past the grace of a
+        run of refusals, → refused (and the first probe waits one probe interval)."""
+        self._failure = (exc.reason, exc.detail, exc.status)
+        if isinstance(exc, DestinationRefused):
+            self._refusal = self._failure
+            self._refused_requests += 1
+            self.observer.refused(self.name, exc.reason)
+            now = time.monotonic()
+            if self._refusing_since is None:
+                self._refusing_since = now
+            if self._state != REFUSED and now - self._refusing_since >= self.policy.refused_after_s:
+                self._next_probe = now + self.policy.refused_probe_s
+                self._set_state(REFUSED)
+                return
+        if self._state == OK:
+            self._set_state(RETRYING)
+
+    def _may_send(self) -> bool:
+        """False while refused and no probe is due (no background send is started)."""
+        return self._state != REFUSED or time.monotonic() >= self._next_probe
+
     def _seal(self, kick: bool = True) -> None:
         if self._open:
             self._seq += 1
@@ -323,6 +518,7 @@ class BatchingSink(ABC):
             self._pump_paused
             or not self._queue
             or (self._pump is not None and not self._pump.done())
+            or not self._may_send()  # refused: the next flush (or due probe) decides
         ):
             return
         try:
@@ -334,6 +530,8 @@ class BatchingSink(ABC):
     async def _background(self) -> None:
         try:
             await self._drain(time.monotonic() + self.limits.flush_deadline_s, upto=None)
+        except SinkRefused:
+            pass  # reported by the router, once per interval: never a line per batch
         except SinkUnavailable as exc:
             # Not an error yet: the batches are queued again and flush() will retry.
             log.warning(
@@ -345,10 +543,13 @@ class BatchingSink(ABC):
         running: set[asyncio.Task[None]] = set()
         failure: BaseException | None = None
         while True:
+            # A refused sink sends one batch at a time: the first is the probe, and the
+            # others only go once it was accepted.
+            in_flight = 1 if self._state == REFUSED else self.limits.max_in_flight
             while (
                 self._queue
                 and failure is None
-                and len(running) < self.limits.max_in_flight
+                and len(running) < in_flight
                 and (upto is None or self._queue[0].seq <= upto)
                 and not (upto is None and self._pump_paused)
             ):
@@ -361,8 +562,10 @@ class BatchingSink(ABC):
                 if exc is not None and failure is None:
                     failure = exc
         if failure is not None:
+            if isinstance(failure, SinkError) and self._state == REFUSED:
+                raise SinkRefused(self.name, self._refused()) from None
             if isinstance(failure, SinkError):
-                raise SinkUnavailable(f"{self.name}: {failure}") from failure
+                raise SinkUnavailable(f"{self.name}: {redact(str(failure), 400)}") from failure
             raise failure
 
     async def _deliver(self, batch: _Batch, deadline: float) -> None:
@@ -397,6 +600,14 @@ class BatchingSink(ABC):
         items = [item for _, item in entries]
         attempt = 0
         while True:
+            probing = self._state == REFUSED
+            if probing:
+                # A refused sink asks once per probe interval, with a real batch (which
+                # is then delivered if accepted), and never retries the probe.
+                now = time.monotonic()
+                if now < self._next_probe:
+                    raise self._refused()
+                self._next_probe = now + self.policy.refused_probe_s
             wait = self._not_before - time.monotonic()
             if wait > 0:
                 if time.monotonic() + wait > deadline:
@@ -404,8 +615,10 @@ class BatchingSink(ABC):
                 await asyncio.sleep(wait)
             try:
                 await self.send(items)
-                return
             except TransientError as exc:
+                self._request_failed(exc)
+                if probing or self._state == REFUSED:
+                    raise  # refused for good now: stop asking until the next probe
                 self.observer.retried(self.name, exc.reason)
                 delay = self.policy.delay(attempt, exc.retry_after)
                 if exc.retry_after:
@@ -417,6 +630,9 @@ class BatchingSink(ABC):
                 )
                 await asyncio.sleep(delay)
                 attempt += 1
+            else:
+                self._request_accepted()
+                return
 
     def _reject(self, entries: Iterable[tuple[Envelope, Any]], exc: SinkError) -> None:
         rejected = [Rejected(env, self.name, exc.reason, exc.detail) for env, _ in entries]

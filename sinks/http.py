@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import requests
 
-from sinks.base import PermanentError, TransientError, parse_retry_after
+from sinks.base import DestinationRefused, PermanentError, TransientError, parse_retry_after
 
 T = TypeVar("T")
 
@@ -31,9 +31,13 @@ async def in_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     return await loop.run_in_executor(_THREADS, functools.partial(fn, *args, **kwargs))
 
 
-# Statuses worth retrying. 401/403 too: a rotated or mistyped key is fixed by an operator,
-# and dead-lettering the whole stream meanwhile would be worse than waiting.
-RETRYABLE = frozenset({401, 403, 408, 425, 429})
+# The destination refuses Sluice, not the events: a key revoked, mistyped or lacking a
+# scope (401, 403), or a proxy's credentials (407). Rejecting events one by one for it
+# would flood the DLQ; retrying it forever would stall every route behind backpressure.
+# The sink retries it for a grace period, then stops asking (sinks.base, "refused").
+REFUSING = frozenset({401, 403, 407})
+# Statuses worth retrying as they are.
+RETRYABLE = frozenset({408, 425, 429})
 
 
 def raise_for_status(status: int, retry_after: float | None = None, text: str = "") -> None:
@@ -41,9 +45,11 @@ def raise_for_status(status: int, retry_after: float | None = None, text: str = 
     if 200 <= status < 300:
         return
     detail = f"HTTP {status} {text[:300]}".strip()
+    if status in REFUSING:
+        raise DestinationRefused(f"http_{status}", detail, retry_after, status=status)
     if status >= 500 or status in RETRYABLE:
-        raise TransientError(f"http_{status}", detail, retry_after)
-    raise PermanentError(f"http_{status}", detail)
+        raise TransientError(f"http_{status}", detail, retry_after, status=status)
+    raise PermanentError(f"http_{status}", detail, status=status)
 
 
 def new_session() -> requests.Session:

@@ -32,7 +32,12 @@ def parse_headers(value: str | None) -> dict[str, str]:
 def build_sinks(settings: Settings, observer: SinkObserver | None = None) -> dict[str, list[Sink]]:
     """Destination name (see :mod:`streams.routing`) → the sinks serving it."""
     s = settings
-    policy = RetryPolicy(initial_s=s.sink_retry_initial_s, max_s=s.sink_retry_max_s)
+    policy = RetryPolicy(
+        initial_s=s.sink_retry_initial_s,
+        max_s=s.sink_retry_max_s,
+        refused_after_s=s.sink_refused_after_s,
+        refused_probe_s=s.sink_refused_probe_s,
+    )
 
     def limits(max_events: int) -> BatchLimits:
         return BatchLimits(

@@ -24,6 +24,10 @@ QUERY_PATH = "/sluice/query/"
 ROWS_PATH = "/sluice/olap/rows/"
 METRICS_PATH = "/metrics"
 
+#: The sinks' names (``sinks/registry.py`` builds them; a unit test keeps the two in step).
+SINK_NAMES = frozenset({"posthog", "observability", "siem.syslog", "siem.hec"})
+OnRefused = Literal["dead_letter", "pause"]
+
 
 class Settings(BaseSettings):
     """Sluice configuration (see the README's configuration reference)."""
@@ -164,6 +168,30 @@ class Settings(BaseSettings):
     sink_linger_s: float = Field(
         1.0, gt=0, description="Longest a partly filled sink batch waits before it is sent."
     )
+    sink_on_refused: OnRefused = Field(
+        "dead_letter",
+        description="What a route does while its destination refuses Sluice for good "
+        "(401/403/407, e.g. a revoked key): `dead_letter` sends its events to events.dlq "
+        "(reason destination_refused, replay them once fixed) and every other route flows "
+        "on; `pause` holds them, commits nothing and stops consuming at the pending limit.",
+    )
+    sink_on_refused_by_sink: dict[str, OnRefused] = Field(
+        default_factory=dict,
+        description='Per-sink override of SINK_ON_REFUSED, JSON: {"siem.hec": "pause"}. '
+        "Sinks: posthog, observability, siem.syslog, siem.hec.",
+    )
+    sink_refused_after_s: float = Field(
+        60.0,
+        ge=0,
+        description="How long a destination's refusals (401/403/407) are retried like "
+        "transient errors (a key being rotated) before the sink counts as refused.",
+    )
+    sink_refused_probe_s: float = Field(
+        30.0,
+        gt=0,
+        description="A refused sink sends one batch (a probe, never retried) this often; "
+        "the first accepted one ends the refusal without a restart.",
+    )
     sluice_attribution_window_days: float | None = Field(
         None,
         gt=0,
@@ -231,6 +259,14 @@ class Settings(BaseSettings):
                 raise ValueError(f"{event_type!r} is not an event type of the taxonomy")
             if not 0.0 <= rate <= 1.0:
                 raise ValueError(f"rate of {event_type} must be within [0, 1], got {rate}")
+        return value
+
+    @field_validator("sink_on_refused_by_sink")
+    @classmethod
+    def _check_on_refused_sinks(cls, value: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(value) - SINK_NAMES)
+        if unknown:
+            raise ValueError(f"no such sink(s) {unknown}: sinks are {sorted(SINK_NAMES)}")
         return value
 
     @field_validator("sluice_schema_dir")

@@ -8,7 +8,9 @@ what it applied since the last checkpoint, then commits the offsets that covers:
    are in (resending the changelog on every retry would flood it while ClickHouse is down);
 1. **snapshot**, under the state lock: the changed state (changelog entries and OLAP
    rows), the offsets applied, the count of events since the last checkpoint. Everything
-   after runs without the lock, while the hot loop applies the next batches;
+   after runs without the lock, while the hot loop applies the next batches. No snapshot
+   while a paused route holds events (a destination refused Sluice, ``pause`` policy):
+   nothing could be committed;
 2. **sinks flushed**: every routed event durable at its destination; events a
    destination refused for good are dead-lettered (stage = the sink);
 3. **changelog** written and flushed (the state survives a crash from here on);
@@ -47,6 +49,9 @@ Rows = dict[str, list[list]]
 
 class Sinks(Protocol):
     """The router: flush every sink; give back what a failed checkpoint had refused."""
+
+    def held(self) -> Sequence[str]:
+        """The sinks whose paused route holds events (refused destination, ``pause``)."""
 
     async def flush(self) -> list[Rejected]: ...
 
@@ -179,6 +184,10 @@ class Checkpointer:
             self.leftover = {}
 
         step = "1 snapshot"
+        if ports.sinks.held():
+            # a paused route: nothing could be committed, so no snapshot and no busy work
+            # (the router reports the refused destination once per interval)
+            return Outcome(ok=False, step=step, error="a paused route holds events")
         async with self.state_lock:
             ckpt = self.engine.snapshot()
             late = self.engine.take_late()

@@ -88,6 +88,19 @@ class HealthMetrics:
             "Checkpoints that failed (nothing acked; retried).",
             registry=r,
         )
+        self.refused = Gauge(
+            "sluice_sink_refused",
+            "1 while a sink's destination refuses Sluice for good (401/403/407 past "
+            "SINK_REFUSED_AFTER_S); its route is paused or dead-lettered (SINK_ON_REFUSED).",
+            ["sink"],
+            registry=r,
+        )
+        self.refused_requests = Counter(
+            "sluice_sink_refused_requests",
+            "Sink requests the destination refused (401/403/407), per reason.",
+            ["sink", "reason"],
+            registry=r,
+        )
         self.buffered = Gauge(
             "sluice_sink_buffered_events",
             "Events buffered in a sink, not yet durable.",
@@ -144,3 +157,9 @@ class SinkObserverAdapter:
     def flushed(self, sink: str, seconds: float) -> None:
         self.health.flush_seconds.labels(sink).observe(seconds)
         self.health.last_flush[sink] = time.time()
+
+    def refused(self, sink: str, reason: str) -> None:
+        self.health.refused_requests.labels(sink, reason).inc()
+
+    def state(self, sink: str, state: str) -> None:
+        self.health.refused.labels(sink).set(1 if state == "refused" else 0)

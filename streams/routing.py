@@ -14,18 +14,32 @@ Destinations are of two kinds. *Sinks* are external systems fed by :mod:`sinks` 
 :class:`Router`; *OLAP destinations* are written by the engine (:mod:`streams.engine`) at
 checkpoints. Both are listed here so that one screen answers "where does X go?".
 Unknown event types never get here: the codec dead-letters them at decode.
+
+A destination that refuses Sluice for good (401/403: a revoked key) stops its route,
+loudly: :data:`ON_REFUSED` says how (see :class:`Router` and docs/sinks.md).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
 
-from sinks.base import Envelope, Rejected, Sink, SinkUnavailable
+from sinks.base import (
+    DESTINATION_REFUSED,
+    REFUSED,
+    Envelope,
+    Rejected,
+    Sink,
+    SinkRefused,
+    SinkState,
+    SinkUnavailable,
+)
 from streams.compliance import sensitive_kind
 from topics.taxonomy import COMPLIANCE_ACTIONS
 
@@ -161,27 +175,70 @@ def sink_targets(event: Mapping[str, Any]) -> tuple[str, ...]:
     return static if static is not None else tuple(sorted(route(event) & SINKS))
 
 
+# -- what a route does while its destination refuses Sluice -----------------------------
+#: Hold the sink's events: nothing is committed while it holds any, so the worker stops
+#: consuming at its pending limit (every route stalls, Kafka keeps the events). Resumes
+#: by itself when a probe is accepted; nothing to replay.
+PAUSE = "pause"
+#: Hand the sink's events to ``events.dlq`` (reason ``destination_refused``) at each
+#: checkpoint, so every other route (OLAP rollups, audit, the other sinks) flows on; the
+#: events are re-sent by ``sluice dlq replay --reason destination_refused`` once fixed.
+DEAD_LETTER = "dead_letter"
+ON_REFUSED: frozenset[str] = frozenset({PAUSE, DEAD_LETTER})
+
+
+@dataclass
+class _Refusal:
+    """What a refused route did, for its reports (one line per interval, not per request)."""
+
+    since: float  # epoch seconds: when the sink was found refused
+    reported: float | None = None  # monotonic: the last report line (None: none yet)
+    dead_lettered: int = 0  # events handed to the DLQ since the refusal began
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 # -- applying it: fan events out to the configured sinks ---------------------------------
 class Router:
     """Hands each decoded event to the sinks the table names; flushes them all at once.
 
     A destination without a configured sink (e.g. no PostHog key) is skipped and counted,
     so a deployment with nothing configured still runs (the OLAP path needs no sink).
+
+    A sink whose destination refuses Sluice for good (:class:`sinks.base.SinkRefused`)
+    stops its route as ``on_refused`` says (per sink: ``on_refused_by_sink``):
+    :data:`DEAD_LETTER` (the default) or :data:`PAUSE`. Either way the router reports it:
+    one ERROR line when it starts, one per ``report_every_s`` while it lasts, one WARNING
+    when the destination accepts again; :meth:`states` for ``/sluice/status/``.
     """
 
     def __init__(
         self,
         sinks: Mapping[str, Sequence[Sink]],
         on_routed: Callable[[str, int], None] | None = None,
+        *,
+        on_refused: str = DEAD_LETTER,
+        on_refused_by_sink: Mapping[str, str] | None = None,
+        report_every_s: float = 60.0,
     ) -> None:
         unknown = set(sinks) - SINKS
         if unknown:
             raise ValueError(f"no such sink destination(s): {sorted(unknown)}")
+        by_sink = dict(on_refused_by_sink or {})
+        bad = {p for p in (on_refused, *by_sink.values()) if p not in ON_REFUSED}
+        if bad:
+            raise ValueError(f"on_refused must be one of {sorted(ON_REFUSED)}, got {sorted(bad)}")
         self.sinks: dict[str, tuple[Sink, ...]] = {d: tuple(s) for d, s in sinks.items() if s}
         self.unconfigured: dict[str, int] = {}
         self._on_routed = on_routed
         # Rejects of a flush whose checkpoint later failed: handed out again next time.
         self._rejected: list[Rejected] = []
+        self._on_refused = on_refused
+        self._on_refused_by_sink = by_sink
+        self._report_every_s = report_every_s
+        self._refusals: dict[str, _Refusal] = {}  # sink name → its refused route's report
 
     @property
     def all_sinks(self) -> list[Sink]:
@@ -219,14 +276,20 @@ class Router:
                 if self._on_routed is not None:
                     self._on_routed(sink.name, len(batch))
 
+    def on_refused(self, sink: str) -> str:
+        """What the route of this sink does while its destination refuses Sluice."""
+        return self._on_refused_by_sink.get(sink, self._on_refused)
+
     async def flush(self) -> list[Rejected]:
         """Flush every sink concurrently; return the events some sink refused for good.
 
         Raises :class:`SinkUnavailable` if any sink could not flush: then nothing of the
-        checkpoint may be acknowledged. Sinks that did flush keep nothing to resend.
+        checkpoint may be acknowledged. Sinks that did flush keep nothing to resend. A
+        refused sink whose route dead-letters counts as flushed: its events come back
+        as rejected, reason ``destination_refused``.
         """
         sinks = self.all_sinks
-        results = await asyncio.gather(*(s.flush() for s in sinks), return_exceptions=True)
+        results = await asyncio.gather(*(self._flush(s) for s in sinks), return_exceptions=True)
         failures: list[str] = []
         for sink, result in zip(sinks, results, strict=True):
             if isinstance(result, BaseException):
@@ -235,10 +298,105 @@ class Router:
                 failures.append(f"{sink.name}: {result}")
             else:
                 self._rejected.extend(result)
+            self._report(sink, sink.state())
         if failures:
             raise SinkUnavailable("; ".join(failures))
         rejected, self._rejected = self._rejected, []
         return rejected
+
+    async def _flush(self, sink: Sink) -> list[Rejected]:
+        try:
+            return await sink.flush()
+        except SinkRefused:
+            if self.on_refused(sink.name) != DEAD_LETTER:
+                raise  # paused: the checkpoint fails, the events stay buffered
+            # No await between the refused flush and park(): nothing is in flight, so
+            # every buffered event is handed over exactly once.
+            parked = sink.park()
+            refusal = self._refusals.setdefault(sink.name, _Refusal(sink.state().since))
+            refusal.dead_lettered += sum(r.reason == DESTINATION_REFUSED for r in parked)
+            return parked
+
+    def held(self) -> list[str]:
+        """Sinks whose paused route holds the checkpoint now: refused, ``pause``, holding
+        events, no probe due. Nothing can be committed until such a destination accepts
+        again, so the worker fails the checkpoint before its snapshot (no work for
+        nothing, no busy loop); once a probe is due one checkpoint goes through to try.
+        Reports refused routes too (rate-limited): no flush runs while one is held.
+        """
+        held: list[str] = []
+        for sink in self.all_sinks:
+            state = sink.state()
+            self._report(sink, state)
+            if (
+                state.state == REFUSED
+                and self.on_refused(sink.name) == PAUSE
+                and not state.probe_due
+                and sink.buffered()
+            ):
+                held.append(sink.name)
+        return held
+
+    def states(self) -> dict[str, dict[str, Any]]:
+        """Per sink: its :class:`SinkState`, its route's ``on_refused`` and the events that
+        route dead-lettered since its destination began refusing (``/sluice/status/``)."""
+        out: dict[str, dict[str, Any]] = {}
+        for sink in self.all_sinks:
+            refusal = self._refusals.get(sink.name)
+            out[sink.name] = {
+                **sink.state().as_dict(),
+                "on_refused": self.on_refused(sink.name),
+                "dead_lettered_while_refused": refusal.dead_lettered if refusal else 0,
+            }
+        return out
+
+    def _report(self, sink: Sink, state: SinkState) -> None:
+        """One line when a refusal starts, one per interval while it lasts, one at its end."""
+        name, policy = sink.name, self.on_refused(sink.name)
+        refusal = self._refusals.get(name)
+        if state.state != REFUSED:
+            if refusal is not None:
+                del self._refusals[name]
+                log.warning(
+                    "sink %s: its destination accepts again (refused since %s); %s",
+                    name,
+                    _iso(refusal.since),
+                    f"{refusal.dead_lettered} event(s) were dead-lettered meanwhile: re-send "
+                    f"them with `sluice dlq replay --reason {DESTINATION_REFUSED}`"
+                    if policy == DEAD_LETTER
+                    else "the held events are being delivered",
+                )
+            return
+        if refusal is None:
+            refusal = self._refusals[name] = _Refusal(state.since)
+        now = time.monotonic()
+        if refusal.reported is not None and now - refusal.reported < self._report_every_s:
+            return
+        first, refusal.reported = refusal.reported is None, now
+        if policy == DEAD_LETTER:
+            action = (
+                f"route dead-lettered ({DEAD_LETTER}): {refusal.dead_lettered} event(s) to "
+                f"events.dlq so far, reason {DESTINATION_REFUSED}; the other routes flow"
+            )
+        else:
+            action = (
+                f"route paused ({PAUSE}): {sink.buffered()} event(s) held, nothing committed; "
+                "the worker stops consuming at its pending limit"
+            )
+        wait = state.next_probe_in_s or 0.0
+        log.error(
+            "sink %s: its destination %srefuses Sluice since %s (%s%s; %d request(s) "
+            "refused); %s; %s",
+            name,
+            "" if first else "still ",
+            _iso(refusal.since),
+            state.reason,
+            f": {state.detail}" if state.detail else "",
+            state.refused_requests,
+            action,
+            # the probe is a real batch: without events there is nothing to probe with
+            f"next probe in {wait:.0f}s" if wait > 0 else "it probes with its next events",
+        )
 
     def restore_rejected(self, rejected: Iterable[Rejected]) -> None:
         """The checkpoint failed after a flush: dead-letter these on the next one."""

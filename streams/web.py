@@ -48,6 +48,7 @@ def status(worker: Worker) -> dict[str, Any]:
         "unflushed_events": worker.progress.unflushed,
         "sinks": {
             "buffered": worker.router.buffered(),
+            "states": worker.router.states(),  # ok | retrying | refused, and why
             "unconfigured": worker.router.unconfigured,
             # epoch seconds: last flush attempt / last batch a destination accepted
             "last_flush": dict(worker.health.last_flush),

@@ -26,7 +26,10 @@ not applied (or dead-lettered) in full.
 
 Every decoded event is also handed to the sinks its route names (:mod:`streams.routing`),
 which buffer it in bounded batches. A sink that stays down fails the checkpoint, so events
-pile up only to :data:`MAX_PENDING` (then the reader stops taking: backpressure).
+pile up only to :data:`MAX_PENDING` (then the reader stops taking: backpressure). A sink
+whose destination refuses Sluice (401/403) stops its route instead, as ``SINK_ON_REFUSED``
+says: its events dead-lettered (``destination_refused``) while the checkpoint commits, or
+held, in which case the checkpoint fails before its snapshot.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from confluent_kafka import Message
 from faust.types import TP
 
 from avro_schemas.codec import Codec, DecodeError
-from sinks.base import Envelope, Rejected
+from sinks.base import DESTINATION_REFUSED, Envelope, Rejected
 from sinks.registry import build_sinks
 from sluice.kafka import kafka_config
 from sluice.olap import OlapClient, migrate, open_store
@@ -75,6 +78,8 @@ class Worker:
         self.router = Router(
             build_sinks(settings, self.health.observer()),
             on_routed=lambda sink, n: self.health.routed.labels(sink).inc(n),
+            on_refused=settings.sink_on_refused,
+            on_refused_by_sink=settings.sink_on_refused_by_sink,
         )
         self.families = self.catalog.families()
         self.progress = Progress()
@@ -307,15 +312,16 @@ class _DeadLetters:
         w, env = self.worker, item.envelope
         w.stats["dead_letters"] += 1
         w.health.dead_letters.labels(item.sink, item.reason).inc()
-        # reason only: a destination's error text may echo the event back
-        log.warning(
-            "dead letter %s[%s]@%s: %s refused it: %s",
-            env.topic,
-            env.partition,
-            env.offset,
-            item.sink,
-            item.reason,
-        )
+        if item.reason != DESTINATION_REFUSED:  # those: one line per sink and interval
+            # reason only: a destination's error text may echo the event back
+            log.warning(
+                "dead letter %s[%s]@%s: %s refused it: %s",
+                env.topic,
+                env.partition,
+                env.offset,
+                item.sink,
+                item.reason,
+            )
         await w.app.dlq.send(
             key=env.key,
             value=env.value,

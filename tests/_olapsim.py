@@ -74,6 +74,9 @@ class Record:
 
 
 class _Sinks:
+    def held(self) -> list[str]:
+        return []
+
     async def flush(self) -> list:
         return []
 

@@ -58,6 +58,7 @@ class World:
         self.ambiguous = False
         self.written: list[str] = []  # every changelog key that reached the topic
         self.gate: asyncio.Event | None = None  # the sinks' flush waits for it
+        self.holding: list[str] = []  # sinks whose paused route holds events
 
     def _maybe_fail(self, step: str) -> None:
         self.calls.append(step)
@@ -66,6 +67,9 @@ class World:
             raise RuntimeError(f"{step} is down")
 
     # Sinks
+    def held(self) -> list[str]:
+        return self.holding
+
     async def flush(self) -> list[Rejected]:
         self._maybe_fail("sinks")
         if self.gate is not None:
@@ -329,3 +333,13 @@ def test_one_checkpoint_at_a_time(rig):
     outcomes = asyncio.run(both())
     assert all(o.ok for o in outcomes)
     assert rig.world.calls.count("commit") == 1
+
+
+def test_a_paused_route_takes_no_snapshot_and_commits_nothing(rig):
+    rig.apply(sent(1))
+    rig.world.holding = ["posthog"]
+    outcome = rig.run()
+    assert not outcome.ok and outcome.step == "1 snapshot"
+    assert rig.world.calls == [] and rig.world.committed == {}
+    rig.world.holding = []
+    assert rig.run().ok and rig.world.committed == {(TOPIC, 0): 1}

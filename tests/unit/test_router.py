@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from sinks.base import Envelope, Rejected, Sink, SinkUnavailable
+from sinks.base import OK, Envelope, Rejected, Sink, SinkState, SinkUnavailable
 from streams.routing import Router
 
 
@@ -37,6 +37,12 @@ class Recording:
 
     def buffered(self) -> int:
         return len(self.buffer)
+
+    def state(self) -> SinkState:
+        return SinkState(OK, 0.0)
+
+    def park(self) -> list[Rejected]:
+        return []
 
 
 def env(event_type: str, partition: int = 0, **fields: Any) -> Envelope:
