@@ -47,7 +47,7 @@ from avro_schemas.codec import Codec, DecodeError
 from sinks.base import DESTINATION_REFUSED, Envelope, Rejected
 from sinks.registry import build_sinks
 from sluice.kafka import kafka_config
-from sluice.olap import OlapClient, migrate, open_store
+from sluice.olap import OlapClient, OlapError, migrate, open_store
 from sluice.settings import Settings
 from streams import seam, web
 from streams.checkpoint import Checkpointer, Outcome, Ports, Progress
@@ -124,7 +124,13 @@ class Worker:
         """The OLAP store, opened and migrated on first use."""
         if self._olap is None:
             self._olap = open_store(self.settings)
-            migrate(self._olap, cluster=self.settings.clickhouse_cluster)
+            try:
+                migrate(self._olap, cluster=self.settings.clickhouse_cluster)
+            except OlapError as exc:
+                raise OlapError(
+                    f"{exc} (the store needs migrating: run `sluice olap migrate` as a user "
+                    "allowed to create tables, see docs/operations.md)"
+                ) from None
         return self._olap
 
     # -- the hot path -------------------------------------------------------------------

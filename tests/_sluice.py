@@ -17,6 +17,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
+from tests._olap import drop_store, new_store_url
 from topics.taxonomy import FAMILIES
 
 # librdkafka logs every refused connection to stderr unless given a logger.
@@ -55,6 +56,7 @@ class Deployment:
     # a ClickHouse server (e.g. dev/olap_server.py) instead of the deployment's own
     # chDB store, for several workers sharing one store
     clickhouse_url: str | None = None
+    _own_store: str | None = field(default=None, repr=False)
 
     @property
     def prefix(self) -> str:
@@ -66,7 +68,11 @@ class Deployment:
 
     @property
     def olap_url(self) -> str:
-        return self.clickhouse_url or f"chdb://{self.root / 'olap'}"
+        """The deployment's store: chDB under its root, or a database of its own on the
+        ``CLICKHOUSE_TEST_URL`` server (tests/_olap.py)."""
+        if self.clickhouse_url is None:
+            self.clickhouse_url = self._own_store = new_store_url(self.root, self.name)
+        return self.clickhouse_url
 
     def env(self, **extra: str) -> dict[str, str]:
         env = dict(os.environ)
@@ -162,6 +168,9 @@ class Deployment:
                 self.worker.kill()
                 self.worker.wait(timeout=30)
             self.worker = None
+        if self._own_store is not None:
+            drop_store(self._own_store)
+            self._own_store = None
 
     def offsets(self, attempts: int = 8) -> tuple[int, int]:
         """(committed, end) summed over every event topic partition of the group.

@@ -52,16 +52,22 @@ def kafka_admin(kafka_bootstrap: str) -> AdminClient:
 
 @pytest.fixture(scope="session")
 def reference_olap(tmp_path_factory: pytest.TempPathFactory):
-    """The test process's own embedded ClickHouse, for reference queries.
+    """The test process's own ClickHouse, for reference queries: embedded chDB, or a
+    database of its own on the server ``CLICKHOUSE_TEST_URL`` names (tests/_olap.py).
 
     chDB hosts one engine per process, so the session opens exactly one store; the
     workers under test run in their own processes with their own stores.
     """
-    from sluice.olap import connect
+    try:
+        from tests import _olap
+    except ModuleNotFoundError:
+        import _olap
 
-    client = connect(f"chdb://{tmp_path_factory.mktemp('reference-olap')}")
+    url = _olap.new_store_url(tmp_path_factory.mktemp("reference-olap"), "reference")
+    client = _olap.open_store(url)
     yield client
     client.close()
+    _olap.drop_store(url)
 
 
 # --------------------------------------------------------------------- a Sluice deployment

@@ -125,15 +125,44 @@ def tables_of(version: int) -> list[Table]:
     return [t for t in OLAP_TABLES.values() if t.since == version]
 
 
+def _applied(client: OlapClient) -> dict[int, str] | None:
+    """version -> recorded checksum, or None before the first migration."""
+    _, exists = client.query("EXISTS TABLE sluice_schema_migrations")
+    if not exists or not int(exists[0][0]):
+        return None
+    _, rows = client.query("SELECT version, checksum FROM sluice_schema_migrations FINAL")
+    return {int(v): str(c) for v, c in rows}
+
+
+def pending(client: OlapClient) -> list[Migration]:
+    """The migrations this store has not applied (reads only: a worker's INSERT and
+    SELECT grants suffice); raises if an applied one changed since."""
+    done = _applied(client) or {}
+    for migration in available():
+        recorded = done.get(migration.version)
+        if recorded is not None and not migration.accepts(recorded):
+            raise OlapError(
+                f"migration {migration.version}_{migration.name} changed after it was "
+                "applied; add a new migration instead of editing it"
+            )
+    return [m for m in available() if m.version not in done]
+
+
 def migrate(client: OlapClient, cluster: str | None = None) -> list[Migration]:
-    """Apply the migrations not applied yet (under the migration lock); return them."""
+    """Apply the migrations not applied yet (under the migration lock); return them.
+
+    A store that is up to date is only read, so a worker whose user may only INSERT and
+    SELECT can call this at start-up; DDL needs a user with the grants in
+    docs/operations.md (``sluice olap migrate``).
+    """
+    if not pending(client):
+        return []
     target = Target(cluster)
     if cluster:
         _check_cluster(client, cluster)
     client.command(bookkeeping(target))
     with MigrationLock(client, target):
-        _, rows = client.query("SELECT version, checksum FROM sluice_schema_migrations FINAL")
-        done = {int(v): str(c) for v, c in rows}
+        done = _applied(client) or {}
         applied = []
         for migration in available(target):
             if migration.version in done:

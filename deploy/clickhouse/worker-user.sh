@@ -1,0 +1,10 @@
+#!/bin/bash
+# ClickHouse image init script (/docker-entrypoint-initdb.d): the worker's own user, which
+# may only INSERT and SELECT. The admin user (CLICKHOUSE_USER) runs `sluice olap migrate`;
+# see docs/operations.md for the grants on a server or a cluster.
+set -euo pipefail
+clickhouse client --user "$CLICKHOUSE_USER" --password "$CLICKHOUSE_PASSWORD" --multiquery <<SQL
+CREATE USER IF NOT EXISTS ${SLUICE_WORKER_USER:-sluice_worker}
+    IDENTIFIED WITH sha256_password BY '${SLUICE_WORKER_PASSWORD:-sluice_worker}';
+GRANT SELECT, INSERT ON ${CLICKHOUSE_DB:-default}.* TO ${SLUICE_WORKER_USER:-sluice_worker};
+SQL
