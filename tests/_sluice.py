@@ -26,6 +26,9 @@ _QUIET.propagate = False
 _QUIET.addHandler(logging.NullHandler())
 
 REPO = Path(__file__).resolve().parents[1]
+# A worker that commits nothing for this long while events wait is stalled: its test fails
+# then, with the worker's log, instead of waiting out the test's whole budget.
+STALL_S = float(os.environ.get("SLUICE_TEST_STALL_S", "45"))
 SLUICE = [sys.executable, "-m", "sluice.cli"]
 # dev tooling (dev/: the chDB HTTP front, the fault hooks) is not installed: run from the repo
 FAULTY_SLUICE = [sys.executable, "-m", "dev.faults"]
@@ -215,14 +218,28 @@ class Deployment:
         done, end = self.offsets()
         return end - done
 
-    def wait_drained(self, timeout: float = 240) -> float:
-        """Wait until the worker committed every event; return the seconds it took."""
-        start = time.monotonic()
+    def wait_drained(self, timeout: float = 240, stall_s: float = STALL_S) -> float:
+        """Wait until the worker committed every event; return the seconds it took.
+
+        Fails at once when the worker exits, and as soon as nothing was committed for
+        ``stall_s`` seconds while events wait (a stalled worker), with its last log lines.
+        """
+        start = moved = time.monotonic()
+        last = -1
         while time.monotonic() - start < timeout:
             if self.worker is not None and self.worker.poll() is not None:
                 raise AssertionError(f"worker exited {self.worker.returncode}:\n{self.log_tail()}")
-            if self.lag() == 0:
+            done, end = self.offsets()
+            if done >= end:
                 return time.monotonic() - start
+            now = time.monotonic()
+            if done != last:
+                last, moved = done, now
+            elif now - moved > stall_s:
+                raise AssertionError(
+                    f"worker stalled: nothing committed for {stall_s:.0f}s with {end - done} "
+                    f"events waiting:\n{self.log_tail()}"
+                )
             time.sleep(0.5)
         raise AssertionError(
             f"worker did not drain in {timeout}s (lag {self.lag()}):\n{self.log_tail()}"
