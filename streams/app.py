@@ -513,6 +513,7 @@ class Worker:
                 # epoch seconds: last flush attempt / last batch a destination accepted
                 "last_flush": dict(self.health.last_flush),
                 "last_delivery": dict(self.health.last_delivery),
+                "partial_success": dict(self.health.partial_success),  # OTLP rejected points
             },
             "dead_letters_by_reason": self.health.dead_letter_counts(),
             "partitions": {

@@ -160,8 +160,8 @@ def test_every_routed_event_arrives_exactly_where_the_table_says(kafka_bootstrap
     assert set(hec) == by_sink[SIEM]
     assert set(syslog) == by_sink[SIEM]
     # Observability: the infra events became metrics (3 latencies, 3 alerts)
-    assert sum(v for _, v in points["infra.latency"]) == 3
-    assert sum(v for _, v in points["infra.alerts"]) == 3
+    assert sum(v for _, v in points["sluice.infra.latency"]) == 3
+    assert sum(v for _, v in points["sluice.infra.alerts"]) == 3
     # nowhere else: an event id shows up only in the bodies of its own sinks
     for body in http_bodies:
         text = body.decode("utf-8", "replace")
