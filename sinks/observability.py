@@ -4,7 +4,8 @@ Delivery guarantee
     At least once, as aggregates. Each event is recorded into in-process instruments
     (cumulative temporality) when it is routed; ``flush`` exports the whole cumulative
     state (OTLP protobuf, ``POST <endpoint>/v1/metrics``) and is durable when the
-    collector answered 2xx *and* its ``ExportMetricsServiceResponse`` rejected nothing.
+    collector answered 2xx with an ``ExportMetricsServiceResponse`` that kept at least
+    part of it (what it rejected is counted: see Partial success).
     A lost or repeated export is harmless: the next export carries every series' full
     cumulative value. After a crash, events replayed since the last commit are counted
     again into a new process whose series restart (a counter reset that backends handle);
@@ -491,11 +492,6 @@ class ObservabilitySink(BatchingSink):
         if data is None or not data.resource_metrics:
             return None
         return encode_metrics(data)
-
-    def export_body(self) -> bytes | None:
-        """:meth:`export_request`, serialized."""
-        request = self.export_request()
-        return None if request is None else request.SerializeToString()
 
     async def send(self, items: list[Any]) -> None:
         request = self.export_request()
