@@ -1,9 +1,10 @@
 """Local stand-ins for the sinks' destinations, on 127.0.0.1 (tests and bench/).
 
-:class:`HttpReceiver` answers PostHog's ``/batch/``, OTLP/HTTP ``/v1/metrics`` and a
-Splunk-HEC-style ``/services/collector/event``, records every body it got (decompressed)
-and what it accepted, and misbehaves on request: a scripted list of faults for the next
-requests (status codes with headers, or hanging) and a set of poison ids answered 400.
+:class:`HttpReceiver` answers PostHog's ``/batch/``, OTLP/HTTP ``/v1/metrics`` (with an
+``ExportMetricsServiceResponse``, or a scripted partial success) and a Splunk-HEC-style
+``/services/collector/event``, records every body it got (decompressed) and what it
+accepted, and misbehaves on request: a scripted list of faults for the next requests
+(status codes with headers, or hanging) and a set of poison ids answered 400.
 :class:`Rsyslog` runs Debian's rsyslogd on a free TCP port, writing records to a file.
 """
 
