@@ -53,6 +53,7 @@ def status(worker: Worker) -> dict[str, Any]:
             # epoch seconds: last flush attempt / last batch a destination accepted
             "last_flush": dict(worker.health.last_flush),
             "last_delivery": dict(worker.health.last_delivery),
+            "partial_success": dict(worker.health.partial_success),  # OTLP rejected points
         },
         "dead_letters_by_reason": worker.health.dead_letter_counts(),
         "partitions": {
