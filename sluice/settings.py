@@ -89,8 +89,21 @@ class Settings(BaseSettings):
     clickhouse_timeout_s: float = Field(
         30.0,
         gt=0,
-        description="Timeout of one ClickHouse request (connect: a sixth of it, at most 5 s). "
-        "Reads from the query endpoint also stop on the server after SLUICE_QUERY_TIMEOUT_S.",
+        description="Timeout of one ClickHouse request of the writer (connect: a sixth of it, "
+        "at most 5 s); a server that stops answering fails the checkpoint, which is retried.",
+    )
+    sluice_query_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=600,
+        description="Longest one read of the query path may run (`sluice olap query`, the "
+        "worker's query endpoint); ClickHouse stops it there (max_execution_time).",
+    )
+    sluice_query_max_rows: int = Field(
+        1_000_000, gt=0, description="Most rows one read may return (max_result_rows)."
+    )
+    sluice_query_max_bytes: int = Field(
+        256 * 2**20, gt=0, description="Most bytes one read may return (max_result_bytes)."
     )
     clickhouse_ca_file: str | None = Field(
         None, description="PEM CA bundle to verify an https:// ClickHouse server."

@@ -2,8 +2,11 @@
 
 * ``GET /sluice/status/`` — what the worker is doing, as JSON (open, read-only);
 * ``GET /metrics`` — Prometheus exposition of :mod:`streams.metrics` (open, read-only);
-* ``POST /sluice/query/`` ``{"sql": ...}`` — one read-only query on the worker's OLAP
-  store (chDB allows one process per store, so other processes read through here);
+* ``POST /sluice/query/`` ``{"sql": ...}`` — one read on the worker's OLAP store (chDB
+  allows one process per store, so other processes read through here), checked by
+  :mod:`sluice.olap.readguard` and run on a connection of its own
+  (:mod:`sluice.olap.reader`): 400 with one line when refused, 429 while another read
+  runs, 502 when ClickHouse fails;
 * ``POST /sluice/olap/rows/`` ``{"table", "columns", "rows"}`` — rows ``sluice backfill``
   recomputed, written into the store this worker owns (rollup tables only).
 
@@ -27,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from faust.web import View
 
 from sluice.olap import OlapError
+from sluice.olap.reader import ReadBusy, ReadRefused
 from sluice.olap.values import rows_to_json
 from sluice.settings import Settings
 from streams.metrics import CONTENT_TYPE_LATEST
@@ -134,13 +138,6 @@ async def _json_body(view: View, request: Any) -> tuple[dict[str, Any] | None, A
     return body, None
 
 
-def read_only_query(worker: Worker, sql: str) -> tuple[list[str], list[tuple]]:
-    head = sql.lstrip().split(None, 1)[0].upper() if sql.strip() else ""
-    if head not in {"SELECT", "SHOW", "DESCRIBE", "DESC", "EXISTS", "WITH", "EXPLAIN"}:
-        raise OlapError("only SELECT/SHOW/DESCRIBE/EXISTS/WITH queries")
-    return worker.olap.query(sql)
-
-
 class StatusView(View):
     """GET /sluice/status/: what the worker is doing, as JSON."""
 
@@ -165,13 +162,19 @@ class QueryView(View):
         body, bad = await _json_body(self, request)
         if bad is not None:
             return bad
-        worker = self.app.sluice
+        sql = body.get("sql")
+        if not isinstance(sql, str):
+            return self.json({"error": 'refused: the body must be {"sql": "..."}'}, status=400)
         try:
-            columns, rows = await asyncio.get_running_loop().run_in_executor(
-                None, read_only_query, worker, str(body.get("sql", ""))
-            )
-        except OlapError as exc:
+            # the query path's own connection, lock and thread: never the writer's
+            columns, rows = await self.app.sluice.olap_reader.query_async(sql)
+        except ReadBusy as exc:
+            return self.json({"error": str(exc)}, status=429)
+        except ReadRefused as exc:
+            log.info("query refused: %s", exc)
             return self.json({"error": str(exc)}, status=400)
+        except OlapError as exc:
+            return self.json({"error": str(exc)}, status=502)
         return self.json({"columns": columns, "rows": rows_to_json(rows)})
 
 

@@ -48,6 +48,7 @@ from sinks.base import DESTINATION_REFUSED, Envelope, Rejected
 from sinks.registry import build_sinks
 from sluice.kafka import kafka_config
 from sluice.olap import OlapClient, OlapError, migrate, open_store
+from sluice.olap.reader import OlapReader, open_reader
 from sluice.settings import Settings
 from streams import seam, web
 from streams.checkpoint import Checkpointer, Outcome, Ports, Progress
@@ -74,6 +75,7 @@ class Worker:
         self.engine = Engine.for_settings(settings)
         self.codec = Codec(settings=settings)
         self._olap = olap
+        self._reader: OlapReader | None = None
         self.health = HealthMetrics()
         self.router = Router(
             build_sinks(settings, self.health.observer()),
@@ -83,7 +85,7 @@ class Worker:
         )
         self.families = self.catalog.families()
         self.progress = Progress()
-        self.reader = Reader(kafka_config(settings), settings.sluice_app_id)
+        self.fetcher = Reader(kafka_config(settings), settings.sluice_app_id)
         self.changelog = ChangelogWriter(kafka_config(settings), self.catalog.changelog.name)
         self.draining = False
         self.last_checkpoint = time.monotonic()
@@ -120,6 +122,14 @@ class Worker:
         )
 
     @property
+    def olap_reader(self) -> OlapReader:
+        """The query path's own connection (never the writer's client, lock or executor)."""
+        if self._reader is None:
+            self.olap  # noqa: B018 - the store exists and is migrated first
+            self._reader = open_reader(self.settings)
+        return self._reader
+
+    @property
     def olap(self) -> OlapClient:
         """The OLAP store, opened and migrated on first use."""
         if self._olap is None:
@@ -148,11 +158,11 @@ class Worker:
         """Fetch batches from the reader, apply them, checkpoint every interval."""
         interval = self.settings.sluice_flush_interval_s
         while True:
-            messages = await self.reader.fetch()
+            messages = await self.fetcher.fetch()
             if messages:
                 async with self.state_lock:
                     await self.process(messages)
-            elif not self.reader.assigned:
+            elif not self.fetcher.assigned:
                 await asyncio.sleep(0.05)
             if self.draining or time.monotonic() - self.last_checkpoint >= interval:
                 self._start_checkpoint()
@@ -227,7 +237,7 @@ class Worker:
     async def drain(self) -> None:
         """Stop reading and checkpoint everything (before a revoke and before shutdown)."""
         self.draining = True
-        await self.reader.unassign()
+        await self.fetcher.unassign()
         await self.checkpoint()
 
     async def checkpoint(self) -> bool:
@@ -272,7 +282,7 @@ class Worker:
         Every partition is revoked at each rebalance, even those we keep: their state
         goes (or stays) in :meth:`on_assigned`.
         """
-        await self.reader.unassign((tp.topic, tp.partition) for tp in revoked)
+        await self.fetcher.unassign((tp.topic, tp.partition) for tp in revoked)
         self.router.forget({(tp.topic, tp.partition) for tp in revoked})
         self.progress.forget(revoked)
 
@@ -298,12 +308,14 @@ class Worker:
             log.info("restored state of partitions %s from the changelog", sorted(touched))
         mine = {tp for tp in self.app.consumer.assignment() if tp.topic in self.families}
         seam.pause_prefetch(self.app.consumer, mine)
-        await self.reader.assign((tp.topic, tp.partition) for tp in mine)
+        await self.fetcher.assign((tp.topic, tp.partition) for tp in mine)
 
     async def stop(self) -> None:
         """Shutdown, after the consumer stopped (its last drain flushed every sink)."""
         await self.router.close()
-        self.reader.close()
+        self.fetcher.close()
+        if self._reader is not None:
+            self._reader.close()
         self.engine.close()
 
 
