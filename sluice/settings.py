@@ -322,6 +322,26 @@ class Settings(BaseSettings):
         except OSError:
             return None
 
+    def ensure_api_token(self) -> str:
+        """The worker's token: the configured one, else the stored one, else a new random
+        one written to :attr:`api_token_file` with mode 0600 (never readable by others,
+        not even for a moment; replaced atomically)."""
+        token = self.api_token()
+        if token is not None:
+            return token
+        import os
+        import secrets
+
+        path = self.api_token_file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        token = secrets.token_urlsafe(32)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(token + "\n")
+        os.replace(tmp, path)
+        return token
+
     def secret_values(self) -> list[str]:
         """Every secret configured (tests scan logs and outputs for leaks with it)."""
         found = [

@@ -23,8 +23,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-import os
-import secrets
 from typing import TYPE_CHECKING, Any
 
 from faust.web import View
@@ -32,7 +30,6 @@ from faust.web import View
 from sluice.olap import OlapError
 from sluice.olap.reader import ReadBusy, ReadRefused
 from sluice.olap.values import rows_to_json
-from sluice.settings import Settings
 from streams.metrics import CONTENT_TYPE_LATEST
 
 if TYPE_CHECKING:
@@ -89,24 +86,6 @@ def metrics(worker: Worker) -> bytes:
         if highwater is not None and position is not None:
             h.lag.labels(tp.topic, str(tp.partition)).set(max(0, highwater - position))
     return h.exposition()
-
-
-def api_token(settings: Settings) -> str:
-    """The token the protected endpoints require (made and stored when not configured)."""
-    token = settings.api_token()
-    if token is not None:
-        return token
-    path = settings.api_token_file
-    path.parent.mkdir(parents=True, exist_ok=True)
-    token = secrets.token_urlsafe(32)
-    # created 0600 (never world-readable, not even for a moment), replaced atomically
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(token + "\n")
-    os.replace(tmp, path)
-    log.info("no SLUICE_API_TOKEN: the query and rows endpoints use the token in %s", path)
-    return token
 
 
 def _authorized(view: View, request: Any) -> Any | None:

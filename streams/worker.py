@@ -50,7 +50,7 @@ from sluice.kafka import kafka_config
 from sluice.olap import OlapClient, OlapError, migrate, open_store
 from sluice.olap.reader import OlapReader, open_reader
 from sluice.settings import Settings
-from streams import seam, web
+from streams import seam
 from streams.checkpoint import Checkpointer, Outcome, Ports, Progress
 from streams.engine import Engine
 from streams.fetch import ChangelogWriter, Reader
@@ -93,7 +93,12 @@ class Worker:
         self.state_lock = asyncio.Lock()
         self._ckpt_task: asyncio.Task | None = None
         self._restoring: set[int] = set()
-        self.api_token = web.api_token(settings)
+        # the bearer token of the query and rows endpoints (streams/web.py)
+        self.api_token = settings.ensure_api_token()
+        if settings.sluice_api_token is None:
+            log.info(
+                "no SLUICE_API_TOKEN: the query endpoint's token is in %s", settings.api_token_file
+            )
         self.stats: dict[str, Any] = {
             "events": 0,
             "dead_letters": 0,

@@ -38,7 +38,7 @@ def test_cli_error_is_one_line(tmp_path, args, env, code):
         "CLICKHOUSE_URL": f"chdb://{tmp_path / 'olap'}",
     }
     proc = subprocess.run(
-        [sys.executable, "-m", "sluice.cli", *args],
+        [sys.executable, "-m", "cli", *args],
         env={**base, **env},
         cwd=tmp_path,
         capture_output=True,

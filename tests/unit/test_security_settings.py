@@ -93,7 +93,7 @@ def test_production_profile_accepts_tls_everywhere():
 def test_cli_refuses_production_plaintext_in_one_line(tmp_path):
     env = {"SLUICE_PROFILE": "production", "PATH": "/usr/bin:/bin"}
     proc = subprocess.run(
-        [sys.executable, "-m", "sluice.cli", "topics", "list"],
+        [sys.executable, "-m", "cli", "topics", "list"],
         env=env,
         cwd=tmp_path,
         capture_output=True,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from sluice.cli.common import KafkaClientErrors, fail, out, settings
+from cli.common import KafkaClientErrors, fail, out, settings
 
 app = typer.Typer(help="Kafka topics of the catalog.", no_args_is_help=True)
 

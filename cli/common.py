@@ -59,7 +59,7 @@ class KafkaClientErrors:
 
     def __init__(self) -> None:
         self.first: str | None = None
-        self.logger = logging.getLogger("sluice.cli.librdkafka")
+        self.logger = logging.getLogger("cli.librdkafka")
         self.logger.propagate = False
         if not self.logger.handlers:
             self.logger.addHandler(logging.NullHandler())

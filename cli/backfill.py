@@ -6,7 +6,7 @@ from typing import Any
 
 import typer
 
-from sluice.cli.common import (
+from cli.common import (
     KafkaClientErrors,
     WorkerUnreachable,
     call_worker,

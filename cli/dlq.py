@@ -8,7 +8,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from sluice.cli.common import KafkaClientErrors, fail, ms_iso, out, settings
+from cli.common import KafkaClientErrors, fail, ms_iso, out, settings
 
 app = typer.Typer(help="The dead-letter topic: summarise and replay.", no_args_is_help=True)
 

@@ -10,7 +10,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from sluice.cli.common import (
+from cli.common import (
     WorkerUnreachable,
     call_worker,
     chdb_hint,

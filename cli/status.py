@@ -8,7 +8,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from sluice.cli.common import (
+from cli.common import (
     KafkaClientErrors,
     WorkerUnreachable,
     call_worker,
