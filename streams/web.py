@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from faust.web import View
@@ -95,26 +96,31 @@ def _authorized(view: View, request: Any) -> Any | None:
     if hmac.compare_digest(given, expected):
         return None
     peer = request.remote or "?"
-    log.warning(
-        "refused %s %s from %s: %s",
-        request.method,
-        request.path,
-        peer,
-        "wrong bearer token" if given else "no bearer token",
-    )
+    why = "wrong bearer token" if given else "no bearer token"
+    log.warning("refused %s %s from %s: %s", request.method, request.path, peer, why)
     return view.json({"error": "a valid bearer token is required"}, status=401)
 
 
-async def _json_body(view: View, request: Any) -> tuple[dict[str, Any] | None, Any | None]:
-    if (request.content_length or 0) > MAX_BODY_BYTES:
-        return None, view.json({"error": "request body too large"}, status=413)
-    try:
-        body = await request.json()
-    except Exception:
-        return None, view.json({"error": "the body must be a JSON object"}, status=400)
-    if not isinstance(body, dict):
-        return None, view.json({"error": "the body must be a JSON object"}, status=400)
-    return body, None
+class ProtectedView(View):
+    """A POST endpoint that reveals or changes data: the bearer token, then a bounded
+    JSON object body, before :meth:`handle` sees anything."""
+
+    async def post(self, request: Any) -> Any:
+        refused = _authorized(self, request)
+        if refused is not None:
+            return refused
+        if (request.content_length or 0) > MAX_BODY_BYTES:
+            return self.json({"error": "request body too large"}, status=413)
+        try:
+            body = await request.json()
+        except Exception:
+            body = None
+        if not isinstance(body, dict):
+            return self.json({"error": "the body must be a JSON object"}, status=400)
+        return await self.handle(self.app.sluice, body)
+
+    #: the endpoint itself, given the worker and the checked body (each subclass's own)
+    handle: Callable[[Worker, dict[str, Any]], Awaitable[Any]]
 
 
 class StatusView(View):
@@ -131,22 +137,16 @@ class MetricsView(View):
         return self.bytes(metrics(self.app.sluice), content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
 
-class QueryView(View):
+class QueryView(ProtectedView):
     """POST /sluice/query/ {"sql": ...}: one read-only query on the worker's OLAP store."""
 
-    async def post(self, request: Any) -> Any:
-        refused = _authorized(self, request)
-        if refused is not None:
-            return refused
-        body, bad = await _json_body(self, request)
-        if bad is not None:
-            return bad
+    async def handle(self, worker: Worker, body: dict[str, Any]) -> Any:
         sql = body.get("sql")
         if not isinstance(sql, str):
             return self.json({"error": 'refused: the body must be {"sql": "..."}'}, status=400)
         try:
             # the query path's own connection, lock and thread: never the writer's
-            columns, rows = await self.app.sluice.olap_reader.query_async(sql)
+            columns, rows = await worker.olap_reader.query_async(sql)
         except ReadBusy as exc:
             return self.json({"error": str(exc)}, status=429)
         except ReadRefused as exc:
@@ -157,21 +157,14 @@ class QueryView(View):
         return self.json({"columns": columns, "rows": rows_to_json(rows)})
 
 
-class RowsView(View):
+class RowsView(ProtectedView):
     """POST /sluice/olap/rows/ {"table", "columns", "rows"}: ``sluice backfill`` writing
     recomputed rollup rows into the store this worker owns (chDB allows one process)."""
 
-    async def post(self, request: Any) -> Any:
-        refused = _authorized(self, request)
-        if refused is not None:
-            return refused
-        body, bad = await _json_body(self, request)
-        if bad is not None:
-            return bad
+    async def handle(self, worker: Worker, body: dict[str, Any]) -> Any:
         from sluice.olap.values import rows_from_json
         from streams.backfill import ROLLUP_TABLES
 
-        worker = self.app.sluice
         table, columns = str(body.get("table", "")), list(body.get("columns") or [])
         if table not in ROLLUP_TABLES:
             return self.json({"error": f"{table!r} is not a rollup table"}, status=400)
