@@ -6,9 +6,25 @@ partition count, app id), so it imports nothing of Sluice's and is the same wher
 is built: ``Catalog.from_settings(settings)``.
 
 Partitioning: every event topic has the same partition count and is keyed per family
-(:attr:`TopicSpec.key`, with the reason in :attr:`TopicSpec.key_reason`); the producer
-SDK and ``sluice produce`` take the key from here, with the Java-compatible murmur2
-partitioner, so services in any language agree.
+(:attr:`TopicSpec.key`, with the reason in :attr:`TopicSpec.key_reason`, both in
+:data:`FAMILY_KEYS`); the producer SDK and ``sluice produce`` take the key from here, with
+the Java-compatible murmur2 partitioner (:mod:`topics.partitioner`), so services in any
+language agree.
+
+Why two keys (DESIGN §2 "Partition key")
+----------------------------------------
+A partition's state is built from the events on it, so a family's key decides which
+events must meet in one place. Email and warm-up attribution only needs *every event of
+one email* together (the winning send and a bit per kind of event), so those families are
+keyed by ``(tenant_id, email_id)``: one tenant's emails spread over every partition, and
+the largest tenant no longer pins one worker (rollup rows are then computed per partition
+and combined by the OLAP views, docs/olap.md). ``email_id`` is on every event of an email
+(the schema's documented minimum), and it is the only field besides the tenant the key may
+use: a field that can differ between events of one email (campaign, mailbox, lead) would
+split it. The families whose state needs the whole tenant in one place keep ``tenant_id``;
+each says why below. Changing a family's key moves its events to other partitions, so
+state placed by the old key must move with it: ``sluice topics rekey``
+(:mod:`streams.rekey`, docs/operations.md).
 """
 
 from __future__ import annotations
@@ -17,6 +33,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from topics.partitioner import partition_for
 from topics.taxonomy import FAMILIES
 
 DAY_MS = 24 * 3600 * 1000
@@ -59,12 +76,76 @@ class TopicSpec:
         """The Kafka record key of one event of this topic's family."""
         return "\x00".join(str(event[f]) for f in self.key).encode()
 
+    def partition_of(self, event: Mapping[str, Any]) -> int:
+        """The partition the catalog's key puts ``event`` on (murmur2, like every producer)."""
+        return partition_for(self.record_key(event), self.partitions)
 
-# Why each family is keyed the way it is (the state that needs its events together).
-_TENANT_KEY = (
-    "its per-partition state merges by tenant (attribution records, the audit hash chain, "
-    "plan changes, incidents): every event of one tenant on one partition"
-)
+    def home(self, event: Mapping[str, Any], partition: int, key: bytes | None) -> int:
+        """The partition whose state owns ``event``, read at ``partition`` with record key
+        ``key``: that partition when the record carries the catalog's key (its producer's
+        murmur2 put it there: no hash on the hot path), else the catalog key's partition (a
+        record produced with another key — before a re-key, or a replayed dead letter —
+        belongs where its key's state is now)."""
+        if key is not None and key == self.record_key(event):
+            return partition
+        return self.partition_of(event)
+
+
+@dataclass(frozen=True)
+class FamilyKey:
+    """A family's record key and why (the state that needs its events together)."""
+
+    fields: tuple[str, ...]
+    reason: str
+
+
+#: The partition key of every event family, with the reason (README and docs/operations.md
+#: show this table; ``sluice topics list`` prints it).
+FAMILY_KEYS: Mapping[str, FamilyKey] = {
+    "email": FamilyKey(
+        ("tenant_id", "email_id"),
+        "attribution merges the events of one email (its winning send and a bit per kind of "
+        "event); every event of an email carries email_id, so one email stays on one "
+        "partition while a tenant's emails spread over all of them; the rollup rows are "
+        "per partition and the OLAP views combine them",
+    ),
+    "warmup": FamilyKey(
+        ("tenant_id", "email_id"),
+        "warm-up attribution merges the events of one warm-up email (send, first landing, "
+        "reply), like email",
+    ),
+    "business": FamilyKey(
+        ("tenant_id",),
+        "plan changes: the plan at a month's end is the tenant's last business event before "
+        "it, so every business event of a tenant is merged on one partition",
+    ),
+    "admin_action": FamilyKey(
+        ("tenant_id",),
+        "the audit hash chain: one gapless sequence per tenant, numbered in partition order, "
+        "so every compliance action of a tenant on one partition, in order",
+    ),
+    "infra": FamilyKey(
+        ("tenant_id",),
+        "incident coalescing: a tenant's infra_alert storms (per incident_key, or per alert "
+        "rule and service split by 30-minute gaps) are merged on one partition",
+    ),
+    "system": FamilyKey(
+        ("tenant_id",),
+        "one admin_system_events row per event (any key would be exact); keyed like infra so "
+        "a tenant's incidents stay in order beside their alerts; little volume",
+    ),
+    "security": FamilyKey(
+        ("tenant_id",),
+        "sensitive-access rows are one per event (any key would be exact); the SIEM reads a "
+        "tenant's logins and data access in order (a failed-then-succeeded login is one "
+        "story); little volume",
+    ),
+    "admin_ui": FamilyKey(
+        ("tenant_id",),
+        "no state (PostHog only; any key would be exact); a tenant's admin sessions stay in "
+        "order; little volume",
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -112,7 +193,10 @@ class Catalog:
             partitions=self.partitions,
             retention_ms=None,  # compacted: the last value of every key is kept for good
             key=(),
-            key_reason="state key (JSON), written to the partition whose events made it",
+            key_reason=(
+                "state key (JSON), on the partition whose events made it: where its "
+                "family's key puts them (sluice topics rekey moves it when a key changes)"
+            ),
             config={
                 "cleanup.policy": "compact",
                 "max.message.bytes": str(MAX_MESSAGE_BYTES),
@@ -134,8 +218,8 @@ class Catalog:
             partitions=self.partitions,
             # Seven days: long enough for `sluice backfill` and for replays after an outage.
             retention_ms=7 * DAY_MS,
-            key=("tenant_id",),
-            key_reason=_TENANT_KEY,
+            key=FAMILY_KEYS[family].fields,
+            key_reason=FAMILY_KEYS[family].reason,
             config={"max.message.bytes": str(MAX_MESSAGE_BYTES)},
             schema=f"avro_schemas/{family}",
             dlq=self._name("events.dlq"),
