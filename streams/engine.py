@@ -23,7 +23,19 @@ succeeded (the audit chain marks its rows written then).
 Changelog format: keys are JSON lists — ``[tenant, email_id]`` for email states (the
 first release's format), ``["\\x00pos", topic, partition]`` for positions, and
 ``[component tag, ...]`` for every other component. Values are lists whose first element
-is the partition. Entries with a tag this version does not know are ignored.
+is the partition. Entries with a tag this version does not know are ignored. A tombstone
+(no value) removes the entry from the partition it is on: ``sluice topics rekey`` leaves
+one where it moved a state to the partition its new key maps to (:mod:`streams.rekey`);
+restores read a partition in order, so what came before the tombstone is forgotten.
+
+Where an event's state lives
+----------------------------
+On its *home* partition: where the topic catalog's key for its family puts it
+(:meth:`topics.catalog.TopicSpec.home`). That is the partition it was read from, unless a
+producer used another key (a record from before a re-key, a replayed dead letter): the
+worker forwards such a record to its home instead of applying it, and backfill applies
+it there (:meth:`Engine.apply`'s ``home``), while the offset it was read at counts for the
+partition it was read from.
 """
 
 from __future__ import annotations
@@ -38,7 +50,7 @@ from typing import TYPE_CHECKING
 
 from streams.compliance import AuditLog, SensitiveAccess
 from streams.incidents import SystemEvents
-from streams.rollups import BILLING_SENDS, DAY_MS, BillingPlans, EmailRollups, WarmupRollups
+from streams.rollups import DAY_MS, BillingPlans, EmailRollups, WarmupRollups
 from streams.state import Component, Taken, sort_key
 
 if TYPE_CHECKING:
@@ -47,6 +59,7 @@ if TYPE_CHECKING:
 
 POSITION_TAG = "\x00pos"
 VERSION_COLUMNS = ("updated", "_version")
+SHARD_COLUMN = "shard"  # sluice.olap.catalog.SHARD_COLUMN (a test checks they agree)
 
 
 def default_components(
@@ -57,13 +70,12 @@ def default_components(
     ``window_ms``: the attribution window of email engagement (None: unbounded);
     ``new_map``: the maps that grow with emails and leads (see :mod:`streams.spill`).
     """
-    email = EmailRollups(window_ms=window_ms, new_map=new_map)
-    billing_rows = email.rows[BILLING_SENDS.table]
     return [
-        email,
+        EmailRollups(window_ms=window_ms, new_map=new_map),
         WarmupRollups(new_map=new_map),
-        # a late plan change re-dates months that only have sends: it must see those rows
-        BillingPlans(other_keys=billing_rows.keys),
+        # plan columns are set on months with plan events only; the billing view carries
+        # them to the months after (sends of any partition), so no send row waits on them
+        BillingPlans(),
         AuditLog(),
         SensitiveAccess(),
         SystemEvents(),
@@ -78,11 +90,18 @@ class TableLayout:
     key_columns: tuple[str, ...]
     parts: tuple[tuple[str, tuple[str, ...]], ...]  # (component tag, value columns)
     versioned: bool
+    sharded: bool = False
 
     @property
     def columns(self) -> list[str]:
         values = [c for _, cols in self.parts for c in cols]
-        return [*self.key_columns, *values, *(VERSION_COLUMNS if self.versioned else ())]
+        shard = (SHARD_COLUMN,) if self.sharded else ()
+        return [
+            *self.key_columns,
+            *shard,
+            *values,
+            *(VERSION_COLUMNS if self.versioned else ()),
+        ]
 
 
 def layouts(components: Iterable[Component]) -> dict[str, TableLayout]:
@@ -94,13 +113,21 @@ def layouts(components: Iterable[Component]) -> dict[str, TableLayout]:
             entry = (component.tag, part.value_columns)
             if layout is None:
                 found[part.table] = TableLayout(
-                    part.table, part.key_columns, (entry,), part.versioned
+                    part.table, part.key_columns, (entry,), part.versioned, part.sharded
                 )
                 continue
-            if (layout.key_columns, layout.versioned) != (part.key_columns, part.versioned):
+            if (layout.key_columns, layout.versioned, layout.sharded) != (
+                part.key_columns,
+                part.versioned,
+                part.sharded,
+            ):
                 raise ValueError(f"components disagree on the key of {part.table}")
             found[part.table] = TableLayout(
-                part.table, layout.key_columns, (*layout.parts, entry), layout.versioned
+                part.table,
+                layout.key_columns,
+                (*layout.parts, entry),
+                layout.versioned,
+                layout.sharded,
             )
     return found
 
@@ -172,10 +199,21 @@ class Engine:
         return ps
 
     # -- the hot path -----------------------------------------------------------------
-    def apply(self, partition: int, topic: str, offset: int, family: str, event: Mapping) -> None:
-        """Apply one decoded event of ``family`` read at ``topic[partition]@offset``."""
+    def apply(
+        self,
+        partition: int,
+        topic: str,
+        offset: int,
+        family: str,
+        event: Mapping,
+        home: int | None = None,
+    ) -> None:
+        """Apply one decoded event of ``family`` read at ``topic[partition]@offset``, to
+        the state of its ``home`` partition (default: the one it was read from; see the
+        module docstring). The offset counts for ``partition``."""
         ps = self.state(partition)
-        for component in ps.by_family.get(family, ()):
+        target = ps if home is None or home == partition else self.state(home)
+        for component in target.by_family.get(family, ()):
             component.apply(event)
         self.advance(ps, topic, offset)
 
@@ -213,6 +251,9 @@ class Engine:
                 rows = self._assemble(ps, layout, taken)
                 if rows:
                     suffix = [now, version] if layout.versioned else []
+                    if layout.sharded:
+                        width = len(layout.key_columns)
+                        rows = [[*r[:width], partition, *r[width:]] for r in rows]
                     ckpt.rows.setdefault(layout.name, []).extend(r + suffix for r in rows)
         return ckpt
 
@@ -303,12 +344,20 @@ class Engine:
             for component in self.partitions[partition].components:
                 component.restored()
 
-    def join(self, entries: Iterable[tuple[str, list]]) -> set[int]:
+    def join(self, entries: Iterable[tuple[str, list] | tuple[str, list | None, int]]) -> set[int]:
         """Join changelog entries into state, a batch at a time (call :meth:`restored`
-        once all are in); return the partitions touched."""
+        once all are in); return the partitions touched.
+
+        An entry is ``(key, value)`` or ``(key, value, changelog partition)``; a tombstone
+        (value None) needs the partition (its value cannot say) and removes the entry
+        there (see the module docstring).
+        """
         touched: set[int] = set()
-        for key, value in entries:
+        for entry in entries:
+            key, value = entry[0], entry[1]
             if value is None:
+                if len(entry) > 2:
+                    touched |= self._tombstone(entry[2], key)  # type: ignore[misc]
                 continue
             partition = value[0]
             ps = self.state(partition)
@@ -324,6 +373,20 @@ class Engine:
                 ps.email.restore(parsed, value[1:])
             # else: a tag from a newer version; its owner will rebuild it
         return touched
+
+    def _tombstone(self, partition: int, key: str) -> set[int]:
+        ps = self.partitions.get(partition)
+        if ps is None:
+            return set()  # nothing restored there yet: nothing to forget
+        parsed = json.loads(key)
+        head = parsed[0]
+        if head == POSITION_TAG:
+            return set()  # positions only grow; never tombstoned
+        if head in ps.by_tag and head:
+            ps.by_tag[head].remove(parsed[1:])
+        elif not head.startswith("\x00"):
+            ps.email.remove(parsed)
+        return {partition}
 
 
 def changelog_key(*parts: object, tag: str = "") -> str:

@@ -22,6 +22,17 @@ which supports retraction just as well; derived columns are pure functions of bo
 
 Plan changes (``billing_analytics``) are not attributed to emails: :class:`BillingPlans`
 keeps the set of business events per tenant, keyed by event id, so redelivery is a no-op.
+
+Rows per partition
+------------------
+Email and warm-up events are keyed by email (``topics.catalog.FAMILY_KEYS``), so every
+row here counts the emails of one partition: the tables are *sharded*
+(:attr:`streams.state.TablePart.sharded`) and the OLAP views combine the partitions. So a
+row must hold what combining needs: counters (summed), the per-partition sets behind
+distinct counts that can span partitions (a lead's campaigns, a month's mailboxes: the
+``*_ids`` columns, sorted tallies), first/last days (min/max). The columns computed from
+them per partition (``campaigns``, ``status``, ``active_mailboxes``, the placement rate)
+are still written, for one shard's row; the view recomputes them over all shards.
 """
 
 from __future__ import annotations
@@ -42,6 +53,7 @@ from functools import cached_property
 from sys import intern
 from typing import Any
 
+from sluice.olap.catalog import LEAD_STATUS_ORDER
 from streams.state import Component, DirtyRows, RowKey, TablePart, Taken
 
 DAY_MS = 86_400_000
@@ -444,22 +456,6 @@ LEAD_METRICS: tuple[tuple[str, int | None], ...] = (
     *CAMPAIGN_METRICS[6:],
 )
 
-# A lead's "latest state" as a pure function of its emails' states: the most decisive
-# outcome any of its emails reached. Terminal outcomes (complaint, unsubscribe, hard
-# bounce) outrank engagement because they end the conversation whatever came before;
-# arrival order cannot change the answer, so it is exact under replay.
-LEAD_STATUS_ORDER: tuple[tuple[str, str], ...] = (
-    ("spam_complaints", "spam_complaint"),
-    ("unsubscribed", "unsubscribed"),
-    ("bounced_hard", "bounced_hard"),
-    ("replied", "replied"),
-    ("clicked_tracked", "clicked"),
-    ("opened_tracked", "opened"),
-    ("delivered", "delivered"),
-    ("emails_sent", "sent"),
-)
-
-
 def lead_status(metrics: Mapping[str, int], _: Mapping[str, Counter] | None = None) -> str:
     """The lead's latest state (see :data:`LEAD_STATUS_ORDER`); ``''`` with no sent email."""
     for column, status in LEAD_STATUS_ORDER:
@@ -509,6 +505,7 @@ LEAD_ANALYTICS = Rollup(
         ("first_sent_day", lambda m, t: _min_key(t["send_day"])),
         ("last_sent_day", lambda m, t: _max_key(t["send_day"])),
         ("status", lead_status),
+        ("campaign_ids", lambda m, t: sorted(t["campaign"])),
     ),
 )
 
@@ -519,7 +516,10 @@ BILLING_SENDS = Rollup(
     key=lambda tenant, s: (tenant, month_start(send_day(s))),
     metrics=(("billable_sends", None),),
     tallies=(("mailbox", lambda s: s[MAILBOX]),),
-    derived=(("active_mailboxes", lambda m, t: len(t["mailbox"])),),
+    derived=(
+        ("active_mailboxes", lambda m, t: len(t["mailbox"])),
+        ("mailbox_ids", lambda m, t: sorted(t["mailbox"])),
+    ),
 )
 
 EMAIL_ROLLUPS: tuple[Rollup, ...] = (
@@ -594,7 +594,9 @@ class AttributionRollups(Component):
         self._rewrite: Iterator[tuple[str, RowKey]] | None = None
 
     def parts(self) -> tuple[TablePart, ...]:
-        return tuple(TablePart(r.table, r.key_columns, r.value_columns) for r in self.rollups)
+        return tuple(
+            TablePart(r.table, r.key_columns, r.value_columns, sharded=True) for r in self.rollups
+        )
 
     # -- state ---------------------------------------------------------------------------
     def apply(self, event: Mapping) -> bool:
@@ -631,6 +633,27 @@ class AttributionRollups(Component):
         before = state.copy()
         if self.attribution.merge_states(state, value):
             self._account(tenant, before, state, mark=False)
+
+    def remove(self, key: list) -> None:
+        """A tombstone: the message's state moved to another partition (see Component)."""
+        state = self.states.pop((key[0], key[1]), None)
+        if state is None or state[SENT_AT] is None:
+            return
+        for rollup in self.rollups:  # retract what it contributed (rows are rewritten)
+            old = rollup.contribution(key[0], state)
+            if old is None:
+                continue
+            row_key, counts, values = old
+            row = self.rows[rollup.table][row_key]
+            for i, v in enumerate(counts):
+                row[i] -= v
+            tallies = self.tallies.get(rollup.table)
+            if tallies is not None:
+                kept = tallies[row_key]
+                for tally, value in zip(kept, values, strict=True):
+                    tally[value] -= 1
+                    if not tally[value]:
+                        del tally[value]
 
     def restored(self) -> None:
         # Every row is rewritten (the OLAP may lag the changelog), REWRITE_BATCH per
@@ -833,11 +856,15 @@ class BillingPlans(Component):
 
     Counts are distinct event ids per type and UTC month. ``plan_at_month_end`` is the
     ``plan_to`` of the tenant's last business event before the month ended (any earlier
-    month counts), so a late event re-dates every later month: ``other_keys`` lists the
-    billing rows other components hold, so those are rewritten too.
+    month counts), so a late event re-dates every later month that has plan events.
+
+    Business events are keyed by tenant (one partition), sends by email (every partition):
+    so the plan columns are written on the rows of months *with* plan events only, and
+    are NULL / 0 on every other row; ``billing_analytics_v`` carries them forward to the
+    months after (the latest month at or before with plan events), whichever partition
+    counted their sends (:mod:`sluice.olap.catalog`, ``Merge("carry")``).
     """
 
-    other_keys: Callable[[], Iterable[RowKey]] = tuple
     events: dict[str, dict[str, PlanEvent]] = field(default_factory=dict)
     dirty_events: set[tuple[str, str]] = field(default_factory=set)
     dirty: DirtyRows = field(default_factory=lambda: DirtyRows(["billing_analytics"]))
@@ -847,7 +874,9 @@ class BillingPlans(Component):
     TABLE = "billing_analytics"
 
     def parts(self) -> tuple[TablePart, ...]:
-        return (TablePart(self.TABLE, ("company_id", "month"), BILLING_PLAN_COLUMNS),)
+        return (
+            TablePart(self.TABLE, ("company_id", "month"), BILLING_PLAN_COLUMNS, sharded=True),
+        )
 
     def apply(self, event: Mapping) -> bool:
         if event["event_type"] not in PLAN_EVENT_COLUMNS:
@@ -875,9 +904,7 @@ class BillingPlans(Component):
         return {month_start(utc_day(at)) for at, _, _ in self.events.get(tenant, {}).values()}
 
     def _cascade(self, tenant: str, since: date) -> None:
-        keys = {(tenant, m) for m in self._months(tenant) if m >= since}
-        keys.update(k for k in self.other_keys() if k[0] == tenant and k[1] >= since)
-        self.dirty.update(self.TABLE, keys)
+        self.dirty.update(self.TABLE, {(tenant, m) for m in self._months(tenant) if m >= since})
 
     def value(self, table: str, key: RowKey) -> tuple:
         tenant, month = key
@@ -890,7 +917,7 @@ class BillingPlans(Component):
                 counts[PLAN_EVENT_COLUMNS[event_type]] += 1
             if at < end and (last is None or (at, event_id) > last[:2]):
                 last = (at, event_id, record)
-        if last is None:
+        if last is None or not any(counts.values()):  # the view carries it here (see above)
             plan, active = None, 0
         else:
             _, event_type, plan_to = last[2]

@@ -21,6 +21,11 @@ in between (the audit chain relies on that to mark its rows written).
 Several components may fill one table (``billing_analytics`` gets sends from email
 attribution and plan changes from business events): each declares the value columns it
 provides, and the engine joins their parts on the row key.
+
+A *sharded* table (:attr:`TablePart.sharded`) holds one row per key and partition: the
+engine appends the partition number (the ``shard`` column) to the component's row key, so
+partitions that each count some of a key's emails never overwrite each other; the OLAP
+view combines them (:mod:`sluice.olap.catalog`). Components never see the shard.
 """
 
 from __future__ import annotations
@@ -41,13 +46,15 @@ class TablePart:
 
     ``versioned`` tables get ``updated`` and ``_version`` appended to every row (their rows
     change over time; ReplacingMergeTree keeps the highest version). Immutable fact rows
-    (the audit chain) are not versioned: a rewrite is byte-identical.
+    (the audit chain) are not versioned: a rewrite is byte-identical. ``sharded`` tables
+    get the partition number appended to the key (see the module docstring).
     """
 
     table: str
     key_columns: tuple[str, ...]
     value_columns: tuple[str, ...]
     versioned: bool = True
+    sharded: bool = False
 
 
 @dataclass
@@ -102,6 +109,11 @@ class Component(ABC):
     def restored(self) -> None:  # noqa: B027
         """After a batch of :meth:`restore`: reconcile, and mark every row to be rewritten
         (the OLAP may lag the changelog) without resending what came from the changelog."""
+
+    def remove(self, key: ChangelogKey) -> None:  # noqa: B027
+        """A changelog tombstone (during a restore): the entry ``key`` left this partition
+        (``sluice topics rekey`` moved it to the partition its new key maps to); forget it
+        as if it had never been restored. Components whose entries never move keep this."""
 
     def stats(self) -> dict[str, int]:
         """Sizes of the state, for ``sluice status``."""

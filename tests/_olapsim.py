@@ -6,20 +6,25 @@ ports: the changelog is a dict (compacted: last value per key), the OLAP is
 :class:`FakeOlap` (what ReplacingMergeTree shows with ``FINAL``), offsets are an index into
 the log. It can fail an OLAP write, lose part of a changelog flush and crash (kill -9:
 a new engine restored from the changelog resumes at the last commit).
+
+Events land on the partition the topic catalog's key puts them (murmur2, like every
+producer), so email traffic spreads over every partition as in production; the fake
+OLAP's :meth:`FakeOlap.final` shows what the ``*_v`` views show, combining the shards'
+rows as the catalog's merges say (tests check it against the real views in chDB).
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sluice.olap.catalog import OLAP_TABLES
+from sluice.olap.catalog import OLAP_TABLES, Table
 from streams.checkpoint import Checkpointer, Ports, Progress
 from streams.engine import Engine
+from topics.catalog import Catalog
 from topics.taxonomy import family_of
 
 INTERNAL_COLUMNS = ("updated", "_version", "_deleted")
@@ -54,14 +59,60 @@ class FakeOlap:
             self.inserts[table] += 1
 
     def final(self, table: str) -> dict[tuple, tuple]:
-        """key -> public columns (no updated/_version/_deleted), deleted rows hidden."""
+        """What ``<table>_v`` shows: view key -> its columns but ``updated``; deleted rows
+        hidden; a sharded table's rows of one key combined."""
         spec = OLAP_TABLES[table]
-        public = [c for c in spec.columns if c not in INTERNAL_COLUMNS]
-        return {
-            key: tuple(row[c] for c in public)
-            for key, row in self.tables[table].items()
-            if not row.get("_deleted")
-        }
+        rows = [r for r in self.tables[table].values() if not r.get("_deleted")]
+        public = [c for c in spec.view_columns if c not in INTERNAL_COLUMNS]
+        if not spec.sharded:
+            return {tuple(r[c] for c in spec.key): tuple(r[c] for c in public) for r in rows}
+        return {k: tuple(v[c] for c in public) for k, v in combine(spec, rows).items()}
+
+
+def combine(spec: Table, rows: list[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
+    """The catalog's merges (:class:`sluice.olap.catalog.Merge`) over the rows of every
+    shard, in Python: view key -> the view's columns."""
+    key = spec.view_key
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(tuple(r[k] for k in key), []).append(r)
+    merges = {c: spec.merge_of(spec.column(c)) for c in spec.view_columns if c not in key}
+    out: dict[tuple, dict[str, Any]] = {}
+    for k, group in groups.items():
+        v: dict[str, Any] = dict(zip(key, k, strict=True))
+        for c, m in merges.items():
+            values = [r[c] for r in group]
+            present = [x for x in values if x is not None]
+            if m.kind == "sum":
+                v[c] = sum(values)
+            elif m.kind == "min":
+                v[c] = min(present, default=None)
+            elif m.kind == "max":
+                v[c] = max(present, default=None)
+            elif m.kind == "distinct":
+                v[c] = len(set().union(*(r[m.args[0]] for r in group)))
+        for c, m in merges.items():
+            if m.kind == "first_positive":
+                v[c] = next((value for n, value in m.args if v[n] > 0), "")
+            elif m.kind == "ratio":
+                num, den = m.args
+                v[c] = v[num] / v[den] if v[den] else None
+        out[k] = v
+    carried = [c for c, m in merges.items() if m.kind == "carry"]
+    if carried:
+        markers = {n for c in carried for n in merges[c].args}
+        plans = sorted(
+            (r for r in rows if any(r[n] > 0 for n in markers)), key=lambda r: r[key[-1]]
+        )
+        for k, v in out.items():
+            match = None
+            for r in plans:  # ASOF: the latest plan row of the company at or before
+                if tuple(r[c] for c in key[:-1]) == k[:-1] and r[key[-1]] <= k[-1]:
+                    match = r
+            for c in carried:
+                default = None if spec.column(c).type.startswith("Nullable") else 0
+                v[c] = match[c] if match is not None else default
+    return out
 
 
 @dataclass
@@ -169,10 +220,12 @@ class Harness:
         return Checkpointer(self.engine, self.progress, ports, asyncio.Lock(), run_blocking=_direct)
 
     def produce(self, events: Iterable[Mapping[str, Any]]) -> None:
+        """Append to the log, each event on the partition its family's key puts it."""
+        catalog = Catalog(partitions=self.partitions)
         for event in events:
             family = family_of(event["event_type"])
             assert family is not None
-            partition = zlib.crc32(event["tenant_id"].encode()) % self.partitions
+            partition = catalog.for_family(family).partition_of(event)
             topic = f"events.{family}"
             offset = self.next_offset.get((topic, partition), 0)
             self.next_offset[(topic, partition)] = offset + 1
@@ -259,6 +312,6 @@ def reference_tables(client: Any, wl: Any) -> dict[str, dict[tuple, tuple]]:
     out = {}
     for table, sql in REFERENCE_SQL.items():
         _, rows = client.query(sql.format(**names))
-        width = len(OLAP_TABLES[table].key)
+        width = len(OLAP_TABLES[table].view_key)
         out[table] = {tuple(r[:width]): tuple(r) for r in rows}
     return out

@@ -8,7 +8,27 @@ components fill (checked against it when the engine starts), the column referenc
 sync), and the writer's guard: only tables listed here may ever be written (DESIGN §3).
 
 ``since`` is the migration version that created a table or added a column: never change
-what a released version renders; add a column with a higher ``since`` instead.
+what a released version renders; add a column with a higher ``since`` instead. A column
+added to the *key* (``ORDER BY``) empties the table in that migration: rows written under
+the old key would take the new column's default and could not be told from new rows
+(migration 5's ``shard``; the worker's restore and ``sluice topics rekey`` rewrite every
+row from the state, which the changelog holds).
+
+Rows per shard (migration 5)
+----------------------------
+Email and warm-up events are partitioned by email (``topics.catalog.FAMILY_KEYS``), so one
+campaign's, mailbox's or lead's emails are counted on several partitions. The tables fed
+from that attribution carry a ``shard`` column (the source partition) at the end of their
+key: each partition writes absolute rows of *its own* emails, versioned by its own
+offsets, exactly as before. Their ``<table>_v`` view combines the shards into one row per
+key, with the same columns, types and meanings as before: each column says how
+(:class:`Merge`): counters are summed; counts of distinct values that can span partitions
+(a lead's campaigns, a month's active mailboxes) come from per-shard sets (``Array``
+columns, merged with ``groupUniqArrayArray``); first/last days are ``min``/``max``; a lead's
+status and a placement rate are recomputed from the summed counters; the plan at a month's
+end is carried forward from the latest month with plan events (``ASOF LEFT JOIN``), since
+business events, keyed by tenant, sit on one partition while sends sit on all. **Read the
+views**: ``FINAL`` on one of these base tables shows one row per key *and shard*.
 """
 
 from __future__ import annotations
@@ -16,23 +36,86 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Any
 
 UTC_MS = "DateTime64(3, 'UTC')"
 
 
 @dataclass(frozen=True)
+class Merge:
+    """How a sharded table's view combines one column over the rows of every shard of a key.
+
+    Kinds (rendered to SQL by :mod:`sluice.olap.ddl`; tests/_olapsim.py reads them too):
+
+    * ``sum``, ``min``, ``max`` — of the column;
+    * ``distinct`` — the number of distinct values in the union of an ``Array`` column of
+      per-shard sets (``args``: that column);
+    * ``first_positive`` — the value of the first ``(counter, value)`` pair of ``args``
+      whose *summed* counter is positive, else ``''``;
+    * ``ratio`` — summed ``args[0]`` / summed ``args[1]``, NULL when the latter is 0;
+    * ``carry`` — the column of the latest row of the key's company with the last key
+      column ≤ this one's, among rows where one of the counters in ``args`` is positive
+      (the default value of the type when there is none).
+    """
+
+    kind: str
+    args: tuple[Any, ...] = ()
+
+
+SUM, MIN, MAX = Merge("sum"), Merge("min"), Merge("max")
+
+
+@dataclass(frozen=True)
 class Column:
-    """One column: its ClickHouse type and what it means (the DDL's ``COMMENT``)."""
+    """One column: its ClickHouse type and what it means (the DDL's ``COMMENT``).
+
+    ``merge``: in a sharded table, how the view combines it (None: a key column is grouped
+    by, a ``UInt64`` counter summed, ``updated`` the latest); ``internal``: a base-table
+    column no view shows.
+    """
 
     name: str
     type: str
     comment: str
     since: int | None = None  # the migration that added it (None: with its table)
+    merge: Merge | None = None
+    internal: bool = False
 
 
-UPDATED = Column("updated", UTC_MS, "when the worker last wrote this row")
+UPDATED = Column("updated", UTC_MS, "when the worker last wrote this row", merge=MAX)
 VERSION = Column("_version", "UInt64", "monotonic row version (source offsets applied); internal")
 INTERNAL = frozenset({"_version", "_deleted"})  # never in a view
+
+#: Sharded tables: the column naming the source partition whose emails a row counts.
+SHARD_COLUMN = "shard"
+#: The migration that gave the email and warm-up tables rows per shard.
+SHARDED_SINCE = 5
+SHARD = Column(
+    SHARD_COLUMN,
+    "UInt16",
+    "source partition whose emails this row counts; the view combines every shard; internal",
+    since=SHARDED_SINCE,
+    internal=True,
+)
+
+# A lead's "latest state" as a pure function of its emails: the most decisive outcome any
+# of its emails reached. Terminal outcomes (complaint, unsubscribe, hard bounce) outrank
+# engagement because they end the conversation whatever came before; arrival order cannot
+# change the answer, so it is exact under replay — and, computed from counters summed over
+# partitions, exact across them (the engine computes it per shard from the same order).
+LEAD_STATUS_ORDER: tuple[tuple[str, str], ...] = (
+    ("spam_complaints", "spam_complaint"),
+    ("unsubscribed", "unsubscribed"),
+    ("bounced_hard", "bounced_hard"),
+    ("replied", "replied"),
+    ("clicked_tracked", "clicked"),
+    ("opened_tracked", "opened"),
+    ("delivered", "delivered"),
+    ("emails_sent", "sent"),
+)
+
+#: billing_analytics rows with one of these positive carry the plan at the month's end.
+PLAN_EVENT_COUNTS = ("signups", "upgrades", "downgrades", "churns")
 
 
 @dataclass(frozen=True)
@@ -68,6 +151,37 @@ class Table:
             raise ValueError(f"{self.name}: key columns {missing} are not columns")
         if self.deleted is not None and self.deleted not in names:
             raise ValueError(f"{self.name}: {self.deleted} is not a column")
+        if self.sharded:
+            for c in self.definitions:
+                if c.name not in self.view_key and c.name in self.view_columns:
+                    self.merge_of(c)  # raises if the view could not combine it
+
+    @property
+    def sharded(self) -> bool:
+        """Whether rows are written per shard (the view combines them)."""
+        return SHARD_COLUMN in self.key
+
+    def sharded_at(self, version: int | None) -> bool:
+        return self.sharded and (version is None or version >= SHARDED_SINCE)
+
+    def key_at(self, version: int | None) -> tuple[str, ...]:
+        """The key (``ORDER BY``) as of migration ``version`` (None: the latest)."""
+        return tuple(
+            k for k in self.key if version is None or self.column_since(self.column(k)) <= version
+        )
+
+    @property
+    def view_key(self) -> tuple[str, ...]:
+        """One row of the view per these columns (the key without the shard)."""
+        return tuple(k for k in self.key if k != SHARD_COLUMN)
+
+    def merge_of(self, column: Column) -> Merge:
+        """How the view of a sharded table combines ``column`` (see :class:`Column`)."""
+        if column.merge is not None:
+            return column.merge
+        if column.type == "UInt64":
+            return SUM
+        raise ValueError(f"{self.name}.{column.name}: say how the view combines its shards")
 
     @property
     def definitions(self) -> tuple[Column, ...]:
@@ -87,7 +201,9 @@ class Table:
     @property
     def view_columns(self) -> tuple[str, ...]:
         """What the ``<table>_v`` view shows: every column but the internal ones."""
-        return tuple(c.name for c in self.definitions if c.name not in INTERNAL)
+        return tuple(
+            c.name for c in self.definitions if c.name not in INTERNAL and not c.internal
+        )
 
     @property
     def view(self) -> str:
@@ -137,11 +253,12 @@ _TABLES: tuple[Table, ...] = (
         since=1,
         grain="per company, campaign and UTC send day",
         sources="events.email (every email_* type), attributed to the campaign and UTC day of the winning email_sent; never warm-up",
-        key=("company_id", "campaign_id", "day"),
+        key=("company_id", "campaign_id", "day", SHARD_COLUMN),
         defs=(
             COMPANY,
             CAMPAIGN,
             SEND_DAY,
+            SHARD,
             Column("sent", "UInt64", "distinct emails sent that day (email_sent)"),
             DELIVERED,
             OPENED,
@@ -160,11 +277,12 @@ _TABLES: tuple[Table, ...] = (
         since=2,
         grain="per company, sending mailbox and UTC send day",
         sources="events.email (every email_* type), attributed to the mailbox of email_sent",
-        key=("company_id", "mailbox_id", "day"),
+        key=("company_id", "mailbox_id", "day", SHARD_COLUMN),
         defs=(
             COMPANY,
             Column("mailbox_id", "String", "sending mailbox id (from email_sent)"),
             SEND_DAY,
+            SHARD,
             Column("sent", "UInt64", "distinct emails this mailbox sent that day (email_sent)"),
             DELIVERED,
             OPENED,
@@ -190,7 +308,7 @@ _TABLES: tuple[Table, ...] = (
         since=2,
         grain="per company, campaign, sequence step and UTC send day",
         sources="events.email; only emails whose email_sent carries a sequence_step_id (the others count in campaign_analytics only)",
-        key=("company_id", "campaign_id", "sequence_step_id", "day"),
+        key=("company_id", "campaign_id", "sequence_step_id", "day", SHARD_COLUMN),
         defs=(
             COMPANY,
             CAMPAIGN,
@@ -200,6 +318,7 @@ _TABLES: tuple[Table, ...] = (
                 "sequence step that produced the emails (from email_sent)",
             ),
             SEND_DAY,
+            SHARD,
             Column("sent", "UInt64", "distinct emails of this step sent that day (email_sent)"),
             DELIVERED,
             OPENED,
@@ -217,10 +336,11 @@ _TABLES: tuple[Table, ...] = (
         since=2,
         grain="per company and lead (all time)",
         sources="events.email, attributed to the lead of email_sent; the latest state is a pure function of the lead's emails (order-independent, so exact under replay)",
-        key=("company_id", "lead_id"),
+        key=("company_id", "lead_id", SHARD_COLUMN),
         defs=(
             COMPANY,
             Column("lead_id", "String", "lead (recipient contact) id"),
+            SHARD,
             Column("emails_sent", "UInt64", "distinct emails sent to this lead (email_sent)"),
             DELIVERED,
             OPENED,
@@ -234,21 +354,36 @@ _TABLES: tuple[Table, ...] = (
             Column(
                 "spam_complaints", "UInt64", "of those, distinct emails the lead reported as spam"
             ),
-            Column("campaigns", "UInt64", "distinct campaigns that sent this lead an email"),
+            Column(
+                "campaigns",
+                "UInt64",
+                "distinct campaigns that sent this lead an email",
+                merge=Merge("distinct", ("campaign_ids",)),
+            ),
             Column(
                 "first_sent_day",
                 "Nullable(Date)",
                 "UTC day of the first email sent to the lead (NULL if none)",
+                merge=MIN,
             ),
             Column(
                 "last_sent_day",
                 "Nullable(Date)",
                 "UTC day of the latest email sent to the lead (NULL if none)",
+                merge=MAX,
             ),
             Column(
                 "status",
                 "LowCardinality(String)",
                 "latest state: the most decisive outcome of any email, in order spam_complaint, unsubscribed, bounced_hard, replied, clicked, opened, delivered, sent (empty if none)",
+                merge=Merge("first_positive", LEAD_STATUS_ORDER),
+            ),
+            Column(
+                "campaign_ids",
+                "Array(String)",
+                "the distinct campaigns of the emails to the lead that this shard counts, sorted (the view counts their union); internal",
+                since=SHARDED_SINCE,
+                internal=True,
             ),
         ),
         comment="Per lead engagement totals (distinct emails) and latest state; aggregate analytics",
@@ -258,11 +393,12 @@ _TABLES: tuple[Table, ...] = (
         since=2,
         grain="per company, warmed-up mailbox and UTC warm-up send day",
         sources="events.warmup (warmup_email_sent, warmup_email_landed, warmup_email_replied), distinct warm-up email ids whose winning warmup_email_sent falls on the day; placement is the first landing",
-        key=("company_id", "mailbox_id", "day"),
+        key=("company_id", "mailbox_id", "day", SHARD_COLUMN),
         defs=(
             COMPANY,
             Column("mailbox_id", "String", "mailbox being warmed up (from warmup_email_sent)"),
             Column("day", "Date", "UTC day of the warmup_email_sent event"),
+            SHARD,
             Column("warmup_sent", "UInt64", "distinct warm-up emails sent that day"),
             Column("landed", "UInt64", "of those, distinct emails with a warmup_email_landed"),
             Column(
@@ -283,6 +419,7 @@ _TABLES: tuple[Table, ...] = (
                 "inbox_placement_rate",
                 "Nullable(Float64)",
                 "landed_inbox / landed, 0 to 1 (NULL when nothing landed yet)",
+                merge=Merge("ratio", ("landed_inbox", "landed")),
             ),
         ),
         partition_by="toYYYYMM(day)",
@@ -293,10 +430,11 @@ _TABLES: tuple[Table, ...] = (
         since=2,
         grain="per company and UTC calendar month",
         sources="events.email (email_sent, by the winning send's month) and events.business (signup, upgrade, downgrade, churn: distinct event ids); warm-up is not billable",
-        key=("company_id", "month"),
+        key=("company_id", "month", SHARD_COLUMN),
         defs=(
             COMPANY,
             Column("month", "Date", "first day of the UTC calendar month"),
+            SHARD,
             Column(
                 "billable_sends",
                 "UInt64",
@@ -306,6 +444,14 @@ _TABLES: tuple[Table, ...] = (
                 "active_mailboxes",
                 "UInt64",
                 "distinct mailboxes that sent at least one of those emails",
+                merge=Merge("distinct", ("mailbox_ids",)),
+            ),
+            Column(
+                "mailbox_ids",
+                "Array(String)",
+                "the distinct mailboxes that sent the emails of the month this shard counts, sorted (the view counts their union); internal",
+                since=SHARDED_SINCE,
+                internal=True,
             ),
             Column("signups", "UInt64", "distinct business_signup events in the month"),
             Column("upgrades", "UInt64", "distinct business_upgrade events in the month"),
@@ -315,11 +461,13 @@ _TABLES: tuple[Table, ...] = (
                 "plan_at_month_end",
                 "Nullable(String)",
                 "plan_to of the last business event before the month ended (earlier months included); NULL if none yet or churned",
+                merge=Merge("carry", PLAN_EVENT_COUNTS),
             ),
             Column(
                 "active_at_month_end",
                 "UInt8",
                 "1 if the last business event before the month ended is not a churn",
+                merge=Merge("carry", PLAN_EVENT_COUNTS),
             ),
         ),
         comment="Per company per month billable usage and plan changes; contractual aggregate for billing",
@@ -521,14 +669,45 @@ def reference_markdown() -> str:
     out = []
     for t in _TABLES:
         out.append(f"### `{t.name}`\n")
-        out.append(f"One row {t.grain}. Key: `{', '.join(t.key)}`. Read it as `{t.view}`.\n")
+        if t.sharded:
+            out.append(
+                f"One row {t.grain} in `{t.view}`, which combines the base table's rows: "
+                f"one per `{', '.join(t.key)}` (each shard counts its own emails).\n"
+            )
+        else:
+            out.append(f"One row {t.grain}. Key: `{', '.join(t.key)}`. Read it as `{t.view}`.\n")
         out.append(f"Source events: {t.sources}.\n")
-        out.append("| column | type | meaning |\n|---|---|---|")
+        if t.sharded:
+            out.append("| column | type | meaning | in the view |\n|---|---|---|---|")
+        else:
+            out.append("| column | type | meaning |\n|---|---|---|")
         for c in t.definitions:
             meaning = c.comment.replace("|", "\\|")
-            out.append(f"| `{c.name}` | `{c.type}` | {meaning} |")
+            line = f"| `{c.name}` | `{c.type}` | {meaning} |"
+            if t.sharded:
+                line += f" {_combined(t, c)} |"
+            out.append(line)
         out.append("")
     return "\n".join(out)
+
+
+def _combined(table: Table, column: Column) -> str:
+    """How the view of a sharded table shows one column (the reference's last column)."""
+    if column.name not in table.view_columns:
+        return "—"
+    if column.name in table.view_key:
+        return "key"
+    merge = table.merge_of(column)
+    args = merge.args
+    return {
+        "sum": "sum over shards",
+        "min": "earliest over shards",
+        "max": "latest over shards",
+        "distinct": f"distinct values of `{args[0]}` over shards" if args else "",
+        "first_positive": "from the summed counters, in the order above",
+        "ratio": f"`{args[0]}` / `{args[1]}` of the sums" if len(args) == 2 else "",
+        "carry": "from the latest month at or before it with plan events",
+    }[merge.kind]
 
 
 if __name__ == "__main__":

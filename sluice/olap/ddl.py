@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sluice.olap.catalog import Column, Table
+from sluice.olap.catalog import Column, Merge, Table
 
 DEDUP_BLOCKS = 10_000  # inserts remembered for deduplication, per table
 DEDUP_SECONDS = 86_400  # replicated tables: how long a retried insert is recognised
@@ -81,7 +81,7 @@ def create_table(table: Table, target: Target, version: int | None = None) -> st
     lines.append(engine(table, target))
     if table.partition_by:
         lines.append(f"PARTITION BY {table.partition_by}")
-    lines.append(f"ORDER BY ({', '.join(table.key)})")
+    lines.append(f"ORDER BY ({', '.join(table.key_at(version))})")
     if target.cluster:
         lines.append(
             f"SETTINGS replicated_deduplication_window = {DEDUP_BLOCKS}, "
@@ -103,31 +103,117 @@ def modify_comment(table: Table, target: Target) -> str:
     )
 
 
-def add_column(table: Table, column: Column, target: Target) -> str:
-    """``ALTER TABLE ... ADD COLUMN IF NOT EXISTS`` for a column added after the table."""
+def add_column(table: Table, column: Column, target: Target, version: int | None = None) -> str:
+    """``ALTER TABLE ... ADD COLUMN IF NOT EXISTS`` for a column added after the table.
+
+    A key column joins the end of ``ORDER BY`` in the same statement (ClickHouse only
+    lets a sorting key grow by columns the same ``ALTER`` adds, without a default); the
+    migration empties the table first (:func:`truncate`).
+    """
     names = [c.name for c in table.definitions]
     after = names[names.index(column.name) - 1]
-    return (
+    statement = (
         f"ALTER TABLE {table.name}{target.on_cluster} ADD COLUMN IF NOT EXISTS "
         f"{column.name} {column.type} COMMENT {quote_string(column.comment)} AFTER {after}"
     )
+    if column.name in table.key:
+        statement += f", MODIFY ORDER BY ({', '.join(table.key_at(version))})"
+    return statement
+
+
+def truncate(table: Table, target: Target) -> str:
+    """``TRUNCATE TABLE``: before a migration that adds a key column (see the catalog)."""
+    return f"TRUNCATE TABLE IF EXISTS {table.name}{target.on_cluster}"
 
 
 def create_view(
     table: Table, target: Target, version: int | None = None, replace: bool = False
 ) -> str:
-    """The ``<table>_v`` view: every public column, one row per key (``FINAL``)."""
+    """The ``<table>_v`` view: every public column, one row per key (``FINAL``); for a
+    sharded table, the shards' rows of a key combined into one (:func:`combined_select`)."""
     columns = [
-        c.name
+        c
         for c in table.definitions
         if c.name in table.view_columns and (version is None or table.column_since(c) <= version)
     ]
     head = "CREATE OR REPLACE VIEW" if replace else "CREATE VIEW IF NOT EXISTS"
     where = f"\nWHERE {table.view_where}" if table.view_where else ""
-    return (
-        f"{head} {table.view}{target.on_cluster} AS\n"
-        f"SELECT {', '.join(columns)}\nFROM {table.name} FINAL{where}"
+    if table.sharded_at(version):
+        body = combined_select(table, columns, where)
+    else:
+        body = f"SELECT {', '.join(c.name for c in columns)}\nFROM {table.name} FINAL{where}"
+    return f"{head} {table.view}{target.on_cluster} AS\n{body}"
+
+
+# How each Merge kind reads the shards' rows of one key (inner: aggregated per key) and
+# what the view shows (outer: from the aggregated columns, qualified with ``r.``).
+_INNER: dict[str, str] = {
+    "sum": "sum({c})",
+    "min": "min({c})",
+    "max": "max({c})",
+    "distinct": "toUInt64(length(groupUniqArrayArray({a0})))",
+}
+
+
+def combined_select(table: Table, columns: list[Column], where: str) -> str:
+    """One row per view key from the rows of every shard (see :class:`Merge`).
+
+    Two levels, because ClickHouse resolves a name to the select's own alias first: the
+    inner query aggregates each column under its own name (sums, min/max, distinct
+    unions), the outer one derives the columns computed *from* sums (status, ratios) and
+    carries the plan columns forward from the latest month that has plan events
+    (``ASOF LEFT JOIN`` on the key's last column). Every expression keeps the catalog's
+    type whatever ``join_use_nulls`` the reading session has.
+    """
+    key = table.view_key
+    merges = {c.name: table.merge_of(c) for c in columns if c.name not in key}
+    inner = [*key]
+    for name, merge in merges.items():
+        if merge.kind in _INNER:
+            first = merge.args[0] if merge.args else ""
+            inner.append(f"{_INNER[merge.kind].format(c=name, a0=first)} AS {name}")
+        elif merge.kind in ("first_positive", "ratio", "carry"):
+            continue
+        else:
+            raise ValueError(f"{table.name}.{name}: unknown merge {merge.kind!r}")
+    carried = [c for c in columns if merges.get(c.name, Merge("")).kind == "carry"]
+    outer = []
+    for c in columns:
+        merge = merges.get(c.name)
+        if merge is None or merge.kind in _INNER:
+            expression = f"r.{c.name}"
+            if c.name == "updated" and carried:
+                expression = "greatest(r.updated, ifNull(p.updated, r.updated))"
+        elif merge.kind == "first_positive":
+            cases = ", ".join(f"r.{n} > 0, {quote_string(v)}" for n, v in merge.args)
+            expression = f"CAST(multiIf({cases}, '') AS {c.type})"
+        elif merge.kind == "ratio":
+            num, den = merge.args
+            expression = f"if(r.{den} = 0, NULL, r.{num} / r.{den})"
+        else:  # carry
+            expression = (
+                f"p.{c.name}"
+                if c.type.startswith("Nullable(")
+                else f"ifNull(p.{c.name}, defaultValueOfTypeName({quote_string(c.type)}))"
+            )
+        outer.append(f"{expression} AS {c.name}")
+    sql = (
+        f"SELECT {', '.join(outer)}\nFROM (\n"
+        f"    SELECT {', '.join(inner)}\n"
+        f"    FROM {table.name} FINAL{where.replace(chr(10), chr(10) + '    ')}\n"
+        f"    GROUP BY {', '.join(key)}\n) AS r"
     )
+    if carried:
+        markers = set().union(*(merges[c.name].args for c in carried))
+        marker = " + ".join(sorted(markers, key=[c.name for c in table.definitions].index))
+        picked = [*key, *(c.name for c in carried), "updated"]
+        joined = " AND ".join(f"r.{k} = p.{k}" for k in key[:-1])
+        sql += (
+            f"\nASOF LEFT JOIN (\n    SELECT {', '.join(picked)}\n"
+            f"    FROM {table.name} FINAL\n    WHERE {marker} > 0\n) AS p\n"
+            f"ON {joined} AND r.{key[-1]} >= p.{key[-1]}"
+        )
+    return sql
 
 
 def bookkeeping(target: Target) -> str:

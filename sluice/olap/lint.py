@@ -575,6 +575,33 @@ def read_statement(statement: Statement) -> tuple[exp.Expr | None, str]:
     )
 
 
+#: ``ALTER TABLE t ADD COLUMN c ..., MODIFY ORDER BY (...)`` (a sorting key grows only by a
+#: column the same ALTER adds): sqlglot keeps such an ALTER opaque, so the ``MODIFY ORDER
+#: BY`` is split off, read on its own and becomes the table's key (checked like any key).
+_MODIFY_ORDER_BY = re.compile(
+    r"^(?P<alter>ALTER\s.+?),\s*MODIFY\s+ORDER\s+BY\s+(?P<key>.+?)\s*;?\s*$",
+    re.IGNORECASE | re.DOTALL,
+)
+
+
+def _split_order_by(statement: Statement) -> tuple[Statement, list[tuple[str, bool]] | None]:
+    """The statement without a trailing ``MODIFY ORDER BY``, and that key's parts."""
+    match = _MODIFY_ORDER_BY.match(statement.text)
+    if match is None:
+        return statement, None
+    try:
+        with _quiet_sqlglot():
+            order = sqlglot.parse_one(f"SELECT 1 ORDER BY {match['key']}", read="clickhouse")
+    except (ParseError, TokenError):
+        return statement, None  # left whole: reported like any ALTER sqlglot cannot read
+    node = order.args.get("order")
+    if node is None:
+        return statement, None
+    return Statement(match["alter"], statement.line, statement.notes), _key_parts(
+        o.this if isinstance(o, exp.Ordered) else o for o in node.expressions
+    )
+
+
 def read(sql: str) -> Reading:
     """Every table a script creates or alters, the statements it cannot read, and those it
     reads but cannot check."""
@@ -582,7 +609,9 @@ def read(sql: str) -> Reading:
     statements, failure = split_statements(sql)
     by_name: dict[str, TableProposal] = {}
     later: list[tuple[exp.Expr, Statement]] = []  # ALTER and COMMENT ON, applied last
+    keys: dict[int, list[tuple[str, bool]]] = {}  # id(ALTER tree) -> its MODIFY ORDER BY
     for statement in statements:
+        statement, new_key = _split_order_by(statement)
         try:
             tree, dialect = read_statement(statement)
         except Unreadable as exc:
@@ -603,6 +632,8 @@ def read(sql: str) -> Reading:
                 by_name[table.name] = table
         elif isinstance(tree, (exp.Alter, exp.Comment)):
             later.append((tree, statement))
+            if new_key is not None:
+                keys[id(tree)] = new_key
     for tree, statement in later:
         if isinstance(tree, exp.Comment):
             _apply_comment(tree, by_name)
@@ -612,6 +643,8 @@ def read(sql: str) -> Reading:
                 by_name[name] = TableProposal(name, statement.line, partial=True)
                 reading.tables.append(by_name[name])
             _apply_alter(tree, statement, by_name[name])
+            if id(tree) in keys:
+                by_name[name].order_by = keys[id(tree)]
     if failure is not None:
         reading.errors.append(failure)
     return reading

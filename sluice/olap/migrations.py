@@ -36,6 +36,7 @@ from sluice.olap.ddl import (
     create_table,
     create_view,
     modify_comment,
+    truncate,
 )
 
 log = logging.getLogger("sluice.olap.migrations")
@@ -46,6 +47,7 @@ VERSIONS: dict[int, str] = {
     2: "email_and_billing_analytics",
     3: "compliance_and_system_events",
     4: "campaign_analytics_comment",
+    5: "rows_per_shard",
 }
 
 #: version -> (checksum of the hand-written file it was, checksum of its rendering)
@@ -92,7 +94,10 @@ class Migration:
                 if table.since < self.version and table.column_since(c) == self.version
             ]
             if added:
-                out += [add_column(table, c, target) for c in added]
+                if any(c.name in table.key for c in added):
+                    out.append(truncate(table, target))  # rows of the old key (the catalog)
+                added.sort(key=lambda c: c.name not in table.key)  # the key column first
+                out += [add_column(table, c, target, self.version) for c in added]
                 out.append(create_view(table, target, self.version, replace=True))
             if table.since < self.version and table.comment_since == self.version:
                 out.append(modify_comment(table, target))

@@ -199,9 +199,9 @@ def query(dep: Deployment, sql: str) -> list[dict[str, Any]]:
 
 def _olap_table(dep: Deployment, table: str) -> dict[tuple, tuple]:
     spec = OLAP_TABLES[table]
-    public = [c for c in spec.columns if c not in ("updated", "_version", "_deleted")]
+    public = [c for c in spec.view_columns if c != "updated"]
     rows = query(dep, f"SELECT {', '.join(public)} FROM {table}_v")
-    width = len(spec.key)
+    width = len(spec.view_key)
     out: dict[tuple, tuple] = {}
     for r in rows:
         values = tuple(_norm(r[c]) for c in public)

@@ -34,9 +34,9 @@ def norm(value):
 
 def olap_table(dep: Deployment, table: str) -> dict:
     spec = OLAP_TABLES[table]
-    public = [c for c in spec.columns if c not in ("updated", "_version", "_deleted")]
+    public = [c for c in spec.view_columns if c != "updated"]
     rows = dep.query(f"SELECT {', '.join(public)} FROM {table}_v")
-    width = len(spec.key)
+    width = len(spec.view_key)
     out = {}
     for r in rows:
         values = tuple(norm(r[c]) for c in public)

@@ -536,3 +536,23 @@ def test_cli_errors_exit_1_and_name_the_rule():
     assert summary == "failed: 3 errors, 1 warning"
     assert all(LINE.match(line) and "analytics_rate_limits" in line for line in lines)
     assert any(" error [runtime-config] " in line for line in lines)
+
+
+def test_a_key_grown_by_modify_order_by_is_read_and_checked():
+    """``ADD COLUMN ..., MODIFY ORDER BY`` (how migration 5 adds ``shard``): the new key is
+    the table's key, so one that makes a row per event is caught like in a CREATE."""
+    base = (
+        "CREATE TABLE x (tenant_id String COMMENT 'a', day Date COMMENT 'b', "
+        "n UInt64 COMMENT 'c') ENGINE = ReplacingMergeTree ORDER BY (tenant_id, day) "
+        "COMMENT 'per tenant per day';\n"
+    )
+    fine = base + (
+        "ALTER TABLE x ADD COLUMN IF NOT EXISTS shard UInt16 COMMENT 'partition' AFTER day, "
+        "MODIFY ORDER BY (tenant_id, day, shard);"
+    )
+    assert lint_sql(fine) == []
+    per_event = base + (
+        "ALTER TABLE x ADD COLUMN event_id String COMMENT 'e', "
+        "MODIFY ORDER BY (tenant_id, day, event_id);"
+    )
+    assert [p.rule for p in lint_sql(per_event)] == ["event-grain"]

@@ -182,6 +182,7 @@ def test_campaign_rollup_columns():
         "company_id",
         "campaign_id",
         "day",
+        "shard",  # the partition: the view sums the shards
         "sent",
         "delivered",
         "opened_tracked",
