@@ -456,6 +456,7 @@ LEAD_METRICS: tuple[tuple[str, int | None], ...] = (
     *CAMPAIGN_METRICS[6:],
 )
 
+
 def lead_status(metrics: Mapping[str, int], _: Mapping[str, Counter] | None = None) -> str:
     """The lead's latest state (see :data:`LEAD_STATUS_ORDER`); ``''`` with no sent email."""
     for column, status in LEAD_STATUS_ORDER:
@@ -874,9 +875,7 @@ class BillingPlans(Component):
     TABLE = "billing_analytics"
 
     def parts(self) -> tuple[TablePart, ...]:
-        return (
-            TablePart(self.TABLE, ("company_id", "month"), BILLING_PLAN_COLUMNS, sharded=True),
-        )
+        return (TablePart(self.TABLE, ("company_id", "month"), BILLING_PLAN_COLUMNS, sharded=True),)
 
     def apply(self, event: Mapping) -> bool:
         if event["event_type"] not in PLAN_EVENT_COLUMNS:

@@ -201,9 +201,7 @@ class Table:
     @property
     def view_columns(self) -> tuple[str, ...]:
         """What the ``<table>_v`` view shows: every column but the internal ones."""
-        return tuple(
-            c.name for c in self.definitions if c.name not in INTERNAL and not c.internal
-        )
+        return tuple(c.name for c in self.definitions if c.name not in INTERNAL and not c.internal)
 
     @property
     def view(self) -> str:

@@ -6,7 +6,6 @@ import itertools
 from datetime import date
 
 from streams.engine import Engine
-from tests._olapsim import FakeOlap
 from streams.rollups import (
     BillingPlans,
     EmailRollups,
@@ -16,6 +15,7 @@ from streams.rollups import (
     merge_warmup_states,
     new_warmup_state,
 )
+from tests._olapsim import FakeOlap
 
 T0 = 1_793_491_200_000  # 2026-11-01T00:00:00Z
 DAY = 86_400_000
