@@ -97,6 +97,7 @@ def backfill(
                 codec.decode,
                 on_progress=lambda n: progress.advance(task, n),
                 engine_factory=lambda: Engine.for_settings(s),
+                catalog=Catalog.from_settings(s),
             )
     except bf.BackfillError as exc:
         raise fail(str(exc)) from None

@@ -72,8 +72,10 @@ def email_workload(
     early_rate: float = 0.05,
     warmup_per_email: float = 0.3,
     orphans: int = 20,
+    heavy: float = 0.0,
 ) -> Workload:
-    """Generate an email workload; see the module docstring."""
+    """Generate an email workload; see the module docstring (``heavy``: see
+    :func:`tenant_of`)."""
     rng = random.Random(seed)
     wl = Workload()
     timed = _email_events(
@@ -88,6 +90,7 @@ def email_workload(
         early_rate,
         warmup_per_email,
         orphans,
+        heavy,
     )
     timed.sort(key=lambda item: item[0])
     wl.events = [ev for _, ev in timed]
@@ -108,6 +111,19 @@ def _event_factory(rng: random.Random, source: str = "mailer") -> Callable[..., 
     return event
 
 
+def tenant_of(n: int, tenants: tuple[str, ...], heavy: float = 0.0) -> str:
+    """The tenant of the ``n``-th email: round robin, or with ``heavy`` > 0 the first
+    tenant sends that share of all emails (the power law of cold email: one agency sends
+    half of everything) and the others share the rest in turn. No randomness, so a seed's
+    workload is the same with ``heavy`` at 0 as before it existed."""
+    if not heavy or len(tenants) == 1:
+        return tenants[n % len(tenants)]
+    if int((n + 1) * heavy) > int(n * heavy):
+        return tenants[0]
+    small = n - int((n + 1) * heavy)  # emails before this one that the others sent
+    return tenants[1 + small % (len(tenants) - 1)]
+
+
 def _email_events(
     rng: random.Random,
     wl: Workload,
@@ -120,6 +136,7 @@ def _email_events(
     early_rate: float,
     warmup_per_email: float,
     orphans: int,
+    heavy: float = 0.0,
 ) -> list[tuple[int, dict[str, Any]]]:
     """Email facts into ``wl.facts``; their events as (arrival order key, event)."""
     t0 = int(start.timestamp() * 1000)
@@ -127,7 +144,7 @@ def _email_events(
     event = _event_factory(rng)
 
     for n in range(emails):
-        tenant = tenants[n % len(tenants)]
+        tenant = tenant_of(n, tenants, heavy)
         # campaign ids deliberately collide across tenants
         campaign = f"cmp-{rng.randrange(campaigns_per_tenant)}"
         mailbox = f"mbx-{rng.randrange(6)}"
@@ -366,16 +383,21 @@ def mixed_workload(
     start: datetime = datetime(2026, 10, 30, tzinfo=UTC),
     duplicate_rate: float = 0.08,
     warmups: int = 300,
+    heavy: float = 0.0,
 ) -> MixedWorkload:
     """Every event family with its truth; see the module docstring.
 
     The default start puts the email days across a month boundary (billing months).
+    ``heavy``: the first tenant's share of the emails (:func:`tenant_of`); warm-up and the
+    other families stay spread evenly over the tenants.
     """
     rng = random.Random(seed)
     wl = MixedWorkload()
     t0 = int(start.timestamp() * 1000)
     span = days * DAY_MS
-    timed = _email_events(rng, wl, emails, days, tenants, 4, start, duplicate_rate, 0.05, 0.0, 10)
+    timed = _email_events(
+        rng, wl, emails, days, tenants, 4, start, duplicate_rate, 0.05, 0.0, 10, heavy
+    )
 
     def add(order: int, ev: dict[str, Any]) -> None:
         timed.append((order, ev))

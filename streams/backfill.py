@@ -22,7 +22,13 @@ send), so every partition is read from its first retained offset whatever ``--fr
 says; ``--from``/``--to`` select which rows are written (by send day, month, or a
 lead's send days). When retention has already deleted the start of a partition, rows
 older than its first retained record would be recomputed from part of their events:
-they are skipped and reported, never written short.
+they are skipped and reported, never written short (after a re-key any partition can
+hold events of any other's state, so the latest such start counts for all of them).
+
+Each event is applied to the state of its *home* partition (:mod:`streams.engine`), as
+the worker does: after a re-key the topics still hold records of the old key on the
+partition that key chose, and their email's state is now elsewhere. So every partition is
+read into one engine (its maps spill to disk beyond the memory budget, as the worker's).
 
 Only the rollup tables are recomputed. The audit log, the sensitive-access record and
 the system events are compliance facts written once; backfill never touches them.
@@ -37,8 +43,9 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from sluice.olap.values import rows_to_json
-from streams.engine import Engine
+from streams.engine import SHARD_COLUMN, Engine
 from streams.state import sort_key
+from topics.catalog import Catalog
 
 #: Tables backfill may rewrite, with the column(s) that place a row in time.
 ROLLUP_TABLES: dict[str, tuple[str, ...]] = {
@@ -173,41 +180,44 @@ def run(
     on_progress: Callable[[int], None] = lambda n: None,
     idle_timeout: float = 30.0,
     engine_factory: Callable[[], Engine] = Engine,
+    catalog: Catalog | None = None,
 ) -> Report:
-    """Recompute and write, one partition number at a time (bounded memory)."""
-    report = Report()
-    by_partition: dict[int, list[Source]] = {}
-    for source in sources:
-        by_partition.setdefault(source.partition, []).append(source)
-    for partition in sorted(by_partition):
-        engine = engine_factory()
-        part = PartitionReport(partition)
-        try:
-            newest_ms = _read(
-                conf, by_partition[partition], engine, decode, part, on_progress, idle_timeout
+    """Recompute and write; ``catalog``: apply each event on its home partition (see the
+    module docstring; None: where it was read, for topics of one key only)."""
+    parts = {p: PartitionReport(p) for p in sorted({s.partition for s in sources})}
+    report = Report(list(parts.values()))
+    engine = engine_factory()
+    try:
+        newest_ms, complete_from = _read(
+            conf, sources, engine, decode, parts, on_progress, idle_timeout, catalog
+        )
+        updated = datetime.fromtimestamp(newest_ms / 1000, tz=UTC)
+        ckpt = engine.snapshot(now=updated)
+    finally:
+        engine.close()  # its disk tier, if any: the rows are in ckpt now
+    for part in parts.values():
+        part.complete_from = complete_from
+    for table in tables:
+        columns = engine.columns(table)
+        keep, short = [], 0
+        shard_of = columns.index(SHARD_COLUMN) if SHARD_COLUMN in columns else None
+        for row in ckpt.rows.get(table, []):
+            named = dict(zip(columns, row, strict=True))
+            if not window.holds(table, named):
+                continue
+            part = parts.setdefault(
+                named.get(SHARD_COLUMN, -1), PartitionReport(named.get(SHARD_COLUMN, -1))
             )
-            updated = datetime.fromtimestamp(newest_ms / 1000, tz=UTC)
-            ckpt = engine.snapshot(now=updated)
-        finally:
-            engine.close()  # its disk tier, if any: the rows are in ckpt now
-        for table in tables:
-            columns = engine.columns(table)
-            keep, short = [], 0
-            for row in ckpt.rows.get(table, []):
-                named = dict(zip(columns, row, strict=True))
-                if not window.holds(table, named):
-                    continue
-                if not _complete(table, named, part.complete_from):
-                    short += 1
-                    continue
-                keep.append(row)
-            keep.sort(key=lambda r, n=len(engine.layouts[table].key_columns): sort_key(r[:n]))
-            for i in range(0, len(keep), CHUNK_ROWS):
-                write(table, columns, keep[i : i + CHUNK_ROWS])
-            part.written[table] = len(keep)
-            if short:
-                part.skipped_incomplete[table] = short
-        report.partitions.append(part)
+            if not _complete(table, named, complete_from):
+                part.skipped_incomplete[table] = part.skipped_incomplete.get(table, 0) + 1
+                short += 1
+                continue
+            part.written[table] = part.written.get(table, 0) + 1
+            keep.append(row)
+        width = len(engine.layouts[table].key_columns) + (shard_of is not None)
+        keep.sort(key=lambda r, n=width: sort_key(r[:n]))
+        for i in range(0, len(keep), CHUNK_ROWS):
+            write(table, columns, keep[i : i + CHUNK_ROWS])
     return report
 
 
@@ -216,45 +226,50 @@ def _read(
     sources: Sequence[Source],
     engine: Engine,
     decode: Callable[[bytes, str], Mapping],
-    part: PartitionReport,
+    parts: Mapping[int, PartitionReport],
     on_progress: Callable[[int], None],
     idle_timeout: float,
-) -> int:
-    """Apply every record of ``sources`` up to their planned high; return the newest
-    record timestamp (ms)."""
+    catalog: Catalog | None,
+) -> tuple[int, date | None]:
+    """Apply every record of ``sources`` up to their planned high, each on its home;
+    return the newest record timestamp (ms) and the first day whose rows are complete."""
     from avro_schemas.codec import DecodeError
     from sluice.kafka import Range as Offsets
     from sluice.kafka import read_ranges
 
-    ps = engine.state(part.partition)
     families = {s.topic: s.family for s in sources}
-    deleted = {s.topic for s in sources if s.low > 0}  # retention already removed events
-    first_ms: dict[str, int] = {}
+    specs = {t: catalog.for_family(f) for t, f in families.items()} if catalog else {}
+    deleted = {(s.topic, s.partition) for s in sources if s.low > 0}  # retention removed some
+    first_ms: dict[tuple[str, int], int] = {}
     newest = 0
     wanted = [Offsets(s.topic, s.partition, s.low, s.high) for s in sources]
     try:
         for batch in read_ranges(conf, wanted, batch=2000, idle_timeout=idle_timeout):
             for msg in batch:
-                topic, offset = msg.topic(), msg.offset()
+                topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+                part = parts[partition]
+                part.events += 1
                 newest = max(newest, msg.timestamp()[1])
                 try:
                     event = decode(msg.value() or b"", families[topic])
                 except DecodeError:
                     part.undecodable += 1  # a dead letter already; the worker skips it too
-                    engine.advance(ps, topic, offset)
-                else:
-                    if topic in deleted and topic not in first_ms:
-                        first_ms[topic] = int(event["occurred_at"])  # event time, not Kafka's
-                    engine.apply(part.partition, topic, offset, families[topic], event)
-            part.events += len(batch)
+                    engine.advance(engine.state(partition), topic, offset)
+                    continue
+                where = (topic, partition)
+                if where in deleted and where not in first_ms:
+                    first_ms[where] = int(event["occurred_at"])  # event time, not Kafka's
+                spec = specs.get(topic)
+                home = spec.home(event, partition, msg.key()) if spec is not None else partition
+                engine.apply(partition, topic, offset, families[topic], event, home=home)
             on_progress(len(batch))
     except RuntimeError as exc:
-        raise BackfillError(f"partition {part.partition}: {exc}") from None
-    if first_ms:
-        # rows of the first retained day may miss events deleted that same day
-        start = _day(max(first_ms.values()))
-        part.complete_from = date.fromordinal(start.toordinal() + 1)
-    return newest
+        raise BackfillError(str(exc)) from None
+    if not first_ms:
+        return newest, None
+    # rows of the first retained day may miss events deleted that same day
+    start = _day(max(first_ms.values()))
+    return newest, date.fromordinal(start.toordinal() + 1)
 
 
 def _complete(table: str, row: Mapping[str, Any], complete_from: date | None) -> bool:

@@ -13,7 +13,10 @@ what it applied since the last checkpoint, then commits the offsets that covers:
    nothing could be committed;
 2. **sinks flushed**: every routed event durable at its destination; events a
    destination refused for good are dead-lettered (stage = the sink);
-3. **changelog** written and flushed (the state survives a crash from here on);
+3. **changelog** written and flushed (the state survives a crash from here on), and the
+   records read at a partition that is not their home forwarded there
+   (:class:`streams.engine.Forward`; produced again at a new offset, a replay of them is
+   a redelivery);
 4. **dead letters** flushed (decode failures and refused events are durable);
 5. **OLAP rows** written (absolute values, idempotent: a replay changes nothing);
 6. **offsets committed**, only if the consumer group's generation is the one of the
@@ -38,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from sinks.base import Rejected
-from streams.engine import Checkpoint, Engine
+from streams.engine import Checkpoint, Engine, Forward
 
 log = logging.getLogger("sluice.checkpoint")
 
@@ -76,6 +79,15 @@ class Changelog(Protocol):
     def flush(self) -> None: ...
 
 
+class Forwarder(Protocol):
+    """Produces records read at the wrong partition to their home (blocking: a thread)."""
+
+    def write(self, records: Sequence[Forward]) -> None: ...
+
+    def flush(self) -> None:
+        """Every record written acknowledged; raises if one was not."""
+
+
 class Warehouse(Protocol):
     """The OLAP store (a blocking call: run in a thread)."""
 
@@ -102,6 +114,8 @@ class Ports:
     changelog: Changelog
     warehouse: Warehouse
     group: Group
+    #: needed only by a worker that may read records of another partition's state
+    forwarder: Forwarder | None = None
 
 
 @dataclass
@@ -210,6 +224,11 @@ class Checkpointer:
             if ckpt.changelog:
                 ports.changelog.write(ckpt.changelog)
                 await self.run_blocking(ports.changelog.flush)
+            if ckpt.forwards:
+                if ports.forwarder is None:
+                    raise RuntimeError("records to forward and no forwarder port")
+                ports.forwarder.write(ckpt.forwards)
+                await self.run_blocking(ports.forwarder.flush)
             step = "4 dead letters"
             await ports.dead_letters.flush()
             rejected = []  # their dead letters are durable: never send them twice

@@ -161,6 +161,18 @@ class PartitionState:
         return sum(self.positions.values())
 
 
+@dataclass(frozen=True)
+class Forward:
+    """A record read at a partition that is not its home: produced again, unchanged, to
+    its home partition with the catalog's key (see the module docstring)."""
+
+    topic: str
+    partition: int  # the home
+    key: bytes
+    value: bytes
+    origin: str  # "partition:offset" it was read at (header sluice.forwarded_from)
+
+
 @dataclass
 class Checkpoint:
     """What one checkpoint must persist; handed back to :meth:`Engine.requeue` on failure."""
@@ -170,9 +182,11 @@ class Checkpoint:
     # partition -> component tag -> what the component handed out
     taken: dict[int, dict[str, Taken]] = field(default_factory=dict)
     positions: set[int] = field(default_factory=set)
+    # records to produce to their home partition before the offsets are committed
+    forwards: list[Forward] = field(default_factory=list)
 
     def empty(self) -> bool:
-        return not self.changelog and not self.rows
+        return not self.changelog and not self.rows and not self.forwards
 
 
 class Engine:
@@ -191,6 +205,7 @@ class Engine:
             component.close()  # its maps, if they live in a spill store
         self.partitions: dict[int, PartitionState] = {}
         self.spill = spill
+        self.forwards: list[Forward] = []
 
     def state(self, partition: int) -> PartitionState:
         ps = self.partitions.get(partition)
@@ -220,6 +235,12 @@ class Engine:
     def apply_email(self, partition: int, topic: str, offset: int, event: Mapping) -> None:
         self.apply(partition, topic, offset, "email", event)
 
+    def forward(self, partition: int, topic: str, offset: int, record: Forward) -> None:
+        """A record read at ``topic[partition]@offset`` belongs to another partition: the
+        next checkpoint produces ``record`` there (before it commits ``offset``)."""
+        self.forwards.append(record)
+        self.advance(self.state(partition), topic, offset)
+
     def advance(self, ps: PartitionState, topic: str, offset: int) -> None:
         """Record that ``offset`` of ``topic`` was applied (dead letters count too)."""
         if offset + 1 > ps.positions.get(topic, 0):
@@ -230,7 +251,8 @@ class Engine:
     def snapshot(self, now: datetime | None = None) -> Checkpoint:
         """Take everything changed since the last snapshot (clears the dirty sets)."""
         now = now or datetime.now(tz=UTC)
-        ckpt = Checkpoint()
+        ckpt = Checkpoint(forwards=self.forwards)
+        self.forwards = []
         for partition, ps in self.partitions.items():
             taken = {c.tag: c.take() for c in ps.components}
             ckpt.taken[partition] = taken
@@ -276,6 +298,7 @@ class Engine:
 
     def requeue(self, ckpt: Checkpoint) -> None:
         """A checkpoint failed: mark what it carried dirty again (current values win)."""
+        self.forwards[:0] = ckpt.forwards
         for partition, taken in ckpt.taken.items():
             ps = self.partitions.get(partition)
             if ps is None:

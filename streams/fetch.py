@@ -27,6 +27,7 @@ import orjson
 from confluent_kafka import Consumer, Message, TopicPartition
 
 from sluice.kafka import PARTITION_EOF
+from streams.engine import Forward
 
 log = logging.getLogger("sluice.fetch")
 
@@ -158,4 +159,57 @@ class ChangelogWriter:
             raise RuntimeError(
                 f"changelog: {left} entries unacknowledged, {len(errors)} failed"
                 + (f" ({errors[0]})" if errors else "")
+            )
+
+
+class Forwarder:
+    """Produces records read at a partition that is not their home to their home partition
+    (the checkpoint's forwarder port): raw value unchanged, the catalog's key, header
+    ``sluice.forwarded_from`` = ``partition:offset``. Idempotent producer, ``acks=all``."""
+
+    def __init__(self, conf: dict[str, Any]) -> None:
+        from confluent_kafka import Producer
+
+        self._logger = logging.getLogger("sluice.forward.librdkafka")
+        self.producer = Producer(
+            {
+                **conf,
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": 20,
+                "compression.type": "lz4",
+                "message.max.bytes": 16 * 1024 * 1024,
+                "logger": self._logger,
+            }
+        )
+        self._errors: list[str] = []
+
+    def _delivered(self, err: Any, _msg: Any) -> None:
+        if err is not None:
+            self._errors.append(str(err))
+
+    def write(self, records: Iterable[Forward]) -> None:
+        for r in records:
+            headers = [("sluice.forwarded_from", r.origin.encode())]
+            while True:
+                try:
+                    self.producer.produce(
+                        r.topic,
+                        r.value,
+                        r.key,
+                        partition=r.partition,
+                        headers=headers,
+                        on_delivery=self._delivered,
+                    )
+                    break
+                except BufferError:
+                    self.producer.poll(0.05)
+
+    def flush(self, timeout: float = 60.0) -> None:
+        left = self.producer.flush(timeout)
+        errors, self._errors = self._errors, []
+        if left or errors:
+            raise RuntimeError(
+                f"forwarding: {left} record(s) unsent, {len(errors)} failed"
+                + (f": {errors[0]}" if errors else "")
             )

@@ -61,6 +61,13 @@ class HealthMetrics:
             ["stage", "reason"],
             registry=r,
         )
+        self.forwarded = Counter(
+            "sluice_events_forwarded",
+            "Events read at a partition other than their key's (an older key, a replayed "
+            "dead letter), produced again to it instead of applied, per family.",
+            ["family"],
+            registry=r,
+        )
         self.late = Counter(
             "sluice_late_events",
             "Email events outside the attribution window (not counted in rollups), per type.",

@@ -24,6 +24,18 @@ commits everything applied first). Reading and assignment changes never overlap,
 batch is applied under the state lock, so no offset is committed for an event that was
 not applied (or dead-lettered) in full.
 
+Where an event is applied
+-------------------------
+On its *home* partition (:meth:`topics.catalog.TopicSpec.home`): the one it was read from
+when it carries the catalog's key. A record with another key (from a producer that still
+uses the tenant key of an older release, a replayed dead letter of that time, a history
+read again) may belong to another partition's state: it is not applied here but forwarded,
+unchanged, to its home partition by the next checkpoint, before the offset that read it is
+committed (:class:`streams.engine.Forward`); its home applies it like any redelivery. The
+state itself must be where the catalog's keys put it: a restore whose sample of
+attribution state is not refuses to run (:func:`streams.rekey.misplaced`; run ``sluice
+topics rekey``).
+
 Every decoded event is also handed to the sinks its route names (:mod:`streams.routing`),
 which buffer it in bounded batches. A sink that stays down fails the checkpoint, so events
 pile up only to :data:`MAX_PENDING` (then the reader stops taking: backpressure). A sink
@@ -52,9 +64,10 @@ from sluice.olap.reader import OlapReader, open_reader
 from sluice.settings import Settings
 from streams import seam
 from streams.checkpoint import Checkpointer, Outcome, Ports, Progress
-from streams.engine import Engine
-from streams.fetch import ChangelogWriter, Reader
+from streams.engine import Engine, Forward
+from streams.fetch import ChangelogWriter, Forwarder, Reader
 from streams.metrics import HealthMetrics
+from streams.rekey import Placement, misplaced
 from streams.routing import Router
 from topics.catalog import Catalog
 from topics.dead_letters import dead_letter_headers
@@ -84,9 +97,12 @@ class Worker:
             on_refused_by_sink=settings.sink_on_refused_by_sink,
         )
         self.families = self.catalog.families()
+        self.specs = {spec.name: spec for spec in self.catalog.event_topics()}
+        self.placement = Placement.of(self.catalog)
         self.progress = Progress()
         self.fetcher = Reader(kafka_config(settings), settings.sluice_app_id)
         self.changelog = ChangelogWriter(kafka_config(settings), self.catalog.changelog.name)
+        self.forwarder = Forwarder(kafka_config(settings))
         self.draining = False
         self.last_checkpoint = time.monotonic()
         # the state: a batch is applied, or a snapshot taken, under it
@@ -102,6 +118,7 @@ class Worker:
         self.stats: dict[str, Any] = {
             "events": 0,
             "dead_letters": 0,
+            "forwarded": 0,
             "checkpoints": 0,
             "checkpoint_failures": 0,
             "last_flush": {},
@@ -121,6 +138,7 @@ class Worker:
                 changelog=self.changelog,
                 warehouse=_Warehouse(self),
                 group=_Group(app),
+                forwarder=self.forwarder,
             ),
             self.state_lock,
             on_late=self._count_late,
@@ -191,6 +209,7 @@ class Worker:
         decode = self.codec.decode
         engine = self.engine
         families = self.families
+        specs = self.specs
         routed: list[Envelope] = []
         add = routed.append
         consumed: dict[str, int] = {}
@@ -208,8 +227,18 @@ class Worker:
                 letters.append((message, exc))
                 engine.advance(engine.state(partition), topic, offset)
             else:
-                engine.apply(partition, topic, offset, family, record)
-                add(Envelope(record, topic, partition, offset, message.key(), value))
+                key = message.key()
+                spec = specs[topic]
+                home = spec.home(record, partition, key)
+                if home == partition:
+                    engine.apply(partition, topic, offset, family, record)
+                    add(Envelope(record, topic, partition, offset, key, value))
+                else:  # another partition's state: its home applies (and routes) it
+                    origin = f"{partition}:{offset}"
+                    forward = Forward(topic, home, spec.record_key(record), value, origin)
+                    engine.forward(partition, topic, offset, forward)
+                    self.stats["forwarded"] += 1
+                    self.health.forwarded.labels(family).inc()
             applied[TP(topic, partition)] = offset + 1
         self.router.write(routed)
         for family, n in consumed.items():
@@ -301,8 +330,9 @@ class Worker:
         seam.pause_prefetch(self.app.consumer, {tp for tp in assigned if tp.topic in self.families})
 
     def apply_changelog_batch(self, batch: Sequence[Any]) -> None:
-        """Faust's recovery read a batch of the changelog: join it into the engine."""
-        self._restoring |= self.engine.join([(e.key, e.value) for e in batch])
+        """Faust's recovery read a batch of the changelog: join it into the engine
+        (a tombstone needs the partition it is on: its value is empty)."""
+        self._restoring |= self.engine.join([(e.key, e.value, e.message.partition) for e in batch])
 
     async def on_recovered(self) -> None:
         """The state of every assigned partition is here: start reading its events."""
@@ -311,6 +341,18 @@ class Worker:
         self.engine.restored(touched)
         if touched:
             log.info("restored state of partitions %s from the changelog", sorted(touched))
+        wrong = misplaced(self.engine, touched, self.placement)
+        if wrong:
+            detail = ", ".join(f"partition {p}: {n} of {m}" for p, (n, m) in sorted(wrong.items()))
+            message = (
+                "the restored email/warm-up state is not on the partitions the topic catalog's "
+                f"keys put it ({detail} sampled states elsewhere): it was placed by an older "
+                "key; stop every worker and run `sluice topics rekey` (docs/operations.md)"
+            )
+            log.critical("%s", message)
+            self.stats["refused"] = message
+            await self.app.crash(RuntimeError(message))
+            return
         mine = {tp for tp in self.app.consumer.assignment() if tp.topic in self.families}
         seam.pause_prefetch(self.app.consumer, mine)
         await self.fetcher.assign((tp.topic, tp.partition) for tp in mine)
