@@ -26,6 +26,7 @@ from avro_schemas.codec import Codec
 from bench.measure import RunContext
 from bench.sluice_worker import BenchDeployment
 from tests._receivers import HttpReceiver, Rsyslog
+from topics.catalog import Catalog
 from topics.taxonomy import family_of
 
 _QUIET = logging.getLogger("bench.live.librdkafka")
@@ -82,13 +83,15 @@ Encoded = tuple[str, bytes, bytes]  # family, key, value
 
 
 def encode(events: Iterable[dict[str, Any]], codec: Codec | None = None) -> list[Encoded]:
-    """Events as wire bytes, keyed by tenant (what ``sluice produce`` and the SDK send)."""
+    """Events as wire bytes, keyed as the topic catalog says (what ``sluice produce`` and
+    the SDK send)."""
     codec = codec or Codec()
+    catalog = Catalog()
     out = []
     for e in events:
         family = family_of(e["event_type"])
         assert family is not None, e["event_type"]
-        out.append((family, e["tenant_id"].encode(), codec.encode(family, e)))
+        out.append((family, catalog.for_family(family).record_key(e), codec.encode(family, e)))
     return out
 
 

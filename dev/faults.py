@@ -9,6 +9,10 @@ no hook and reads no such variable):
 * ``SLUICE_FAULT_OLAP_AMBIGUOUS_EVERY=<n>``: every n-th flush (:meth:`OlapClient.write`)
   is *written* in full and then reported as failed (a timeout whose insert in fact
   succeeded).
+* ``SLUICE_FAULT_LEGACY_KEYS=1``: the topic catalog keys every family by ``tenant_id``, as
+  the releases before email-keyed email and warm-up topics did, so a worker (and ``sluice
+  produce``) of this process builds state the way an old deployment did: the history that
+  ``sluice topics rekey`` migrates (tests/faults/test_rekey.py).
 """
 
 from __future__ import annotations
@@ -89,10 +93,24 @@ def installed(hooks: FaultHooks) -> Iterator[FaultHooks]:
         OlapClient.insert, OlapClient.write = insert, write  # type: ignore[method-assign]
 
 
+LEGACY_KEYS = "SLUICE_FAULT_LEGACY_KEYS"
+
+
+def legacy_keys() -> None:
+    """Key every family by tenant in this process (see the module docstring)."""
+    from topics import catalog
+
+    tenant = catalog.FamilyKey(("tenant_id",), "TEST-ONLY: the tenant key of older releases")
+    catalog.FAMILY_KEYS = {family: tenant for family in catalog.FAMILY_KEYS}  # type: ignore[misc]
+    logging.getLogger("sluice").warning("TEST-ONLY legacy keys: every family by tenant_id")
+
+
 def main() -> None:
     from cli import main as sluice
 
     sys.argv = ["sluice", *sys.argv[1:]]
+    if os.environ.get(LEGACY_KEYS):
+        legacy_keys()
     hooks = FaultHooks()
     if not hooks.active:
         sluice()

@@ -30,6 +30,10 @@ the worker does: after a re-key the topics still hold records of the old key on 
 partition that key chose, and their email's state is now elsewhere. So every partition is
 read into one engine (its maps spill to disk beyond the memory budget, as the worker's).
 
+``billing_analytics`` months carry their plan from the latest month with plan events at or
+before them (its view, :mod:`sluice.olap.catalog`): so for each company the range starts
+at that month if it is earlier (every partition's rows of it, so its sums stay whole).
+
 Only the rollup tables are recomputed. The audit log, the sensitive-access record and
 the system events are compliance facts written once; backfill never touches them.
 """
@@ -42,6 +46,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
+from sluice.olap.catalog import PLAN_EVENT_COUNTS
 from sluice.olap.values import rows_to_json
 from streams.engine import SHARD_COLUMN, Engine
 from streams.state import sort_key
@@ -199,26 +204,57 @@ def run(
         part.complete_from = complete_from
     for table in tables:
         columns = engine.columns(table)
-        keep, short = [], 0
-        shard_of = columns.index(SHARD_COLUMN) if SHARD_COLUMN in columns else None
-        for row in ckpt.rows.get(table, []):
+        table_rows = ckpt.rows.get(table, [])
+        # a view row combines every shard's row of its key: all of them are written, or
+        # none (a lead is in the range if any shard saw a send of it in the range)
+        width = len(engine.layouts[table].key_columns)
+        since = _carried_from(table, columns, table_rows, window)
+        wanted, whole = set(), set()
+        for row in table_rows:
             named = dict(zip(columns, row, strict=True))
-            if not window.holds(table, named):
+            if window.holds(table, named) or (
+                named["company_id"] in since and since[named["company_id"]] <= named["month"]
+            ):
+                wanted.add(tuple(row[:width]))
+            if _complete(table, named, complete_from):
+                whole.add(tuple(row[:width]))
+        keep = []
+        for row in table_rows:
+            key = tuple(row[:width])
+            if key not in wanted:
                 continue
-            part = parts.setdefault(
-                named.get(SHARD_COLUMN, -1), PartitionReport(named.get(SHARD_COLUMN, -1))
-            )
-            if not _complete(table, named, complete_from):
+            shard = row[width] if columns[width] == SHARD_COLUMN else -1
+            part = parts.setdefault(shard, PartitionReport(shard))
+            if key not in whole:
                 part.skipped_incomplete[table] = part.skipped_incomplete.get(table, 0) + 1
-                short += 1
                 continue
             part.written[table] = part.written.get(table, 0) + 1
             keep.append(row)
-        width = len(engine.layouts[table].key_columns) + (shard_of is not None)
-        keep.sort(key=lambda r, n=width: sort_key(r[:n]))
+        keep.sort(key=lambda r, n=width + 1: sort_key(r[:n]))
         for i in range(0, len(keep), CHUNK_ROWS):
             write(table, columns, keep[i : i + CHUNK_ROWS])
     return report
+
+
+def _carried_from(
+    table: str, columns: list[str], rows: Sequence[list], window: Range
+) -> dict[str, date]:
+    """Billing: per company, the latest month with plan events before the range, which
+    the range's months carry their plan from (see the module docstring)."""
+    if table != "billing_analytics":
+        return {}
+    latest: dict[str, date] = {}
+    for row in rows:
+        named = dict(zip(columns, row, strict=True))
+        month = _as_day(named["month"])
+        if month >= window.start.replace(day=1) or not any(named[c] for c in PLAN_EVENT_COUNTS):
+            continue
+        company = named["company_id"]
+        if company not in latest or month > latest[company]:
+            latest[company] = month
+    if window.end is not None:  # only months up to the end carry into the range
+        latest = {c: m for c, m in latest.items() if m <= window.end}
+    return latest
 
 
 def _read(

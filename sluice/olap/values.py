@@ -10,11 +10,14 @@ from typing import Any
 
 def to_json(value: Any) -> Any:
     """One value as JSON carries it: dates and datetimes ISO-8601, decimals and UUIDs as
-    strings, numbers, strings, booleans and None unchanged."""
+    strings, numbers, strings, booleans and None unchanged, arrays (tuples, as chDB
+    returns them, too) as lists of such values."""
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     if isinstance(value, (datetime, date)):
         return value.isoformat()
+    if isinstance(value, (list, tuple)):
+        return [to_json(v) for v in value]
     return str(value)
 
 

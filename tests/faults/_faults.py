@@ -32,6 +32,7 @@ from dev.workload import REFERENCE_SQL, MixedWorkload, mixed_workload
 from sluice.olap import OLAP_TABLES
 from tests._olapsim import reference_tables
 from tests._sluice import _QUIET, Deployment
+from topics.catalog import Catalog
 from topics.dead_letters import parse_headers
 from topics.taxonomy import family_of
 
@@ -44,22 +45,30 @@ EVENTS_PER_EMAIL = 4.68
 
 
 def workload(
-    seed: int, events: int = EVENTS, tenants: tuple[str, ...] = ("acme", "globex:eu", "initech")
+    seed: int,
+    events: int = EVENTS,
+    tenants: tuple[str, ...] = ("acme", "globex:eu", "initech"),
+    heavy: float = 0.0,
 ) -> MixedWorkload:
-    """A mixed workload of about ``events`` events (duplicate deliveries included)."""
+    """A mixed workload of about ``events`` events (duplicate deliveries included);
+    ``heavy``: the first tenant's share of the emails (:func:`dev.workload.tenant_of`)."""
     emails = max(100, int(events / EVENTS_PER_EMAIL))
-    return mixed_workload(emails=emails, warmups=emails // 3, seed=seed, tenants=tenants)
+    return mixed_workload(
+        emails=emails, warmups=emails // 3, seed=seed, tenants=tenants, heavy=heavy
+    )
 
 
 class RawProducer:
     """Produces to a deployment's topics from the test process (no CLI start-up cost).
 
-    Keyed by tenant with the Java-compatible murmur2 partitioner, like the SDK.
+    Keyed as the topic catalog says (email and warm-up by tenant and email, the rest by
+    tenant) with the Java-compatible murmur2 partitioner, like the SDK.
     """
 
     def __init__(self, dep: Deployment) -> None:
         self.dep = dep
         self.codec = Codec()
+        self.catalog = Catalog(dep.prefix, dep.partitions)
         self.producer = Producer(
             {
                 "bootstrap.servers": dep.bootstrap,
@@ -106,12 +115,16 @@ class RawProducer:
         self.sent += 1
         self.producer.poll(0)
 
+    def key(self, event: dict[str, Any]) -> bytes:
+        """The record key the SDK would give ``event``."""
+        family = family_of(event["event_type"])
+        assert family is not None, event["event_type"]
+        return self.catalog.for_family(family).record_key(event)
+
     def send(self, event: dict[str, Any]) -> None:
         family = family_of(event["event_type"])
         assert family is not None, event["event_type"]
-        self.raw(
-            self.dep.topic(family), event["tenant_id"].encode(), self.codec.encode(family, event)
-        )
+        self.raw(self.dep.topic(family), self.key(event), self.codec.encode(family, event))
 
     def send_all(self, events: list[dict[str, Any]]) -> None:
         for event in events:

@@ -57,9 +57,7 @@ def test_poison_records_go_to_the_dlq_and_the_rest_is_exact(deployment, referenc
                     fingerprint = rng.getrandbits(64).to_bytes(8, "little")
                     reason, value = "unknown_schema", good[:2] + fingerprint + good[10:]
             poison[label] = (reason, value)
-            producer.raw(
-                dep.topic(family), event["tenant_id"].encode(), value, {"label": label}, label
-            )
+            producer.raw(dep.topic(family), producer.key(event), value, {"label": label}, label)
     producer.flush()
     assert len(producer.landed) == len(poison)
 

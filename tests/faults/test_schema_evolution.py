@@ -111,7 +111,7 @@ def test_v1_v2_interleave_and_an_incompatible_v3_is_refused_and_dead_lettered(
     for i, event in enumerate(wl.events):
         family = family_of(event["event_type"])
         assert family is not None
-        topic, key = dep.topic(family), event["tenant_id"].encode()
+        topic, key = dep.topic(family), producer.key(event)
         if family == "email":
             template = event
             if rng.random() < 0.5:
@@ -137,7 +137,7 @@ def test_v1_v2_interleave_and_an_incompatible_v3_is_refused_and_dead_lettered(
             incompatible[label] = rogue.encode("email", record, version=3)
             producer.raw(
                 dep.topic("email"),
-                record["tenant_id"].encode(),
+                producer.key(record),
                 incompatible[label],
                 {"label": label},
                 label,

@@ -61,8 +61,18 @@ def test_table_names_are_checked():
 
 
 def test_rows_survive_the_json_trip_to_a_worker():
-    rows = [["acme", date(2026, 11, 10), None, 3, datetime(2026, 11, 11, 1, 2, 3, tzinfo=UTC)]]
-    types = ["String", "Date", "Nullable(Date)", "UInt64", "DateTime64(3, 'UTC')"]
+    rows = [
+        [
+            "acme",
+            date(2026, 11, 10),
+            None,
+            3,
+            ["cmp-1", "cmp-2"],  # a shard's set behind a distinct count
+            datetime(2026, 11, 11, 1, 2, 3, tzinfo=UTC),
+        ]
+    ]
+    types = ["String", "Date", "Nullable(Date)", "UInt64", "Array(String)", "DateTime64(3, 'UTC')"]
     assert rows_from_json(types, rows_to_json(rows)) == rows
+    assert rows_to_json([[("a", "b")]]) == [[["a", "b"]]]  # chDB returns arrays as tuples
     with pytest.raises(ValueError, match="values"):
         rows_from_json(types, [["acme"]])
