@@ -25,6 +25,9 @@ Three more measurements, each on topics of its own, on request:
   (:mod:`bench.scaling`);
 * ``--memory``   — RSS of one worker holding N emails in flight (:mod:`bench.memory`).
   ``--only none --memory`` runs it alone.
+* ``--skew``     — one tenant sends half of all email: per-worker shares and throughput
+  for 1, 2 and 4 workers, email key against tenant key (:mod:`bench.skew`);
+  ``--only none --skew`` runs it alone.
 """
 
 from __future__ import annotations
@@ -297,6 +300,38 @@ def print_memory(mem: dict[str, Any]) -> None:
             )
 
 
+def print_skew(sk: dict[str, Any]) -> None:
+    """The skew figures: per keying, the busiest worker's share and throughput ratios."""
+    if "keyings" not in sk:
+        return
+    table = Table(
+        title=f"skew: one tenant = {sk['agency_share_of_email_events']:.0%} of email events, "
+        f"{sk['events']:,} events, {sk['partitions']} partitions"
+    )
+    for col in ("key", "workers", "busiest share", "÷ even", "events/s (N cores)", "× 1 worker"):
+        table.add_column(col, justify="left" if col == "key" else "right")
+    for keying, k in sk["keyings"].items():
+        for n, t in k["throughput"].items():
+            share = k["share"][n]
+            rate = t["events_per_s"]
+            table.add_row(
+                keying,
+                n,
+                f"{share['busiest_share']:.1%}",
+                f"{share['busiest_over_even']:.2f}",
+                f"{rate:,}" if rate else "[red]FAILED[/red]",
+                f"{t['ratio_to_1']:.2f}" if t.get("ratio_to_1") else "—",
+            )
+    console.print(table)
+    for keying, k in sk["keyings"].items():
+        for n, c in k.get("concurrent", {}).items():
+            rate = f"{c['events_per_s']:,}" if c.get("ok") else "[red]FAILED[/red]"
+            console.print(
+                f"  {keying} key, {n} worker(s) at once on this machine: {rate} events/s, "
+                f"events per worker {c.get('events_per_worker')}"
+            )
+
+
 def _result_path(directory: Path, now: datetime) -> Path:
     path = directory / f"{now:%Y-%m-%d}.json"
     if path.exists():  # a second run that day keeps the first
@@ -346,6 +381,12 @@ def main(
     ),
     memory_restart: bool = typer.Option(
         False, "--memory-restart", help="Memory: then restart the worker (state rebuilt)."
+    ),
+    skew: bool = typer.Option(
+        False, "--skew", help="One tenant half the email: 1/2/4 workers, email vs tenant key."
+    ),
+    skew_events: int | None = typer.Option(
+        None, help="Skew: events of its workload (default: --events)."
     ),
 ) -> None:
     """Run the contenders over one workload and compare them."""
@@ -459,6 +500,12 @@ def main(
             state_env,
             memory_restart,
         )
+        if skew:
+            from bench import skew as bench_skew
+
+            skewed = bench_workload.build(skew_events or events, seed, heavy=0.5)
+            extras["skew"] = _extra("skew", lambda: bench_skew.run(ctx, skewed))
+            print_skew(extras["skew"])
     finally:
         if not keep:
             shutil.rmtree(root, ignore_errors=True)

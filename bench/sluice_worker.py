@@ -101,7 +101,7 @@ def campaign_rows(dep: Deployment) -> dict[tuple[str, str, str], tuple]:
     got = dep.query(
         "SELECT company_id, campaign_id, toString(day) AS day, "
         + ", ".join(CAMPAIGN_METRICS)
-        + " FROM campaign_analytics FINAL WHERE sent > 0"
+        + " FROM campaign_analytics_v WHERE sent > 0"  # the view: one row per key
     )
     return {
         (r["company_id"], r["campaign_id"], r["day"]): tuple(r[m] for m in CAMPAIGN_METRICS)

@@ -141,8 +141,14 @@ def _arrival_merge(streams: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     return [e for _, _, e in heapq.merge(*(keyed(i, s) for i, s in enumerate(streams) if s))]
 
 
-def build(n: int, seed: int = 1) -> BenchWorkload:
-    """Exactly ``n`` events, deterministic for a given ``(n, seed)``."""
+def build(n: int, seed: int = 1, heavy: float = 0.0) -> BenchWorkload:
+    """Exactly ``n`` events, deterministic for a given ``(n, seed, heavy)``.
+
+    ``heavy`` > 0: one tenant, ``agency``, is the first tenant of every chunk and sends that
+    share of all emails (:func:`dev.workload.tenant_of`; the other families stay spread
+    over a chunk's tenants); its email ids are made unique per chunk so the facts stay
+    true (:mod:`bench.skew`).
+    """
     rng = random.Random(seed)
     # small runs get smaller chunks, so they still carry email traffic and its truth
     emails = max(20, min(CHUNK_EMAILS, n // 7))
@@ -153,7 +159,8 @@ def build(n: int, seed: int = 1) -> BenchWorkload:
     total = 0
     k = 0
     while True:
-        tenants = (f"acme-{k}", f"globex:eu-{k}", f"initech-{k}")
+        first = "agency" if heavy else f"acme-{k}"
+        tenants = (first, f"globex:eu-{k}", f"initech-{k}")
         wl = mixed_workload(
             emails=emails,
             days=DAYS,
@@ -161,7 +168,14 @@ def build(n: int, seed: int = 1) -> BenchWorkload:
             seed=seed * 100_003 + k,
             start=START,
             warmups=warmups,
+            heavy=heavy,
         )
+        if heavy:  # one tenant across chunks: its email ids must not meet
+            for e in wl.events:
+                if "email_id" in e:
+                    e["email_id"] = f"c{k}-{e['email_id']}"
+            for f in wl.facts:
+                f.email_id = f"c{k}-{f.email_id}"
         filler = _filler(rng, int(len(wl.events) * FILLER_SHARE), tenants)
         size = len(wl.events) + len(filler)
         if total + size > n:
@@ -173,7 +187,7 @@ def build(n: int, seed: int = 1) -> BenchWorkload:
         k += 1
     rest = n - total
     if rest:
-        chunks.append(_filler(rng, rest, tuple(all_tenants) or ("acme-0",)))
+        chunks.append(_filler(rng, rest, tuple(dict.fromkeys(all_tenants)) or ("acme-0",)))
     events = _arrival_merge(chunks)
     assert len(events) == n, (len(events), n)
     return BenchWorkload(events, facts, seed, k)

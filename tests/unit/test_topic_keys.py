@@ -70,3 +70,30 @@ def test_home_trusts_the_catalog_key_and_recomputes_any_other():
     assert spec.home(event, other, spec.record_key(event)) == other  # trusted: no hash
     assert spec.home(event, other, b"t") == home  # the tenant key of an older release
     assert spec.home(event, other, None) == home
+
+
+def test_the_producer_sdk_keys_every_family_as_the_catalog_says():
+    from sluice.producer import EventProducer
+    from sluice.settings import Settings
+
+    producer = EventProducer(Settings(_env_file=None))
+    event = {
+        "event_id": "0d9c7b8e-4b1f-4f7e-9c4e-2f0a1b2c3d4e",
+        "event_type": "email_opened",
+        "occurred_at": 1_793_491_200_000,
+        "tenant_id": "agency",
+        "source": "mailer",
+        "email_id": "em-9",
+        "campaign_id": "c",
+        "mailbox_id": "m",
+        "lead_id": "l",
+    }
+    assert producer.encode(event).key == b"agency\x00em-9"
+    business = {
+        "event_id": "1d9c7b8e-4b1f-4f7e-9c4e-2f0a1b2c3d4e",
+        "event_type": "business_upgrade",
+        "occurred_at": 1_793_491_200_000,
+        "tenant_id": "agency",
+        "source": "billing",
+    }
+    assert producer.encode(business).key == b"agency"

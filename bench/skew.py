@@ -1,0 +1,303 @@
+"""Skew: one tenant sends half of all email; the email key against the tenant key, for 1, 2
+and 4 worker processes, in one run.
+
+The workload is :func:`bench.workload.build` with ``heavy=0.5``: the tenant ``agency`` sends
+half of all emails (so half of the email events, ~63 % of all traffic), the other tenants
+share the rest, and every other family is spread over the tenants as usual. It runs over
+topics of ``PARTITIONS`` partitions keyed two ways:
+
+* ``email``  — the topic catalog of this release (email and warm-up by tenant and email);
+* ``tenant`` — every family by tenant, the releases before it (the worker runs with the
+  dev hook ``SLUICE_FAULT_LEGACY_KEYS``, which makes its catalog, and so its placement of
+  state, exactly that: :mod:`dev.faults`).
+
+**Share** — from the events each partition of the produced topics holds (their offsets):
+N workers own the partition numbers round robin (what a balanced assignment gives; with
+the tenant key the busiest worker is the one holding the agency's partition whatever
+the assignment). Reported: events per worker, the busiest worker's share, and that share
+over the even one (1/N): the target is ≤ 1.3.
+
+**Throughput** — a 2-core machine cannot run four workers side by side (nor two, with the
+broker on the same cores), so each simulated worker is *measured alone*: the events of its
+partitions (exactly those, with their keys and partitions) are produced to fresh topics
+and the real ``sluice worker`` (sinks off, checkpoint every 2 s, its own chDB store)
+consumes and checkpoints them, timed from its first event to every event checkpointed.
+N workers with a core each finish when the slowest does: throughput(N) = events /
+max over workers of their seconds; the ratio is throughput(N) / throughput(1) of the
+same keying. What this leaves out, said here: the broker, the store and the network as
+shared bottlenecks, and rebalances (measured in tests/faults/test_scale_out.py).
+
+**Concurrent** — what the cores allow: one worker, then two workers of one consumer
+group *at once* (sharing ``sluice olap serve``, the real group assignment), per keying.
+
+**Verified** — every measured worker's ``campaign_analytics_v`` rows; the rows of the N
+workers summed per key equal the spec's query over the email facts (each worker counted
+its partitions' emails: the sum is the table) — the same check as the sluice contender.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections import Counter
+from typing import Any
+
+from bench import live
+from bench.measure import RssWatcher, RunContext, wait_quiet
+from bench.sluice_worker import campaign_rows
+from bench.workload import CAMPAIGN_METRICS, BenchWorkload, reference_campaign_rows
+from tests._sluice import FAULTY_SLUICE, SLUICE, OlapServer
+from topics.catalog import Catalog
+from topics.partitioner import partition_for
+from topics.taxonomy import family_of
+
+PARTITIONS = 8
+WORKERS = (1, 2, 4)
+KEYINGS = ("email", "tenant")
+LEGACY = {"SLUICE_FAULT_LEGACY_KEYS": "1"}
+ENV = {**live.WORKER_ENV, "SLUICE_STATE_STORE": "memory"}
+
+
+def encode(wl: BenchWorkload, keying: str) -> list[tuple[str, bytes, bytes, int]]:
+    """(family, key, value, partition) of every event under ``keying``."""
+    catalog = Catalog(partitions=PARTITIONS)
+    out = []
+    for (family, key, value), e in zip(live.encode(wl.events), wl.events, strict=True):
+        if keying == "tenant":
+            key = str(e["tenant_id"]).encode()
+        out.append((family, key, value, partition_for(key, catalog.partitions)))
+    return out
+
+
+def assignment(workers: int) -> list[list[int]]:
+    """Partition numbers per worker, round robin (a balanced assignment)."""
+    return [[p for p in range(PARTITIONS) if p % workers == w] for w in range(workers)]
+
+
+def shares(records: list[tuple[str, bytes, bytes, int]]) -> dict[str, Any]:
+    per_partition = Counter(p for *_, p in records)
+    email = Counter(p for f, *_, p in records if f == "email")
+    total = len(records)
+    out: dict[str, Any] = {
+        "events_per_partition": [per_partition[p] for p in range(PARTITIONS)],
+        "email_events_per_partition": [email[p] for p in range(PARTITIONS)],
+    }
+    for n in WORKERS:
+        per_worker = [sum(per_partition[p] for p in ps) for ps in assignment(n)]
+        busiest = max(per_worker) / total
+        out[str(n)] = {
+            "events_per_worker": per_worker,
+            "busiest_share": round(busiest, 4),
+            "busiest_over_even": round(busiest * n, 3),
+        }
+    return out
+
+
+def run(ctx: RunContext, wl: BenchWorkload) -> dict[str, Any]:
+    reference = reference_campaign_rows(wl.facts)
+    agency = sum(1 for e in wl.events if e["tenant_id"] == "agency" and _email(e))
+    out: dict[str, Any] = {
+        "events": len(wl.events),
+        "partitions": PARTITIONS,
+        "agency_share_of_email_events": round(agency / sum(map(_email, wl.events)), 4),
+        "keyings": {},
+        "problems": [],
+    }
+    for keying in KEYINGS:
+        records = encode(wl, keying)
+        result: dict[str, Any] = {"share": shares(records), "alone": {}, "throughput": {}}
+        out["keyings"][keying] = result
+        for n in WORKERS:
+            runs = []
+            for w, owned in enumerate(assignment(n)):
+                subset = [r for r in records if r[3] in owned]
+                label = f"skew-{keying}-{n}-{w}"
+                runs.append(_alone(ctx, label, keying, subset))
+            result["alone"][str(n)] = runs
+            rows: dict[tuple, list[int]] = {}
+            for r in runs:
+                for key, values in r.pop("rows").items():
+                    acc = rows.setdefault(key, [0] * len(CAMPAIGN_METRICS))
+                    for i, v in enumerate(values):
+                        acc[i] += v
+            wrong = {
+                k
+                for k in reference.keys() | rows.keys()
+                if tuple(rows.get(k, ())) != reference.get(k)
+            }
+            ok = not wrong and all(r["ok"] for r in runs)
+            if wrong:
+                out["problems"].append(f"{keying}, {n} workers: {len(wrong)} campaign rows differ")
+            slowest = max(r["seconds"] for r in runs)
+            result["throughput"][str(n)] = {
+                "seconds_per_worker": [round(r["seconds"], 2) for r in runs],
+                "events_per_s": round(len(records) / slowest) if ok else None,
+                "verified": ok,
+            }
+        one = result["throughput"]["1"]["events_per_s"]
+        for n in WORKERS:
+            t = result["throughput"][str(n)]
+            t["ratio_to_1"] = (
+                round(t["events_per_s"] / one, 3) if one and t["events_per_s"] else None
+            )
+        result["concurrent"] = {
+            str(n): _concurrent(ctx, keying, records, n, reference) for n in (1, 2)
+        }
+    out["ok"] = not out["problems"]
+    return out
+
+
+def _email(e: dict[str, Any]) -> bool:
+    return family_of(e["event_type"]) == "email"
+
+
+def _deployment(
+    ctx: RunContext, label: str, member: str = "", **kwargs: Any
+) -> live.BenchDeployment:
+    return live.deployment(
+        ctx, label, member, sink_env=ENV, flush_interval_s=2.0, partitions=PARTITIONS, **kwargs
+    )
+
+
+def _start(dep: live.BenchDeployment, keying: str) -> None:
+    if keying == "tenant":
+        dep.start_worker(LEGACY, command=FAULTY_SLUICE)
+    else:
+        dep.start_worker(command=SLUICE)
+
+
+def _produce(
+    dep: live.BenchDeployment, records: list[tuple[str, bytes, bytes, int]], bootstrap: str
+) -> float:
+    p, errors = live.producer(bootstrap), []
+    started = time.perf_counter()
+
+    def delivered(err: Any, msg: Any) -> None:
+        if err is not None:
+            errors.append(err.str())
+
+    for i, (family, key, value, partition) in enumerate(records):
+        while True:
+            try:
+                p.produce(dep.topic(family), value, key, partition=partition, on_delivery=delivered)
+                break
+            except BufferError:
+                p.poll(0.05)
+        if i % 1000 == 0:
+            p.poll(0)
+    left = p.flush(300)
+    if left or errors:
+        raise RuntimeError(f"produce: {left} not delivered, errors {errors[:3]}")
+    return time.perf_counter() - started
+
+
+def _alone(ctx: RunContext, label: str, keying: str, records: list) -> dict[str, Any]:
+    """One worker over exactly ``records`` (their partitions), alone on the machine."""
+    wait_quiet()
+    dep = _deployment(ctx, label)
+    out: dict[str, Any] = {"events": len(records), "ok": False, "rows": {}}
+    try:
+        dep.run("topics", "create")
+        dep.run("olap", "migrate")
+        _start(dep, keying)
+        every = {f"{dep.topic(f)}:{p}" for f in _families() for p in range(PARTITIONS)}
+        live.wait_until(
+            lambda: live.event_partitions(dep, live.status(dep)) >= every, 240, "assignment", dep
+        )
+        watcher = RssWatcher(dep.worker.pid).start() if dep.worker else None
+        _produce(dep, records, ctx.bootstrap)
+        first = None
+        deadline = time.monotonic() + ctx.timeout
+        while time.monotonic() < deadline:
+            live.check_alive(dep)
+            st = live.status(dep)
+            now = time.monotonic()
+            if first is None and st.get("events", 0) > 0:
+                first = now
+            if st.get("events", 0) >= len(records) and st.get("unflushed_events") == 0:
+                break
+            time.sleep(0.1)
+        else:
+            raise TimeoutError(dep.log_tail())
+        out["seconds"] = now - (first or now)
+        out["events_per_s"] = round(len(records) / out["seconds"]) if out["seconds"] else None
+        out["forwarded"] = live.status(dep).get("forwarded", 0)
+        out["peak_rss_mb"] = round(watcher.stop() / 2**20) if watcher else None
+        out["rows"] = campaign_rows(dep)
+        code = dep.stop_worker(signal.SIGTERM)
+        out["ok"] = code == 0 and out["forwarded"] == 0
+    finally:
+        dep.close()
+    return out
+
+
+def _families() -> list[str]:
+    from topics.taxonomy import FAMILIES
+
+    return list(FAMILIES)
+
+
+def _concurrent(
+    ctx: RunContext, keying: str, records: list, workers: int, reference: dict
+) -> dict[str, Any]:
+    """``workers`` real workers of one group at once, sharing one ``sluice olap serve``."""
+    wait_quiet()
+    label = f"skew-{keying}-together-{workers}"
+    server = OlapServer(ctx.root / label / "olap-server").start()
+    members = [_deployment(ctx, label, f"w{i}", clickhouse_url=server.url) for i in range(workers)]
+    out: dict[str, Any] = {"workers": workers, "ok": False}
+    try:
+        members[0].run("topics", "create")
+        members[0].run("olap", "migrate")
+        for m in members:
+            _start(m, keying)
+        every = {f"{members[0].topic(f)}:{p}" for f in _families() for p in range(PARTITIONS)}
+
+        def stable() -> bool:
+            owned = [live.event_partitions(m, live.status(m)) for m in members]
+            return (
+                set().union(*owned) == every and sum(map(len, owned)) == len(every) and all(owned)
+            )
+
+        live.wait_until(stable, 240, "the group holding every event partition", *members)
+        assigned = [
+            sorted({int(a.rsplit(":", 1)[1]) for a in live.event_partitions(m, live.status(m))})
+            for m in members
+        ]
+        _produce(members[0], records, ctx.bootstrap)
+        first = None
+        deadline = time.monotonic() + ctx.timeout
+        while time.monotonic() < deadline:
+            for m in members:
+                live.check_alive(m)
+            sts = [live.status(m) for m in members]
+            now = time.monotonic()
+            consumed = sum(s.get("events", 0) for s in sts)
+            if first is None and consumed > 0:
+                first = now
+            if consumed >= len(records) and all(s.get("unflushed_events") == 0 for s in sts):
+                break
+            time.sleep(0.1)
+        else:
+            raise TimeoutError(members[0].log_tail())
+        seconds = now - (first or now)
+        got = campaign_rows(members[0])
+        wrong = {k for k in reference.keys() | got.keys() if got.get(k) != reference.get(k)}
+        per_worker = [s.get("events", 0) for s in sts]
+        out.update(
+            seconds=round(seconds, 2),
+            events_per_s=round(len(records) / seconds) if seconds else None,
+            partitions_per_worker=assigned,
+            events_per_worker=per_worker,
+            busiest_share=round(max(per_worker) / sum(per_worker), 4),
+            campaign_rows_wrong=len(wrong),
+        )
+        codes = [m.stop_worker(signal.SIGTERM) for m in members]
+        out["ok"] = not wrong and all(c == 0 for c in codes)
+    finally:
+        for m in members:
+            m.close()
+        if server.proc is not None and server.proc.poll() is None:
+            server.stop()
+        server.close()
+    return out
