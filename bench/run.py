@@ -308,21 +308,30 @@ def print_skew(sk: dict[str, Any]) -> None:
         title=f"skew: one tenant = {sk['agency_share_of_email_events']:.0%} of email events, "
         f"{sk['events']:,} events, {sk['partitions']} partitions"
     )
-    for col in ("key", "workers", "busiest share", "÷ even", "events/s (N cores)", "× 1 worker"):
+    columns = ("key", "workers", "busiest share", "÷ even", "ev/CPU-s", "×1", "ev/s wall", "×1 ")
+    for col in columns:
         table.add_column(col, justify="left" if col == "key" else "right")
     for keying, k in sk["keyings"].items():
         for n, t in k["throughput"].items():
             share = k["share"][n]
-            rate = t["events_per_s"]
+
+            def fmt(figure: str, t: dict[str, Any] = t) -> tuple[str, str]:
+                rate, ratio = t.get(figure), t.get(f"{figure}_ratio_to_1")
+                return (
+                    f"{rate:,}" if rate else "[red]FAILED[/red]",
+                    f"{ratio:.2f}" if ratio else "—",
+                )
+
             table.add_row(
                 keying,
                 n,
                 f"{share['busiest_share']:.1%}",
                 f"{share['busiest_over_even']:.2f}",
-                f"{rate:,}" if rate else "[red]FAILED[/red]",
-                f"{t['ratio_to_1']:.2f}" if t.get("ratio_to_1") else "—",
+                *fmt("events_per_cpu_s"),
+                *fmt("events_per_s"),
             )
     console.print(table)
+    console.print(f"  assignment per number of workers: {sk.get('assignment')}")
     for keying, k in sk["keyings"].items():
         for n, c in k.get("concurrent", {}).items():
             rate = f"{c['events_per_s']:,}" if c.get("ok") else "[red]FAILED[/red]"
