@@ -200,3 +200,19 @@ def test_the_session_store_keeps_its_database(reference_olap):
     """(The stores above USE a database of their own on the shared engine.)"""
     before = reference_olap.query("SELECT currentDatabase()")[1][0][0]
     assert before == "default" or before.startswith("sluice_test_")
+
+
+def test_the_sharded_tables_views_have_the_catalog_types_in_any_session(store):
+    """The views combine the shards with the columns, types and meanings users read."""
+    from sluice.olap.catalog import SHARD_COLUMN
+    from streams.engine import SHARD_COLUMN as ENGINE_SHARD
+
+    assert ENGINE_SHARD == SHARD_COLUMN
+    client, _ = store
+    migrate(client)
+    for table in OLAP_TABLES.values():
+        _, described = client.query(f"DESCRIBE TABLE {table.view}")
+        got = [(name, kind) for name, kind, *_ in described]
+        assert got == [(c, table.column(c).type) for c in table.view_columns], table.name
+        for join_use_nulls in (0, 1):  # a session's setting never changes a view's types
+            client.query(f"SELECT * FROM {table.view} SETTINGS join_use_nulls = {join_use_nulls}")
