@@ -202,10 +202,12 @@ class Settings(BaseSettings):
     )
     sluice_state_store: Literal["rocksdb", "memory"] = Field(
         "rocksdb",
-        description="Where the attribution state lives: 'rocksdb' keeps at most "
-        "SLUICE_STATE_MEMORY_ITEMS entries in memory and the rest in RocksDB under "
-        "SLUICE_DATA_DIR/spill (a cache: the changelog topic stays the durable copy); "
-        "'memory' keeps all of it in memory (no disk, unbounded).",
+        description="Where the state lives: 'rocksdb' in one RocksDB store per partition "
+        "under SLUICE_DATA_DIR/state/<app id>/<partition>, kept across restarts (a restart "
+        "on the same data dir reads only the changelog written after the store's last "
+        "checkpoint), at most SLUICE_STATE_MEMORY_ITEMS entries in memory; 'memory' keeps "
+        "all of it in memory (no disk, unbounded; every start rebuilds it from the "
+        "changelog).",
     )
     sluice_state_memory_items: int = Field(
         1_000_000,
@@ -227,8 +229,21 @@ class Settings(BaseSettings):
     sluice_app_id: str = Field(
         "sluice", description="Faust app id = Kafka consumer group of the worker."
     )
+    sluice_instance_id: str | None = Field(
+        None,
+        description="Static group membership: a name unique to this worker within "
+        "SLUICE_APP_ID and stable across its restarts (a StatefulSet pod name, a host name). "
+        "A worker restarted within KAFKA_SESSION_TIMEOUT_S then gets its partitions back "
+        "at once, without a rebalance; but it never leaves the group on shutdown, so a "
+        "worker that stops for good (or crashes and is not restarted) holds its partitions "
+        "idle for one session timeout. Unset: dynamic membership (SIGTERM leaves the group, "
+        "a restart waits for a rebalance).",
+    )
     sluice_data_dir: str = Field(
-        "./var", description="Directory for the worker's local state (Faust tablesdir)."
+        "./var",
+        description="Directory for the worker's local state: the per-partition state stores "
+        "(state/), Faust's data, the API token. Keep it on a persistent volume for fast "
+        "restarts (see docs/operations.md).",
     )
     sluice_web_port: int = Field(6066, description="Port of the worker's HTTP endpoint.")
     sluice_web_host: str = Field(

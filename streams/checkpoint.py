@@ -16,16 +16,23 @@ what it applied since the last checkpoint, then commits the offsets that covers:
 3. **changelog** written and flushed (the state survives a crash from here on);
 4. **dead letters** flushed (decode failures and refused events are durable);
 5. **OLAP rows** written (absolute values, idempotent: a replay changes nothing);
-6. **offsets committed**, only if the consumer group's generation is the one of the
+6. **local state stored**: each partition's local store gets the snapshot's changes and a
+   marker (the changelog offset after the entries step 3 wrote) in one atomic write
+   (:meth:`streams.engine.Engine.persist`). Only now: an image must never hold state whose
+   changelog entries or rows are not durable, or a restart that reuses it would skip
+   them (the replayed events change nothing in it). A failure here fails nothing: the
+   store stays at its previous image, which the changelog after its marker completes;
+7. **offsets committed**, only if the consumer group's generation is the one of the
    snapshot and only for partitions still assigned (after a rebalance the new owner
    replays from the last commit). A refused or failed commit fails nothing: the state is
    durable, and the next checkpoint commits the same offsets.
 
 A failure at any step commits nothing: the snapshot is handed back to the engine
 (:meth:`streams.engine.Engine.requeue`), or, if the changelog was already durable, only
-its rows are kept for step 0. Every step talks to the world through one small port
-(:class:`Ports`), so the whole sequence and each of its failure paths run in tests with
-fakes (``tests/unit/test_checkpoint.py``) — the worker wires the real ones.
+its rows are kept for step 0 (and the local stores wait for the next checkpoint). Every
+step talks to the world through one small port (:class:`Ports`), so the whole sequence
+and each of its failure paths run in tests with fakes (``tests/unit/test_checkpoint.py``)
+— the worker wires the real ones.
 """
 
 from __future__ import annotations
@@ -74,6 +81,9 @@ class Changelog(Protocol):
     def write(self, entries: Sequence[tuple[int, str, list]]) -> None: ...
 
     def flush(self) -> None: ...
+
+    def ends(self) -> Mapping[int, int]:
+        """Per partition, the offset after the last entry written and acknowledged."""
 
 
 class Warehouse(Protocol):
@@ -197,6 +207,7 @@ class Checkpointer:
         if late:
             self.on_late(late)
         if ckpt.empty() and not offsets and not events:
+            self.engine.unpersisted(ckpt)  # nothing worth an image yet
             return Outcome(ok=True)
 
         rejected: list[Rejected] = []
@@ -221,7 +232,9 @@ class Checkpointer:
             await self._hand_back(ckpt, rejected, changelog_durable, events)
             return _failed(step, exc)
 
-        step = "6 commit"
+        if ckpt.cuts:
+            await self._store(ckpt)
+        step = "7 commit"
         committed = await self._commit(generation, offsets)
         return Outcome(
             ok=True,
@@ -231,12 +244,26 @@ class Checkpointer:
             committed=committed,
         )
 
+    async def _store(self, ckpt: Checkpoint) -> None:
+        """Step 6: the local stores' images (a failure only logs: see the module doc)."""
+        try:
+            await self.run_blocking(self.engine.persist, ckpt, dict(self.ports.changelog.ends()))
+        except Exception as exc:
+            log.warning("local state store not written (%s); the next checkpoint retries", exc)
+            async with self.state_lock:
+                self.engine.unpersisted(ckpt)
+            return
+        async with self.state_lock:
+            self.engine.persisted(ckpt)
+
     async def _hand_back(
         self, ckpt: Checkpoint, rejected: list[Rejected], changelog_durable: bool, events: int
     ) -> None:
         self.ports.sinks.restore_rejected(rejected)
         if changelog_durable:
             self.leftover = ckpt.rows  # only the rows are missing
+            async with self.state_lock:
+                self.engine.unpersisted(ckpt)  # no image before they are in
         else:
             async with self.state_lock:
                 self.engine.requeue(ckpt)

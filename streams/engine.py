@@ -20,37 +20,55 @@ The caller hands a failed checkpoint back with :meth:`Engine.requeue` *before* t
 next snapshot; a snapshot taken without a requeue tells the components the previous one
 succeeded (the audit chain marks its rows written then).
 
+Local state (``SLUICE_STATE_STORE=rocksdb``): each partition's maps live in its own
+RocksDB database (:mod:`streams.store`), which outlives the process. A snapshot also cuts
+what changed since the last image (:meth:`PartitionDB.cut`); once the checkpoint made the
+changelog and the OLAP rows durable, :meth:`Engine.persist` writes the cut and its marker
+in one batch. A restart then opens the image (:meth:`Engine.open`) and joins only the
+changelog written after the marker (:mod:`streams.restore`).
+
 Changelog format: keys are JSON lists — ``[tenant, email_id]`` for email states (the
 first release's format), ``["\\x00pos", topic, partition]`` for positions, and
 ``[component tag, ...]`` for every other component. Values are lists whose first element
-is the partition. Entries with a tag this version does not know are ignored.
+is the partition. Entries with a tag this version does not know are ignored. A record
+without a value (a tombstone) deletes the key's state (:meth:`Component.forget`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from streams.compliance import AuditLog, SensitiveAccess
 from streams.incidents import SystemEvents
 from streams.rollups import BILLING_SENDS, DAY_MS, BillingPlans, EmailRollups, WarmupRollups
-from streams.state import Component, Taken, sort_key
+from streams.state import Component, MapFactory, Taken, memory_map, sort_key
 
 if TYPE_CHECKING:
     from sluice.settings import Settings
-    from streams.spill import SpillStore
+    from streams.store import Changelog, Opened, PartitionDB, StateStore, StoreCut
 
 POSITION_TAG = "\x00pos"
 VERSION_COLUMNS = ("updated", "_version")
 
+#: The version of the state's meaning. Bump it when a component's state changes shape or
+#: meaning: a local store of another schema is then rebuilt from the changelog (which
+#: every version reads). The fingerprint also covers the components' tags and map names
+#: and the attribution window (:func:`state_schema`).
+STATE_SCHEMA = 1
+
 
 def default_components(
-    window_ms: int | None = None, new_map: Callable[[], MutableMapping] = dict
+    window_ms: int | None = None, new_map: MapFactory = memory_map
 ) -> list[Component]:
     """Every component of one partition, wired together (the worker's configuration).
 
@@ -105,6 +123,23 @@ def layouts(components: Iterable[Component]) -> dict[str, TableLayout]:
     return found
 
 
+def state_schema(components: Callable[..., Sequence[Component]], extra: str = "") -> str:
+    """The fingerprint of the state ``components`` keep: :data:`STATE_SCHEMA`, their tags
+    and map names, and ``extra`` (settings that change the state, e.g. the window)."""
+    names: list[str] = []
+
+    def recording(name: str = "") -> dict:
+        names.append(name)
+        return {}
+
+    probe = components(new_map=recording)
+    tags = [c.tag for c in probe]
+    for component in probe:
+        component.close()
+    digest = hashlib.sha256(json.dumps([tags, names, extra]).encode()).hexdigest()[:12]
+    return f"{STATE_SCHEMA}-{digest}"
+
+
 @dataclass
 class PartitionState:
     """Everything the worker knows about one partition number (all event topics)."""
@@ -114,6 +149,10 @@ class PartitionState:
     # next offset to apply, per source topic (monotonic; restored from the changelog)
     positions: dict[str, int] = field(default_factory=dict)
     positions_dirty: bool = False
+    # the partition's local store (None: state in memory only)
+    db: PartitionDB | None = None
+    # every changelog entry of this partition before this offset is in the state
+    changelog_position: int = 0
 
     def __post_init__(self) -> None:
         self.by_tag: dict[str, Component] = {c.tag: c for c in self.components}
@@ -121,6 +160,10 @@ class PartitionState:
         for component in self.components:
             for family in component.families:
                 self.by_family.setdefault(family, []).append(component)
+        # components whose changelog entries the store keeps (their state is not in maps)
+        self.logged: frozenset[str] = frozenset(
+            c.tag for c in self.components if not c.keeps_state_in_store()
+        )
 
     @property
     def email(self) -> EmailRollups:
@@ -143,6 +186,8 @@ class Checkpoint:
     # partition -> component tag -> what the component handed out
     taken: dict[int, dict[str, Taken]] = field(default_factory=dict)
     positions: set[int] = field(default_factory=set)
+    # partition -> what its local store must write once the rest is durable
+    cuts: dict[int, StoreCut] = field(default_factory=dict)
 
     def empty(self) -> bool:
         return not self.changelog and not self.rows
@@ -153,23 +198,77 @@ class Engine:
 
     def __init__(
         self,
-        components: Callable[[], Sequence[Component]] = default_components,
-        spill: SpillStore | None = None,
+        components: Callable[..., Sequence[Component]] = default_components,
+        store: StateStore | None = None,
     ) -> None:
-        """``spill``: the disk tier ``components`` put their maps in (closed by :meth:`close`)."""
+        """``store``: the local store whose per-partition databases hold the maps
+        ``components`` make (called with ``new_map=``); closed by :meth:`close`."""
         self.factory = components
         probe = components()
         self.layouts = layouts(probe)
         for component in probe:
-            component.close()  # its maps, if they live in a spill store
+            component.close()
         self.partitions: dict[int, PartitionState] = {}
-        self.spill = spill
+        self.store = store
+        self._io = threading.Lock()  # a store write vs closing its database
+
+    def _new_state(self, partition: int, db: PartitionDB | None) -> PartitionState:
+        components = self.factory() if db is None else self.factory(new_map=db.map)
+        ps = self.partitions[partition] = PartitionState(partition, components, db=db)
+        return ps
 
     def state(self, partition: int) -> PartitionState:
+        """The partition's state; one not open yet starts empty (a worker's partitions are
+        opened with :meth:`open` first)."""
         ps = self.partitions.get(partition)
         if ps is None:
-            ps = self.partitions[partition] = PartitionState(partition, self.factory())
+            if self.store is not None and not self.store.scratch:
+                raise KeyError(f"partition {partition} is not open (Engine.open)")
+            db = None if self.store is None else self.store.scratch_db(partition)
+            ps = self._new_state(partition, db)
         return ps
+
+    # -- opening a partition ----------------------------------------------------------
+    def open(self, partition: int, changelog: Changelog | None = None) -> Opened | None:
+        """Bring partition ``partition`` into memory: its local store reopened when it
+        holds up (:func:`streams.store.check`), else emptied for a rebuild; None without a
+        store (a rebuild into memory). Join the changelog after
+        ``ps.changelog_position`` next, then call :meth:`restored` (or :meth:`rebuilt`)."""
+        self.drop([partition])
+        if self.store is None:
+            self._new_state(partition, None)
+            return None
+        opened = self.store.open(partition, changelog)
+        ps = self._new_state(partition, opened.db)
+        if opened.reused:
+            marker = opened.db.marker
+            assert marker is not None
+            ps.positions.update(marker.positions)
+            ps.changelog_position = marker.offset
+            if not marker.rewrite:
+                self.begin(partition)
+            # the small components' state: their entries, as from the changelog
+            self.join(opened.db.log_entries(), partition, from_store=True)
+        return opened
+
+    def begin(self, partition: int) -> None:
+        """The partition's state is complete up to ``changelog_position`` and its rows are
+        in the OLAP: what :meth:`join` adds until :meth:`restored` marks only the rows it
+        changes (:meth:`Component.reopened`)."""
+        for component in self.partitions[partition].components:
+            component.reopened()
+
+    def rebuilt(self, partition: int, offset: int) -> None:
+        """A rebuild joined the whole changelog up to ``offset``: reconcile (every row is
+        rewritten over the next checkpoints), and let the local store become the image at
+        the next checkpoint (its marker is written then; until then a restart rebuilds)."""
+        ps = self.partitions[partition]
+        ps.changelog_position = max(ps.changelog_position, offset)
+        self.restored([partition])
+        if ps.db is not None and ps.db.direct and not ps.db.scratch:
+            # a marker may only follow entries written without the WAL once they are in files
+            assert not ps.db.unflushed, "PartitionDB.flush() first, under the state lock"
+            ps.db.direct = False
 
     # -- the hot path -----------------------------------------------------------------
     def apply(self, partition: int, topic: str, offset: int, family: str, event: Mapping) -> None:
@@ -214,7 +313,55 @@ class Engine:
                 if rows:
                     suffix = [now, version] if layout.versioned else []
                     ckpt.rows.setdefault(layout.name, []).extend(r + suffix for r in rows)
+            if ps.db is not None and not ps.db.direct:
+                logged = ps.logged
+                log = [
+                    (
+                        changelog_key(*key, tag=tag),
+                        [partition, *value] if value is not None else None,
+                    )
+                    for tag, t in taken.items()
+                    if tag in logged
+                    for key, value in t.changelog
+                ]
+                rewrite = any(c.rewrite_pending() for c in ps.components)
+                ckpt.cuts[partition] = ps.db.cut(log, ps.positions, rewrite)
         return ckpt
+
+    # -- the local store ----------------------------------------------------------------
+    def persist(self, ckpt: Checkpoint, ends: Mapping[int, int]) -> None:
+        """Write each partition's cut and marker (blocking: run in a thread), once the
+        checkpoint's changelog is flushed and its OLAP rows are written. ``ends``: per
+        changelog partition, the offset after the last entry this worker wrote and had
+        acknowledged. Then :meth:`persisted` (or, if this raised, :meth:`unpersisted`)."""
+        assert self.store is not None and self.store.identity is not None
+        for partition, cut in ckpt.cuts.items():
+            with self._io:
+                ps = self.partitions.get(partition)
+                if ps is None or ps.db is not cut.db or ps.db.db is None:
+                    continue  # moved away meanwhile: its next open checks the old image
+                offset = max(ps.changelog_position, ends.get(partition, 0))
+                ps.db.write(cut, self.store.identity, offset)
+
+    def persisted(self, ckpt: Checkpoint) -> None:
+        """The cuts :meth:`persist` wrote are the images now."""
+        for partition, cut in ckpt.cuts.items():
+            ps = self.partitions.get(partition)
+            if ps is None or ps.db is not cut.db:
+                continue
+            if cut.marker is None:
+                ps.db.abandoned()
+                continue
+            ps.db.stored(cut)
+            ps.changelog_position = max(ps.changelog_position, cut.marker.offset)
+
+    def unpersisted(self, ckpt: Checkpoint) -> None:
+        """The cuts were not written: what they carried is changed again."""
+        for partition, cut in ckpt.cuts.items():
+            ps = self.partitions.get(partition)
+            if ps is not None and ps.db is cut.db:
+                ps.db.abandoned()
+        ckpt.cuts = {}
 
     def _assemble(
         self, ps: PartitionState, layout: TableLayout, taken: Mapping[str, Taken]
@@ -235,6 +382,7 @@ class Engine:
 
     def requeue(self, ckpt: Checkpoint) -> None:
         """A checkpoint failed: mark what it carried dirty again (current values win)."""
+        self.unpersisted(ckpt)
         for partition, taken in ckpt.taken.items():
             ps = self.partitions.get(partition)
             if ps is None:
@@ -255,24 +403,44 @@ class Engine:
         return total
 
     @classmethod
-    def for_settings(cls, settings: Settings) -> Engine:
-        """The engine the worker runs with these settings (backfill uses the same)."""
+    def for_settings(cls, settings: Settings, persistent: bool = False) -> Engine:
+        """The engine these settings describe. ``persistent``: the worker's, whose
+        partitions' stores outlive it (``SLUICE_DATA_DIR/state``); otherwise (backfill) a
+        scratch store under ``SLUICE_DATA_DIR/scratch``, removed at :meth:`close`."""
+        from streams.store import Identity, StateStore
+
         days = settings.sluice_attribution_window_days
         window_ms = None if days is None else int(days * DAY_MS)
+        factory = partial(default_components, window_ms=window_ms)
         if settings.sluice_state_store == "memory":
-            return cls(partial(default_components, window_ms=window_ms))
-        from streams.spill import SpillStore
+            return cls(factory)
+        memory_items = settings.sluice_state_memory_items
+        if not persistent:
+            store = StateStore(
+                Path(settings.sluice_data_dir) / "scratch", memory_items, scratch=True
+            )
+            return cls(factory, store)
+        from topics.catalog import Catalog
 
-        spill = SpillStore(
-            Path(settings.sluice_data_dir) / "spill", settings.sluice_state_memory_items
+        identity = Identity(
+            app_id=settings.sluice_app_id,
+            partitions=settings.sluice_topic_partitions,
+            schema=state_schema(factory, f"window_ms={window_ms}"),
+            changelog=Catalog.from_settings(settings).changelog.name,
         )
-        return cls(partial(default_components, window_ms=window_ms, new_map=spill.map), spill)
+        return cls(factory, StateStore.for_app(settings.sluice_data_dir, identity, memory_items))
+
+    @property
+    def schema(self) -> str | None:
+        """The state schema this engine's store checks (None without a store)."""
+        identity = self.store.identity if self.store is not None else None
+        return identity.schema if identity is not None else None
 
     def close(self) -> None:
-        """Release the disk tier, if any (the worker's shutdown)."""
+        """Release the local store, if any (the worker's shutdown; its files stay)."""
         self.drop(list(self.partitions))
-        if self.spill is not None:
-            self.spill.close()
+        if self.store is not None:
+            self.store.close()
 
     def columns(self, table: str) -> list[str]:
         """Column names of the rows :meth:`snapshot` hands out for ``table``."""
@@ -280,12 +448,16 @@ class Engine:
 
     # -- rebalancing ------------------------------------------------------------------
     def drop(self, partitions: Iterable[int]) -> None:
-        """Forget partitions this worker no longer owns (their state lives in the changelog)."""
-        for partition in partitions:
+        """Forget partitions this worker no longer owns (their state lives in the changelog,
+        and in their local store, which stays on disk for a return)."""
+        for partition in list(partitions):
             ps = self.partitions.pop(partition, None)
             if ps is not None:
-                for component in ps.components:
-                    component.close()
+                with self._io:
+                    for component in ps.components:
+                        component.close()
+                    if self.store is not None and ps.db is not None:
+                        self.store.close_partition(partition)
 
     def restore(self, entries: Iterable[tuple[str, list]]) -> set[int]:
         """Join changelog entries (key, value) into state; return the partitions touched.
@@ -303,27 +475,76 @@ class Engine:
             for component in self.partitions[partition].components:
                 component.restored()
 
-    def join(self, entries: Iterable[tuple[str, list]]) -> set[int]:
-        """Join changelog entries into state, a batch at a time (call :meth:`restored`
-        once all are in); return the partitions touched."""
+    def join(
+        self,
+        entries: Iterable[tuple[str, list | None]],
+        partition: int | None = None,
+        from_store: bool = False,
+    ) -> set[int]:
+        """Join changelog entries ``(key, value)`` into state, a batch at a time, in
+        changelog order (call :meth:`restored` once all are in); return the partitions
+        touched. A value None is a tombstone of changelog partition ``partition`` (the
+        state under its key is forgotten); without ``partition`` tombstones are skipped.
+
+        Entries of components whose state is not in store maps also go to the
+        partition's local store at its next image (``from_store``: they come from it)."""
         touched: set[int] = set()
+        # consecutive entries per component, handed over together (Component.restore_many)
+        pending: dict[tuple[int, str], list[tuple[list, list]]] = {}
+        loads = orjson.loads
         for key, value in entries:
-            if value is None:
-                continue
-            partition = value[0]
-            ps = self.state(partition)
-            touched.add(partition)
-            parsed = json.loads(key)
+            parsed = loads(key)
             head = parsed[0]
+            if value is None:
+                if partition is None or head == POSITION_TAG:
+                    continue
+                ps = self.state(partition)
+                self._flush_joins(pending)
+                tag = head if head in ps.by_tag and head else ""
+                if tag:
+                    ps.by_tag[head].forget(parsed[1:])
+                elif not head.startswith("\x00"):
+                    ps.email.forget(parsed)
+                if ps.db is not None and tag in ps.logged and not from_store:
+                    ps.db.log_pending[key] = None
+                touched.add(partition)
+                continue
+            p = value[0]
+            ps = self.partitions.get(p) or self.state(p)
+            touched.add(p)
             if head == POSITION_TAG:
                 topic = parsed[1]
                 ps.positions[topic] = max(ps.positions.get(topic, 0), value[1])
-            elif head in ps.by_tag and head:
-                ps.by_tag[head].restore(parsed[1:], value[1:])
+                continue
+            if head in ps.by_tag and head:
+                tag = head
+                pending.setdefault((p, head), []).append((parsed[1:], value[1:]))
             elif not head.startswith("\x00"):
-                ps.email.restore(parsed, value[1:])
-            # else: a tag from a newer version; its owner will rebuild it
+                tag = ""
+                pending.setdefault((p, ""), []).append((parsed, value[1:]))
+            else:
+                continue  # a tag from a newer version; its owner will rebuild it
+            if ps.db is not None and tag in ps.logged and not from_store:
+                ps.db.log_pending[key] = value
+        self._flush_joins(pending)
         return touched
+
+    def _flush_joins(self, pending: dict[tuple[int, str], list[tuple[list, list]]]) -> None:
+        for (p, tag), items in pending.items():
+            self.partitions[p].by_tag[tag].restore_many(items)
+        pending.clear()
+
+    def stats(self) -> dict[str, Any]:
+        """Where the state entries are (``sluice status``)."""
+        if self.store is None:
+            return {"kind": "memory"}
+        return {"kind": "rocksdb", **self.store.stats()}
+
+
+def decode_entry(key: bytes, value: bytes | None) -> tuple[str, list | None]:
+    """A changelog record as :meth:`Engine.join` takes it (the bytes ChangelogWriter
+    writes: JSON of the key's JSON string, JSON of the value; no value: a tombstone)."""
+    return orjson.loads(key), (None if value is None else orjson.loads(value))
 
 
 def changelog_key(*parts: object, tag: str = "") -> str:

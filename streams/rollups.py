@@ -42,7 +42,16 @@ from functools import cached_property
 from sys import intern
 from typing import Any
 
-from streams.state import Component, DirtyRows, RowKey, TablePart, Taken
+from streams.state import (
+    Component,
+    DirtyRows,
+    MapFactory,
+    RowKey,
+    TablePart,
+    Taken,
+    memory_map,
+    peek,
+)
 
 DAY_MS = 86_400_000
 # rows a checkpoint rewrites per component after a restore (the rest in the next ones)
@@ -569,21 +578,23 @@ class AttributionRollups(Component):
         attribution: Attribution,
         rollups: Iterable[Rollup],
         tag: str,
-        new_map: Callable[[], MutableMapping] = dict,
+        new_map: MapFactory = memory_map,
     ) -> None:
-        """``new_map`` makes the maps that grow with the emails and leads in flight
-        (``dict``, or :meth:`streams.spill.SpillStore.map` for state beyond memory)."""
+        """``new_map`` makes the maps that grow with the emails and leads in flight (plain
+        dicts, or maps of the partition's local store: :meth:`streams.store.PartitionDB.map`),
+        each under a name stable across processes."""
         self.attribution = attribution
         self.tag = tag
         self.rollups = tuple(rollups)
         self._by_table = {r.table: r for r in self.rollups}
-        self.states: MutableMapping[tuple[str, str], list] = new_map()
+        name = tag.lstrip("\x00") or "email"
+        self.states: MutableMapping[tuple[str, str], list] = new_map(f"{name}/states")
         # table -> row key -> counters; tallies only for rollups that have some
         self.rows: dict[str, MutableMapping[RowKey, list[int]]] = {
-            r.table: new_map() for r in self.rollups
+            r.table: new_map(f"{name}/rows/{r.table}") for r in self.rollups
         }
         self.tallies: dict[str, MutableMapping[RowKey, list[Counter]]] = {
-            r.table: new_map() for r in self.rollups if r.tallies
+            r.table: new_map(f"{name}/tallies/{r.table}") for r in self.rollups if r.tallies
         }
         self._maps = [self.states, *self.rows.values(), *self.tallies.values()]
         self.dirty = DirtyRows(self._by_table)
@@ -592,6 +603,8 @@ class AttributionRollups(Component):
         self.late: Counter[str] = Counter()
         # after a restore: the row keys still to rewrite (see restored())
         self._rewrite: Iterator[tuple[str, RowKey]] | None = None
+        # after reopened(): restores mark the rows they change (the rest are in the OLAP)
+        self._incremental = False
 
     def parts(self) -> tuple[TablePart, ...]:
         return tuple(TablePart(r.table, r.key_columns, r.value_columns) for r in self.rollups)
@@ -620,24 +633,136 @@ class AttributionRollups(Component):
         """Join a state read back from the changelog into this partition's state."""
         tenant, message_id = intern(key[0]), key[1]
         state = self.states.get((tenant, message_id))
+        mark = self._incremental
         if state is None:
             value = [
                 intern(v) if type(v) is str and i > SENT_EVENT_ID else v
                 for i, v in enumerate(value)
             ]
             state = self.states[(tenant, message_id)] = self.attribution.adopt(value)
-            self._account(tenant, None, state, mark=False)
+            self._account(tenant, None, state, mark=mark)
             return
         before = state.copy()
         if self.attribution.merge_states(state, value):
-            self._account(tenant, before, state, mark=False)
+            self._account(tenant, before, state, mark=mark)
+
+    def restore_many(self, entries: Sequence[tuple[list, list]]) -> None:
+        """Join many changelog states at once: a rebuild's hot path.
+
+        States of emails this partition does not hold yet (all of them in a rebuild from
+        an empty store) are added together: their contributions are counted per row key
+        and combination of flags first, so each row and tally is touched once per batch
+        instead of once per email. Known emails go through :meth:`restore`.
+        """
+        batch: dict[tuple[str, str], list] = {}
+        merge = self.attribution.merge_states
+        adopt = self.attribution.adopt
+        for key, value in entries:
+            k = (key[0], key[1])
+            prev = batch.get(k)
+            if prev is None:
+                batch[k] = adopt(value)
+            else:
+                merge(prev, value)
+        states = self.states
+        fresh: list[tuple[str, list]] = []
+        for (tenant, message_id), value in batch.items():
+            if states.get((tenant, message_id)) is not None:
+                self.restore([tenant, message_id], value)
+                continue
+            tenant = intern(tenant)
+            state = [
+                intern(v) if type(v) is str and SENT_EVENT_ID < i < FLAGS else v
+                for i, v in enumerate(value)
+            ]
+            states[(tenant, message_id)] = state
+            if state[SENT_AT] is not None:
+                fresh.append((tenant, state))
+        if fresh:
+            self._account_many(fresh)
+
+    def _account_many(self, fresh: list[tuple[str, list]]) -> None:
+        """Add the contributions of new (sent) states: :meth:`_account` for many at once."""
+        mark = self._incremental
+        for rollup in self.rollups:
+            keyf, mask, bits_list = rollup.key, rollup.all_bits, rollup._metric_bits
+            table = rollup.table
+            keys = [keyf(tenant, state) for tenant, state in fresh]
+            rows = self.rows[table]
+            counted = Counter(zip(keys, [state[FLAGS] & mask for _, state in fresh], strict=True))
+            for (key, flags), n in counted.items():
+                if key is None:
+                    continue
+                row = rows.get(key)
+                if row is None:
+                    rows[key] = [n if bits is None or flags & bits else 0 for bits in bits_list]
+                else:
+                    for i, bits in enumerate(bits_list):
+                        if bits is None or flags & bits:
+                            row[i] += n
+                if mark:
+                    self.dirty.add(table, key)
+            if not rollup.tallies:
+                continue
+            fns = [fn for _, fn in rollup.tallies]
+            tallies = self.tallies[table]
+            values = [tuple([fn(state) for fn in fns]) for _, state in fresh]
+            for (key, vals), n in Counter(zip(keys, values, strict=True)).items():
+                if key is None:
+                    continue
+                kept = tallies.get(key)
+                if kept is None:
+                    tallies[key] = [Counter({v: n}) for v in vals]
+                else:
+                    for tally, v in zip(kept, vals, strict=True):
+                        tally[v] += n
+
+    def forget(self, key: list) -> None:
+        """A changelog tombstone: the message's state goes, and its contribution with it."""
+        tenant, message_id = key[0], key[1]
+        state = self.states.get((tenant, message_id))
+        if state is None:
+            return
+        self._retract(tenant, state)
+        del self.states[(tenant, message_id)]
+        self.dirty_states.discard((tenant, message_id))
+
+    def _retract(self, tenant: str, state: list) -> None:
+        """Take one message's contribution out of every row (its rows become dirty)."""
+        for rollup in self.rollups:
+            old = rollup.contribution(tenant, state)
+            if old is None:
+                continue
+            key, counts, values = old
+            row = self.rows[rollup.table][key]
+            for i, v in enumerate(counts):
+                row[i] -= v
+            tallies = self.tallies.get(rollup.table)
+            if tallies is not None:
+                for tally, value in zip(tallies[key], values, strict=True):
+                    tally[value] -= 1
+                    if not tally[value]:
+                        del tally[value]
+            self.dirty.add(rollup.table, key)
+
+    def keeps_state_in_store(self) -> bool:
+        return not isinstance(self.states, dict)
+
+    def reopened(self) -> None:
+        self._incremental = True
 
     def restored(self) -> None:
+        # don't resend the restored states to the changelog they came from
+        self.dirty_states.clear()
+        if self._incremental:
+            self._incremental = False  # the rows the restores changed are marked already
+            return
         # Every row is rewritten (the OLAP may lag the changelog), REWRITE_BATCH per
         # checkpoint: a state far beyond memory is never all in one checkpoint.
         self._rewrite = self._all_row_keys()
-        # don't resend the restored states to the changelog they came from
-        self.dirty_states.clear()
+
+    def rewrite_pending(self) -> bool:
+        return self._rewrite is not None
 
     def _all_row_keys(self) -> Iterator[tuple[str, RowKey]]:
         for table, rows in self.rows.items():
@@ -712,8 +837,8 @@ class AttributionRollups(Component):
     # -- rows ----------------------------------------------------------------------------
     def value(self, table: str, key: RowKey) -> tuple:
         rollup = self._by_table[table]
-        counters = self.rows[table].get(key) or [0] * len(rollup.metrics)
-        tallies = self.tallies[table].get(key) if table in self.tallies else None
+        counters = peek(self.rows[table], key) or [0] * len(rollup.metrics)
+        tallies = peek(self.tallies[table], key) if table in self.tallies else None
         return rollup.values(counters, tallies)
 
     def _take_rewrites(self) -> None:
@@ -770,7 +895,7 @@ class EmailRollups(AttributionRollups):
         self,
         rollups: Iterable[Rollup] = EMAIL_ROLLUPS,
         window_ms: int | None = None,
-        new_map: Callable[[], MutableMapping] = dict,
+        new_map: MapFactory = memory_map,
     ) -> None:
         """``window_ms``: the attribution window (None: an event counts whenever it came)."""
         attribution = EMAIL if window_ms is None else windowed_email(window_ms)
@@ -793,7 +918,7 @@ class WarmupRollups(AttributionRollups):
     def __init__(
         self,
         rollups: Iterable[Rollup] = WARMUP_ROLLUPS,
-        new_map: Callable[[], MutableMapping] = dict,
+        new_map: MapFactory = memory_map,
     ) -> None:
         super().__init__(WARMUP, rollups, "\x00warmup", new_map)
 

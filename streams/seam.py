@@ -24,7 +24,6 @@ from importlib import metadata
 from typing import Any
 
 import faust
-from faust.tables.base import Collection
 from faust.transport.consumer import Consumer
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
@@ -42,7 +41,6 @@ PRIVATE: tuple[tuple[type, str, str], ...] = (
     (Consumer, "_get_active_partitions", "keep Faust's fetcher off the handed-off partitions"),
     (Consumer, "_commit", "commit the offsets a checkpoint covers, under the generation"),
     (AIOKafkaConsumerThread, "_ensure_consumer", "pause aiokafka's prefetch of them"),
-    (Collection, "apply_changelog_batch", "receive changelog batches during recovery"),
 )
 
 
@@ -142,9 +140,3 @@ async def commit(consumer: Any, offsets: Mapping[Any, int]) -> bool:
     """Commit ``offsets`` (one past the last event covered) under the current generation;
     False when the group refused (a rebalance is under way)."""
     return bool(await consumer._commit(offsets))  # noqa: SLF001
-
-
-def divert_recovery(table: Any, apply_batch: Callable[[list[Any]], None]) -> None:
-    """Hand each batch of changelog events Faust's recovery reads to ``apply_batch``
-    instead of the table (the engine owns the state; the table stays empty)."""
-    table.apply_changelog_batch = apply_batch

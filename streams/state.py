@@ -26,13 +26,30 @@ provides, and the engine joins their parts on the row key.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 RowKey = tuple
 ChangelogKey = list  # JSON-able key parts; the engine prefixes the component's tag
 ChangelogValue = list  # JSON-able; the engine prefixes the partition number
+
+#: Makes one named map of a component's state (``"email/states"``, ...). The name is
+#: stable across processes: the partition's local store (:mod:`streams.store`) keeps each
+#: map under it, so a restarted worker reopens the map instead of rebuilding it.
+MapFactory = Callable[[str], MutableMapping]
+
+
+def memory_map(name: str = "") -> dict:
+    """The default :data:`MapFactory`: a plain dict (``SLUICE_STATE_STORE=memory``)."""
+    return {}
+
+
+def peek(m: Mapping, key: Any, default: Any = None) -> Any:
+    """Read ``m[key]`` for reading only: a store map (:class:`streams.spill.SpillMap`)
+    then neither takes it into memory nor counts it as changed."""
+    reader = getattr(m, "peek", None)
+    return m.get(key, default) if reader is None else reader(key, default)
 
 
 @dataclass(frozen=True)
@@ -99,9 +116,41 @@ class Component(ABC):
     def restore(self, key: ChangelogKey, value: ChangelogValue) -> None:  # noqa: B027
         """Join one changelog entry (tag and partition already stripped) into the state."""
 
+    def restore_many(self, entries: Sequence[tuple[ChangelogKey, ChangelogValue]]) -> None:
+        """:meth:`restore` of many entries, in order (a rebuild hands thousands at once;
+        a component may join them faster than one by one)."""
+        for key, value in entries:
+            self.restore(key, value)
+
+    def forget(self, key: ChangelogKey) -> None:
+        """A changelog tombstone: the state under ``key`` is deleted (erasure). Components
+        whose changelog never carries one keep this default, which refuses loudly."""
+        raise NotImplementedError(f"{type(self).__name__} got a changelog tombstone for {key}")
+
     def restored(self) -> None:  # noqa: B027
         """After a batch of :meth:`restore`: reconcile, and mark every row to be rewritten
-        (the OLAP may lag the changelog) without resending what came from the changelog."""
+        (the OLAP may lag the changelog) without resending what came from the changelog.
+
+        After :meth:`reopened`, only the rows the restored entries changed."""
+
+    def keeps_state_in_store(self) -> bool:
+        """True when this component's state lives in maps of the partition's local store
+        (made by its :data:`MapFactory`): a restart reopens them, so the store need not
+        keep the component's changelog entries beside them."""
+        return False
+
+    def reopened(self) -> None:  # noqa: B027
+        """The state came back from the partition's local store, as it was at a checkpoint
+        whose rows are all in the OLAP. What :meth:`restore` joins until :meth:`restored`
+        (the changelog written after that checkpoint) marks the rows it changes, and only
+        those, to be rewritten. Components that do not keep their state in the store keep
+        this default: their entries are restored from the store and then from the
+        changelog as after a rebuild."""
+
+    def rewrite_pending(self) -> bool:
+        """True while rows restored from the changelog are still being rewritten a batch
+        per checkpoint (a restart meanwhile must rewrite them all again)."""
+        return False
 
     def stats(self) -> dict[str, int]:
         """Sizes of the state, for ``sluice status``."""

@@ -59,11 +59,9 @@ def status(worker: Worker) -> dict[str, Any]:
             p: {"emails": len(ps.email.emails), "positions": ps.positions}
             for p, ps in sorted(engine.partitions.items())
         },
-        "state_store": (
-            {"kind": "rocksdb", **engine.spill.stats()}
-            if engine.spill is not None
-            else {"kind": "memory"}
-        ),
+        "state_store": engine.stats(),
+        # per partition: how its state came back (kept / reused / rebuilt, why, how long)
+        "restore": worker.restorer.status(),
         **worker.stats,
     }
 

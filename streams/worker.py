@@ -3,12 +3,15 @@
 Who does what
 -------------
 Faust (:mod:`streams.app`) is the application: its consumer group assigns this worker its
-partitions and rebalances them, its table recovers the state from the changelog before a
-partition is read, its producer writes dead letters, its web server answers
-(:mod:`streams.web`). The event topics' partitions are *handed off* to
-:class:`streams.fetch.Reader` (confluent-kafka, batches of thousands): Faust's fetcher
-skips them (:func:`streams.seam.hand_off`), because its per-event machinery (~90 µs of CPU
-per event, measured) would cap the worker near 11,000 events/s before any work.
+partitions and rebalances them (with static membership when ``SLUICE_INSTANCE_ID`` is
+set), its producer writes dead letters, its web server answers (:mod:`streams.web`). The
+event topics' partitions are *handed off* to :class:`streams.fetch.Reader`
+(confluent-kafka, batches of thousands): Faust's fetcher skips them
+(:func:`streams.seam.hand_off`), because its per-event machinery (~90 µs of CPU per event,
+measured) would cap the worker near 11,000 events/s before any work. The state is
+restored by Sluice itself (:mod:`streams.restore`): each partition's local store
+(:mod:`streams.store`) reopened and the changelog after its marker joined, or the
+changelog read in large batches.
 
 Delivery semantics
 ------------------
@@ -18,11 +21,11 @@ consumer (so under the group's current generation), only after the checkpoint th
 covers them succeeded (:mod:`streams.checkpoint`): the committed offset of a partition is
 one past the last event applied.
 
-The reader is assigned a partition after Faust recovered its state, starts at the
-group's committed offset, and lets go of it before Faust revokes it (a drain checkpoint
-commits everything applied first). Reading and assignment changes never overlap, and a
-batch is applied under the state lock, so no offset is committed for an event that was
-not applied (or dead-lettered) in full.
+The reader is assigned a partition once its state is restored (:meth:`Worker.on_assigned`
+starts one restore per partition), starts at the group's committed offset, and lets go of
+it before Faust revokes it (a drain checkpoint commits everything applied first). Reading
+and assignment changes never overlap, and a batch is applied under the state lock, so no
+offset is committed for an event that was not applied (or dead-lettered) in full.
 
 Every decoded event is also handed to the sinks its route names (:mod:`streams.routing`),
 which buffer it in bounded batches. A sink that stays down fails the checkpoint, so events
@@ -35,6 +38,7 @@ held, in which case the checkpoint fails before its snapshot.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -54,6 +58,7 @@ from streams.checkpoint import Checkpointer, Outcome, Ports, Progress
 from streams.engine import Engine
 from streams.fetch import ChangelogWriter, Reader
 from streams.metrics import HealthMetrics
+from streams.restore import ChangelogSource, Restorer
 from streams.routing import Router
 from topics.catalog import Catalog
 from topics.dead_letters import dead_letter_headers
@@ -71,7 +76,7 @@ class Worker:
     def __init__(self, settings: Settings, olap: OlapClient | None = None) -> None:
         self.settings = settings
         self.catalog = Catalog.from_settings(settings)
-        self.engine = Engine.for_settings(settings)
+        self.engine = Engine.for_settings(settings, persistent=True)
         self.codec = Codec(settings=settings)
         self._olap = olap
         self.health = HealthMetrics()
@@ -90,7 +95,16 @@ class Worker:
         # the state: a batch is applied, or a snapshot taken, under it
         self.state_lock = asyncio.Lock()
         self._ckpt_task: asyncio.Task | None = None
-        self._restoring: set[int] = set()
+        changelog = self.catalog.changelog
+        self.restorer = Restorer(
+            self.engine,
+            self.state_lock,
+            ChangelogSource(
+                kafka_config(settings), changelog.name, int(changelog.config["delete.retention.ms"])
+            ),
+        )
+        self._restores: dict[int, asyncio.Task] = {}
+        self.owned: set[int] = set()  # partition numbers of the current assignment
         self.api_token = web.api_token(settings)
         self.stats: dict[str, Any] = {
             "events": 0,
@@ -272,39 +286,69 @@ class Worker:
         Every partition is revoked at each rebalance, even those we keep: their state
         goes (or stays) in :meth:`on_assigned`.
         """
+        self.owned = set()  # a restore finishing now must not hand its partition out
         await self.reader.unassign((tp.topic, tp.partition) for tp in revoked)
         self.router.forget({(tp.topic, tp.partition) for tp in revoked})
         self.progress.forget(revoked)
 
     async def on_assigned(self, app: Any, assigned: set, **_: Any) -> None:
+        """Restore every assigned partition, then read it (each as soon as it is ready).
+
+        A partition that moved away leaves memory (its local store stays on disk, for a
+        return); one still being restored from an earlier assignment goes on; one kept
+        in memory joins what the changelog gained meanwhile.
+        """
         self.draining = False
-        # Drop only the state of partitions that moved away. For a partition it keeps,
-        # Faust's recovery reads just the changelog written since its last read (its
-        # table is assumed to hold the rest), so that state must stay (S10).
-        owned = {tp.partition for tp in assigned if tp.topic in self.families}
-        self.engine.drop(set(self.engine.partitions) - owned)
-        seam.pause_prefetch(self.app.consumer, {tp for tp in assigned if tp.topic in self.families})
+        mine = {tp for tp in assigned if tp.topic in self.families}
+        owned = {tp.partition for tp in mine}
+        self.owned = owned
+        for partition, task in list(self._restores.items()):
+            if partition not in owned and not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+        self._restores = {p: t for p, t in self._restores.items() if p in owned}
+        async with self.state_lock:
+            self.engine.drop(set(self.engine.partitions) - owned)
+        seam.pause_prefetch(self.app.consumer, mine)
+        for partition in sorted(owned):
+            task = self._restores.get(partition)
+            if task is None or task.done():
+                self._restores[partition] = asyncio.ensure_future(self._restore(partition))
 
-    def apply_changelog_batch(self, batch: Sequence[Any]) -> None:
-        """Faust's recovery read a batch of the changelog: join it into the engine."""
-        self._restoring |= self.engine.join([(e.key, e.value) for e in batch])
-
-    async def on_recovered(self) -> None:
-        """The state of every assigned partition is here: start reading its events."""
-        touched = {p for p in self._restoring if p in self.engine.partitions}
-        self._restoring = set()
-        self.engine.restored(touched)
-        if touched:
-            log.info("restored state of partitions %s from the changelog", sorted(touched))
-        mine = {tp for tp in self.app.consumer.assignment() if tp.topic in self.families}
+    async def _restore(self, partition: int) -> None:
+        """Restore one partition (retrying while it is ours), then hand it to the reader."""
+        delay = 1.0
+        while partition in self.owned:
+            try:
+                await self.restorer.restore(partition)
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.error("partition %d: restoring its state failed (%s); retrying", partition, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+        if partition not in self.owned:
+            return  # revoked meanwhile: the next assignment restores it again
+        tps = {tp for tp in self.app.consumer.assignment() if tp.topic in self.families}
+        mine = {tp for tp in tps if tp.partition == partition}
         seam.pause_prefetch(self.app.consumer, mine)
         await self.reader.assign((tp.topic, tp.partition) for tp in mine)
 
     async def stop(self) -> None:
-        """Shutdown, after the consumer stopped (its last drain flushed every sink)."""
+        """Shutdown, after the consumer stopped (its last drain flushed every sink and
+        wrote the local stores' images)."""
+        self.owned = set()
+        for task in self._restores.values():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
         await self.router.close()
         self.reader.close()
-        self.engine.close()
+        self.restorer.close()
+        async with self.state_lock:
+            self.engine.close()
 
 
 class _DeadLetters:

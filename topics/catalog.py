@@ -22,8 +22,16 @@ from topics.taxonomy import FAMILIES
 DAY_MS = 24 * 3600 * 1000
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
-# The name Faust gives the changelog of the worker's state table ("<app id>-<table>-changelog").
+# The changelog's name is "<app id>-<STATE_TABLE>-changelog", the name Faust gave the
+# changelog of the state table of the first releases (kept so existing changelogs restore).
 STATE_TABLE = "email-state"
+
+# How long the changelog keeps a tombstone (a deleted key) after compaction reached it. A
+# worker's local state store older than this is rebuilt from the whole changelog instead
+# of reused: the tail after its marker may have lost the deletes since (streams/store.py).
+# Seven days, like the event topics: a store from a worker stopped less than a week ago
+# is reused.
+CHANGELOG_DELETE_RETENTION_MS = 7 * DAY_MS
 
 
 class TopicSettings(Protocol):
@@ -103,8 +111,11 @@ class Catalog:
     def changelog(self) -> TopicSpec:
         """The worker's state changelog: compacted, one partition per event partition.
 
-        Faust names it after the app id and declares it itself if it is missing; created
-        here, it gets the compaction settings below from the start.
+        What the local state stores rely on (streams/store.py): ``cleanup.policy=compact``
+        only (no time or size retention: a partition rebuilt from its first offset must
+        find every key), and tombstones kept ``delete.retention.ms`` (see
+        :data:`CHANGELOG_DELETE_RETENTION_MS`). The worker creates it like this when it is
+        missing.
         """
         return TopicSpec(
             name=f"{self.app_id}-{STATE_TABLE}-changelog",
@@ -115,6 +126,7 @@ class Catalog:
             key_reason="state key (JSON), written to the partition whose events made it",
             config={
                 "cleanup.policy": "compact",
+                "delete.retention.ms": str(CHANGELOG_DELETE_RETENTION_MS),
                 "max.message.bytes": str(MAX_MESSAGE_BYTES),
             },
             description="the worker's state, compacted (restored after a restart or rebalance)",
