@@ -216,6 +216,15 @@ class Settings(BaseSettings):
         "attribution record, a lead's row, ...; about 0.6 KB each) held in memory; the oldest "
         "go to disk beyond it.",
     )
+    sluice_restore_processes: int | None = Field(
+        None,
+        ge=0,
+        description="With SLUICE_STATE_STORE=rocksdb: how many partitions without a usable "
+        "local store are rebuilt from the changelog at once, each in a process of its own "
+        "(sharing SLUICE_STATE_MEMORY_ITEMS), when they hold more than 200,000 changelog "
+        "entries; smaller ones are rebuilt inside the worker. Unset: one per CPU; 0: always "
+        "inside the worker.",
+    )
     sluice_flush_interval_s: float = Field(
         5.0, gt=0, description="Seconds between checkpoints (OLAP flush + offset commit)."
     )

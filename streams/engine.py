@@ -343,6 +343,23 @@ class Engine:
                 offset = max(ps.changelog_position, ends.get(partition, 0))
                 ps.db.write(cut, self.store.identity, offset)
 
+    def write_image(self, partition: int) -> None:
+        """Write the partition's whole state as its image now (blocking): a rebuild in a
+        process of its own, which takes no checkpoints (streams/restore.py). Call after
+        :meth:`rebuilt`."""
+        assert self.store is not None and self.store.identity is not None
+        ps = self.partitions[partition]
+        assert ps.db is not None and not ps.db.direct
+        rewrite = any(c.rewrite_pending() for c in ps.components)
+        cut = ps.db.cut([], ps.positions, rewrite)
+        try:
+            ps.db.write(cut, self.store.identity, ps.changelog_position)
+        except BaseException:
+            ps.db.abandoned()
+            raise
+        ps.db.stored(cut)
+        ps.db.flush()
+
     def persisted(self, ckpt: Checkpoint) -> None:
         """The cuts :meth:`persist` wrote are the images now."""
         for partition, cut in ckpt.cuts.items():

@@ -21,14 +21,25 @@ Per partition (:meth:`Restorer.restore`), once the group assigned it:
 Every join is idempotent and commutative (the state is a semilattice), so an entry read
 twice, or an entry already in the store, changes nothing. Only then is the partition
 handed to the reader (:mod:`streams.worker`).
+
+A rebuild is CPU-bound Python (decode, join, accumulate rows: ~10 µs per entry), so a
+large one runs in a process of its own (``python -m streams.restore rebuild``), several
+at once (``SLUICE_RESTORE_PROCESSES``, one per CPU by default), each with a share of the
+memory budget: it writes the partition's store and its image, the worker reopens it as a
+reused store, and its RSS never holds the rebuild. The cyclic garbage collector is off
+while a batch is joined: the state is acyclic, and with millions of live objects each
+collection costs more than the batch (measured: half the rebuild's CPU).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import itertools
 import logging
+import os
+import sys
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -42,6 +53,20 @@ from streams.store import Changelog, describe
 log = logging.getLogger("sluice.restore")
 
 BATCH = 50_000  # changelog records per batch joined under the state lock
+# a rebuild of fewer entries than this stays in the worker (a process costs ~0.5 s)
+PROCESS_MIN_ENTRIES = 200_000
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection while a batch is joined (see the module doc)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 @dataclass
@@ -51,6 +76,7 @@ class Restored:
     partition: int
     mode: str  # kept | reused | rebuilt
     reason: str | None = None  # why it was rebuilt (a key of streams.store.REASONS)
+    process: bool = False  # rebuilt in a process of its own
     entries: int = 0  # changelog records joined
     low: int = 0  # changelog offsets read: [low, high)
     high: int = 0
@@ -76,7 +102,9 @@ def begin(engine: Engine, partition: int, info: Changelog) -> Restored:
     if opened is not None and opened.reused:
         return Restored(partition, "reused", low=ps.changelog_position, high=info.high)
     if opened is not None:
-        log.warning("%s: rebuilding it from the changelog", describe(opened, partition))
+        # a first start (nothing in the changelog yet) is no news; anything else is
+        level = logging.WARNING if info.high > info.low else logging.INFO
+        log.log(level, "%s: rebuilding it from the changelog", describe(opened, partition))
     reason = opened.reason if opened is not None else "memory"
     return Restored(partition, "rebuilt", reason=reason, low=info.low, high=info.high)
 
@@ -84,7 +112,7 @@ def begin(engine: Engine, partition: int, info: Changelog) -> Restored:
 def finish(engine: Engine, partition: int, result: Restored) -> None:
     """Every record up to ``result.high`` is joined: reconcile. Under the state lock, with
     a rebuilt partition's direct writes flushed (:meth:`streams.store.PartitionDB.flush`)."""
-    if result.mode == "rebuilt":
+    if result.mode == "rebuilt" and not result.process:
         engine.rebuilt(partition, result.high)
         return
     ps = engine.partitions[partition]
@@ -101,7 +129,8 @@ def restore_now(
     result = begin(engine, partition, info)
     if result.low < result.high:
         batch = list(itertools.islice(records, result.low - info.low, result.high - info.low))
-        engine.join(batch, partition)
+        with gc_paused():
+            engine.join(batch, partition)
         result.entries = len(batch)
     db = engine.partitions[partition].db
     if result.mode == "rebuilt" and db is not None and db.unflushed:
@@ -190,10 +219,21 @@ class Restorer:
     under ``lock``, a batch at a time, so the hot loop and checkpoints of other
     partitions go on meanwhile)."""
 
-    def __init__(self, engine: Engine, lock: asyncio.Lock, source: ChangelogSource) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        lock: asyncio.Lock,
+        source: ChangelogSource,
+        processes: int = 0,
+        process_min_entries: int = PROCESS_MIN_ENTRIES,
+    ) -> None:
+        """``processes``: rebuilds run in processes of their own at once (0: none)."""
         self.engine = engine
         self.lock = lock
         self.source = source
+        self.processes = processes if engine.store is not None else 0
+        self.process_min_entries = process_min_entries
+        self._slots = asyncio.Semaphore(max(1, processes))
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="sluice-restore")
         self.last: dict[int, Restored] = {}
         self.running: set[int] = set()
@@ -233,6 +273,20 @@ class Restorer:
     async def _restore(self, partition: int, info: Changelog) -> Restored:
         async with self.lock:
             result = begin(self.engine, partition, info)
+        if (
+            result.mode == "rebuilt"
+            and self.processes
+            and result.high - result.low >= self.process_min_entries
+            and await self._rebuild_in_process(partition, info)
+        ):
+            async with self.lock:
+                reopened = begin(self.engine, partition, info)
+            if reopened.mode == "reused":
+                result.process = True
+                result.entries = result.high - result.low
+                result.low = reopened.low  # what the process left to join: nothing, normally
+            else:  # its store does not hold up after all: here, then
+                result = reopened
         if result.low < result.high:
             result.entries = await self._join(partition, result.low, result.high)
         async with self.lock:
@@ -241,6 +295,50 @@ class Restorer:
                 await self._blocking(db.flush)  # still under the lock: no direct write meanwhile
             finish(self.engine, partition, result)
         return result
+
+    async def _rebuild_in_process(self, partition: int, info: Changelog) -> bool:
+        """Rebuild ``partition``'s store in a process of its own; True when it wrote the
+        image (the partition is then reopened from it)."""
+        async with self._slots:
+            async with self.lock:
+                self.engine.drop([partition])  # its database, for the process to open
+            budget = self.engine.store.budget  # type: ignore[union-attr]
+            share = max(
+                budget.capacity // (4 * self.processes),
+                (budget.capacity - budget.hot) // self.processes,
+                10_000,
+            )
+            command = [
+                sys.executable,
+                "-m",
+                "streams.restore",
+                "rebuild",
+                str(partition),
+                str(info.low),
+                str(info.high),
+                f"--memory-items={share}",
+                f"--topic-id={info.topic_id or ''}",
+            ]
+            started = time.monotonic()
+            proc = await asyncio.create_subprocess_exec(*command, env=dict(os.environ))
+            try:
+                code = await proc.wait()
+            except BaseException:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+                raise
+            if code != 0:
+                log.error(
+                    "partition %d: the rebuild process exited %s; rebuilding here", partition, code
+                )
+                return False
+            log.info(
+                "partition %d: rebuilt in a process of its own in %.1fs",
+                partition,
+                time.monotonic() - started,
+            )
+            return True
 
     async def _join(self, partition: int, low: int, high: int) -> int:
         """Join changelog records ``[low, high)``; the next batch is read while one is
@@ -255,7 +353,8 @@ class Restorer:
                     return joined
                 pending = asyncio.ensure_future(self._blocking(next, batches, None))
                 async with self.lock:
-                    self.engine.join(batch, partition)
+                    with gc_paused():
+                        self.engine.join(batch, partition)
                 joined += len(batch)
         finally:
             # the generator's consumer lives in the pool's thread: close it there, after
@@ -274,3 +373,80 @@ class Restorer:
     def close(self) -> None:
         self._pool.shutdown(wait=True)
         self.source.close()
+
+
+def rebuild(
+    engine: Engine,
+    source: ChangelogSource,
+    partition: int,
+    low: int,
+    high: int,
+    topic_id: str | None = None,
+) -> int:
+    """Rebuild ``partition``'s local store from changelog records ``[low, high)`` and write
+    its image (the body of ``python -m streams.restore rebuild``); return the records read."""
+    engine.open(partition, None)  # no changelog facts: never reused, emptied
+    db = engine.partitions[partition].db
+    assert db is not None
+    db.changelog_id = topic_id
+    joined = 0
+    for batch in source.read(partition, low, high):
+        engine.join(batch, partition)
+        joined += len(batch)
+    db.flush()
+    engine.rebuilt(partition, high)
+    engine.write_image(partition)
+    return joined
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m streams.restore rebuild PARTITION LOW HIGH``: one partition's rebuild in
+    a process of its own (the worker starts it; settings from the same environment)."""
+    import argparse
+
+    from sluice.kafka import kafka_config
+    from sluice.settings import Settings
+    from topics.catalog import Catalog
+
+    parser = argparse.ArgumentParser(prog="python -m streams.restore")
+    commands = parser.add_subparsers(dest="command", required=True)
+    cmd = commands.add_parser("rebuild", help="rebuild one partition's local store")
+    cmd.add_argument("partition", type=int)
+    cmd.add_argument("low", type=int)
+    cmd.add_argument("high", type=int)
+    cmd.add_argument("--memory-items", type=int, default=None)
+    cmd.add_argument("--topic-id", default="")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s"
+    )
+    gc.disable()  # short-lived, acyclic state: see the module doc
+    settings = Settings()
+    if args.memory_items:
+        settings = settings.model_copy(update={"sluice_state_memory_items": args.memory_items})
+    spec = Catalog.from_settings(settings).changelog
+    source = ChangelogSource(
+        kafka_config(settings), spec.name, int(spec.config["delete.retention.ms"])
+    )
+    engine = Engine.for_settings(settings, persistent=True)
+    started = time.monotonic()
+    try:
+        joined = rebuild(engine, source, args.partition, args.low, args.high, args.topic_id or None)
+        entries = engine.store.stats()["entries"] if engine.store is not None else 0
+    finally:
+        engine.close()
+        source.close()
+    log.info(
+        "partition %d: %d changelog entries [%d, %d) rebuilt into %d state entries in %.1fs",
+        args.partition,
+        joined,
+        args.low,
+        args.high,
+        entries,
+        time.monotonic() - started,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

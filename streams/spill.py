@@ -186,6 +186,32 @@ class SpillMap(MutableMapping):
         self.changed.add(key)
         return value
 
+    def get_many(self, keys: list[Hashable]) -> list[Any]:
+        """``[self.get(k) for k in keys]`` (None for a missing key), the keys not in memory
+        read from disk in one RocksDB multi-get: a rebuild's bulk path."""
+        hot = self.hot
+        out = [hot.get(k, _MISSING) for k in keys]
+        self.changed.update(k for k, v in zip(keys, out, strict=True) if v is not _MISSING)
+        if not self.disk:
+            return [None if v is _MISSING else v for v in out]
+        gone = self._gone
+        wanted = [i for i, v in enumerate(out) if v is _MISSING and not gone(keys[i])]
+        if wanted:
+            raws = self._db().get([self._disk_key(keys[i]) for i in wanted])
+            loaded = 0
+            for i, raw in zip(wanted, raws, strict=True):
+                if raw is None:
+                    continue
+                _, value = pickle.loads(raw)
+                # no room made in between: every value handed out stays in memory until the
+                # caller's next access (the rule of this module), whatever the budget says
+                hot[keys[i]] = value
+                self.changed.add(keys[i])
+                out[i] = value
+                loaded += 1
+            self.store.budget.hot += loaded
+        return [None if v is _MISSING else v for v in out]
+
     def peek(self, key: Hashable, default: Any = None) -> Any:
         """The value, for reading only: not taken into memory, not counted as changed."""
         value = self.hot.get(key, _MISSING)
@@ -228,6 +254,20 @@ class SpillMap(MutableMapping):
             self.size += 1
         self._add(key, value)
         self.changed.add(key)
+
+    def insert_new(self, items: list[tuple[Hashable, Any]]) -> None:
+        """Add entries whose keys a lookup just found nowhere (a rebuild's bulk path: one
+        call instead of one assignment per entry)."""
+        if not items:
+            return
+        self.hot.update(items)
+        self.changed.update(key for key, _ in items)
+        self.size += len(items)
+        budget = self.store.budget
+        budget.hot += len(items)
+        self._absent = _MISSING
+        if budget.hot >= budget.capacity and not budget.blocked:
+            budget.make_room()  # the oldest go first: the entries just added go last
 
     def _add(self, key: Hashable, value: Any) -> None:
         budget = self.store.budget

@@ -45,6 +45,21 @@ def memory_map(name: str = "") -> dict:
     return {}
 
 
+def insert_new(m: MutableMapping, items: list[tuple[Any, Any]]) -> None:
+    """Add entries whose keys are in no tier of ``m`` (a lookup just missed), at once."""
+    bulk = getattr(m, "insert_new", None)
+    if bulk is None:
+        m.update(items)
+    else:
+        bulk(items)
+
+
+def get_many(m: Mapping, keys: list[Any]) -> list[Any]:
+    """``[m.get(k) for k in keys]``; a store map reads what is on disk in one go."""
+    bulk = getattr(m, "get_many", None)
+    return [m.get(k) for k in keys] if bulk is None else bulk(keys)
+
+
 def peek(m: Mapping, key: Any, default: Any = None) -> Any:
     """Read ``m[key]`` for reading only: a store map (:class:`streams.spill.SpillMap`)
     then neither takes it into memory nor counts it as changed."""

@@ -45,6 +45,9 @@ def status(worker: Worker) -> dict[str, Any]:
     return {
         "app_id": worker.settings.sluice_app_id,
         "assigned": sorted(f"{tp.topic}:{tp.partition}" for tp in worker.app.consumer.assignment()),
+        # the consumer group's generation: unchanged across a static member's restart
+        "generation": worker.app.consumer_generation_id,
+        "instance_id": worker.settings.sluice_instance_id,
         "unflushed_events": worker.progress.unflushed,
         "sinks": {
             "buffered": worker.router.buffered(),

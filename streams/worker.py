@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -101,6 +102,11 @@ class Worker:
             self.state_lock,
             ChangelogSource(
                 kafka_config(settings), changelog.name, int(changelog.config["delete.retention.ms"])
+            ),
+            processes=(
+                settings.sluice_restore_processes
+                if settings.sluice_restore_processes is not None
+                else os.cpu_count() or 1
             ),
         )
         self._restores: dict[int, asyncio.Task] = {}

@@ -78,13 +78,14 @@ def test_commit_goes_through_the_consumer():
 
 
 def test_the_real_app_has_the_hooks_the_worker_uses(tmp_path):
-    """A real SeamApp and Table: the overridden and diverted methods exist and are called."""
-    app = seam.SeamApp("seam-contract", broker="kafka://127.0.0.1:1", datadir=str(tmp_path))
-    table = app.Table("t", default=None)
-    batches = []
-    seam.divert_recovery(table, batches.append)
-    table.apply_changelog_batch(["entry"])
-    assert batches == [["entry"]]
+    """A real SeamApp: the overridden methods exist and are called."""
+    app = seam.SeamApp(
+        "seam-contract",
+        broker="kafka://127.0.0.1:1",
+        datadir=str(tmp_path),
+        consumer_group_instance_id="worker-1",
+    )
+    assert app.conf.consumer_group_instance_id == "worker-1"  # static membership
     drained = []
 
     async def drain() -> None:

@@ -239,9 +239,7 @@ def test_rows_lost_with_an_olap_failure_are_written_after_a_restart(tmp_path, wo
     again.close()
 
 
-def test_a_store_behind_by_many_checkpoints_or_moved_away_and_back_catches_up(
-    tmp_path, workload
-):
+def test_a_store_behind_by_many_checkpoints_or_moved_away_and_back_catches_up(tmp_path, workload):
     """A store left behind (another member held the partitions meanwhile, or the volume
     was rolled back to an older copy): joining the changelog after its old marker gives
     the same rows as having seen everything."""
