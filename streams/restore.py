@@ -54,7 +54,9 @@ log = logging.getLogger("sluice.restore")
 
 BATCH = 50_000  # changelog records per batch joined under the state lock
 # a rebuild of fewer entries than this stays in the worker (a process costs ~0.5 s)
-PROCESS_MIN_ENTRIES = 200_000
+PROCESS_MIN_ENTRIES = 50_000
+# how long the changelog topic's id and delete.retention.ms are taken as known
+TOPIC_FACTS_S = 30.0
 
 
 @contextlib.contextmanager
@@ -152,6 +154,7 @@ class ChangelogSource:
         self.delete_retention_ms = delete_retention_ms
         self._consumer: Any = None
         self._admin: Any = None
+        self._facts: tuple[float, int, str | None] | None = None  # (when, retention, id)
 
     def _clients(self) -> tuple[Any, Any]:
         from confluent_kafka import Consumer
@@ -172,12 +175,11 @@ class ChangelogSource:
         low, high = consumer.get_watermark_offsets(
             TopicPartition(self.topic, partition), timeout=timeout
         )
-        return Changelog(
-            low=low,
-            high=high,
-            delete_retention_ms=self._retention(admin, timeout),
-            topic_id=self._topic_id(admin, timeout),
-        )
+        if self._facts is None or time.monotonic() - self._facts[0] > TOPIC_FACTS_S:
+            retention = self._retention(admin, timeout)
+            self._facts = (time.monotonic(), retention, self._topic_id(admin, timeout))
+        _, retention, topic_id = self._facts
+        return Changelog(low=low, high=high, delete_retention_ms=retention, topic_id=topic_id)
 
     def _retention(self, admin: Any, timeout: float) -> int:
         from confluent_kafka.admin import ConfigResource
