@@ -267,7 +267,13 @@ def _restored(dep: live.BenchDeployment) -> bool:
 
 
 def _restores(dep: live.BenchDeployment) -> dict[str, dict[str, Any]]:
-    return (live.status(dep).get("restore") or {}).get("partitions", {})
+    """How the worker's partitions came back (asked again while it is too busy to say)."""
+    for _ in range(30):
+        found = (live.status(dep).get("restore") or {}).get("partitions", {})
+        if found:
+            return found
+        time.sleep(1.0)
+    return {}
 
 
 def _settled(deps: list[live.BenchDeployment], partitions: int) -> bool:

@@ -9,6 +9,10 @@ no hook and reads no such variable):
 * ``SLUICE_FAULT_OLAP_AMBIGUOUS_EVERY=<n>``: every n-th flush (:meth:`OlapClient.write`)
   is *written* in full and then reported as failed (a timeout whose insert in fact
   succeeded).
+* ``SLUICE_FAULT_STORE_HOLD_S=<seconds>``: every write of a partition's local store image
+  (:meth:`streams.store.PartitionDB.write`: after the checkpoint's changelog and OLAP
+  rows, before its commit) first waits that long, logging ``fault: image write held``,
+  so a kill -9 can land inside a checkpoint.
 """
 
 from __future__ import annotations
@@ -89,14 +93,38 @@ def installed(hooks: FaultHooks) -> Iterator[FaultHooks]:
         OlapClient.insert, OlapClient.write = insert, write  # type: ignore[method-assign]
 
 
+@contextlib.contextmanager
+def store_held(seconds: float) -> Iterator[None]:
+    """Every local store image write waits ``seconds`` first (this process)."""
+    from streams.store import PartitionDB
+
+    write = PartitionDB.write
+    log = logging.getLogger("sluice.store")
+
+    def held(self: PartitionDB, *args: Any, **kwargs: Any) -> Any:
+        log.warning("fault: image write held %.1fs (partition %d)", seconds, self.partition)
+        time.sleep(seconds)
+        return write(self, *args, **kwargs)
+
+    PartitionDB.write = held  # type: ignore[method-assign]
+    log.warning("TEST-ONLY store fault injection is on: image writes held %.1fs", seconds)
+    try:
+        yield
+    finally:
+        PartitionDB.write = write  # type: ignore[method-assign]
+
+
 def main() -> None:
     from sluice.cli import main as sluice
 
     sys.argv = ["sluice", *sys.argv[1:]]
     hooks = FaultHooks()
-    if not hooks.active:
-        sluice()
-    with installed(hooks):
+    hold = float(os.environ.get("SLUICE_FAULT_STORE_HOLD_S") or 0)
+    with contextlib.ExitStack() as stack:
+        if hooks.active:
+            stack.enter_context(installed(hooks))
+        if hold:
+            stack.enter_context(store_held(hold))
         sluice()
 
 

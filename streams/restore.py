@@ -286,11 +286,14 @@ class Restorer:
             if reopened.mode == "reused":
                 result.process = True
                 result.entries = result.high - result.low
-                result.low = reopened.low  # what the process left to join: nothing, normally
+                tail = reopened.low  # what the process left to join: nothing, normally
             else:  # its store does not hold up after all: here, then
                 result = reopened
-        if result.low < result.high:
-            result.entries = await self._join(partition, result.low, result.high)
+                tail = result.low
+        else:
+            tail = result.low
+        if tail < result.high:
+            result.entries += await self._join(partition, tail, result.high)
         async with self.lock:
             db = self.engine.partitions[partition].db
             if result.mode == "rebuilt" and db is not None and db.unflushed:
@@ -305,11 +308,10 @@ class Restorer:
             async with self.lock:
                 self.engine.drop([partition])  # its database, for the process to open
             budget = self.engine.store.budget  # type: ignore[union-attr]
-            share = max(
-                budget.capacity // (4 * self.processes),
-                (budget.capacity - budget.hot) // self.processes,
-                10_000,
-            )
+            # what this worker's memory budget has left, halved: a process of its own
+            # costs an interpreter and RocksDB's buffers besides (~150 MiB measured), and
+            # the worker and its rebuilds together must stay below its steady state
+            share = max((budget.capacity - budget.hot) // (2 * self.processes), 10_000)
             command = [
                 sys.executable,
                 "-m",

@@ -35,9 +35,11 @@ components in :mod:`streams.rollups` mutate what they fetch before fetching anyt
 
 from __future__ import annotations
 
+import copyreg
 import itertools
 import logging
 import pickle
+from collections import Counter
 from collections.abc import Hashable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -48,6 +50,19 @@ from rocksdict import Rdict, WriteBatch, WriteOptions
 log = logging.getLogger("sluice.spill")
 
 _MISSING: Any = object()
+
+
+def _counter(counts: dict) -> Counter:
+    """A Counter back from disk, without Counter's generic (slow) constructor."""
+    tally: Counter = Counter.__new__(Counter)
+    dict.update(tally, counts)
+    return tally
+
+
+# Tallies (lists of Counters) are a third of the entries on disk: Counter's own pickling
+# (__reduce__ through its constructor) costs twice as much to load (measured 6.3 vs 3.5 µs
+# per lead tally). Part of the store's format (streams/store.py STORE_FORMAT).
+copyreg.pickle(Counter, lambda c: (_counter, (dict(c),)))
 
 
 class Owner(Protocol):

@@ -73,6 +73,7 @@ def metrics(worker: Worker) -> bytes:
     """Prometheus exposition of the worker's health (gauges refreshed on scrape)."""
     h = worker.health
     h.pending.set(worker.progress.unflushed)
+    h.restoring.set(len(worker.restorer.running))
     for sink, count in worker.router.buffered().items():
         h.buffered.labels(sink).set(count)
     consumer = worker.app.consumer

@@ -111,6 +111,7 @@ class Worker:
         )
         self._restores: dict[int, asyncio.Task] = {}
         self.owned: set[int] = set()  # partition numbers of the current assignment
+        self._reaped = False
         self.api_token = web.api_token(settings)
         self.stats: dict[str, Any] = {
             "events": 0,
@@ -316,6 +317,13 @@ class Worker:
         self._restores = {p: t for p, t in self._restores.items() if p in owned}
         async with self.state_lock:
             self.engine.drop(set(self.engine.partitions) - owned)
+            if not self._reaped and self.engine.store is not None:
+                # stores of partitions held elsewhere now, too old to be reused ever
+                self._reaped = True
+                retention = self.restorer.source.delete_retention_ms
+                gone = self.engine.store.reap(owned, retention)
+                if gone:
+                    log.info("deleted the local stores of partitions %s (too old)", gone)
         seam.pause_prefetch(self.app.consumer, mine)
         for partition in sorted(owned):
             task = self._restores.get(partition)
@@ -327,7 +335,10 @@ class Worker:
         delay = 1.0
         while partition in self.owned:
             try:
-                await self.restorer.restore(partition)
+                done = await self.restorer.restore(partition)
+                self.health.restores.labels(done.mode, done.reason or "-").inc()
+                self.health.restore_seconds.labels(done.mode).observe(done.seconds)
+                self.health.restore_entries.labels(done.mode).inc(done.entries)
                 break
             except asyncio.CancelledError:
                 raise

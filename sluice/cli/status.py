@@ -114,6 +114,15 @@ def _print_status(
         )
     elif store:
         summary.add_row("state entries", "all in memory (SLUICE_STATE_STORE=memory)")
+    restore = worker.get("restore") or {}
+    if restore.get("restoring"):
+        summary.add_row("restoring", ", ".join(map(str, restore["restoring"])))
+    for p, r in sorted(restore.get("partitions", {}).items(), key=lambda kv: int(kv[0])):
+        why = f" ({r['reason']})" if r.get("reason") else ""
+        summary.add_row(
+            f"partition {p} state",
+            f"{r['mode']}{why}: {r['entries']:,} changelog entries in {r['seconds']:.1f} s",
+        )
     late = worker.get("late_events") or {}
     if late:
         summary.add_row(
