@@ -139,7 +139,11 @@ def ensure_changelog(settings: Settings) -> None:
 
     spec = Catalog.from_settings(settings).changelog
     admin = AdminClient(kafka_config(settings))
-    if spec.name in admin.list_topics(timeout=30).topics:
+    try:
+        if spec.name in admin.list_topics(timeout=30).topics:
+            return
+    except Exception as exc:  # Kafka not there yet: Faust waits for it; restores retry
+        log.warning("could not check the state changelog %s (%s)", spec.name, exc)
         return
     topic = NewTopic(spec.name, spec.partitions, replication_factor=-1, config=spec.topic_config())
     for name, future in admin.create_topics([topic], request_timeout=30).items():

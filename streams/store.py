@@ -68,6 +68,7 @@ log = logging.getLogger("sluice.store")
 STORE_FORMAT = 1
 
 MARKER_KEY = b"\x00marker"
+SCRATCH_MAX_AGE_S = 2 * 86_400
 MAP_TAG = b"m"
 LOG_TAG = b"l"
 SEP = b"\xff"  # never in UTF-8: map names cannot run into their keys
@@ -177,7 +178,8 @@ class PartitionDB:
     """One partition's RocksDB database: its maps, small components' entries, marker.
 
     ``direct``: a rebuild (or a scratch store) in progress; entries leave memory by being
-    written, and nothing here is trusted until :meth:`finish` writes the marker.
+    written, and nothing here is trusted until the first image writes the marker
+    (:meth:`streams.engine.Engine.rebuilt`, then a checkpoint).
     """
 
     def __init__(
@@ -378,6 +380,14 @@ class StateStore:
         self.scratch = scratch
         root = Path(root)
         root.mkdir(parents=True, exist_ok=True)
+        if scratch:
+            # what a killed run left behind (a live one is younger: backfills take hours)
+            for old in root.glob("scratch-*"):
+                try:
+                    if time.time() - old.stat().st_mtime > SCRATCH_MAX_AGE_S:
+                        shutil.rmtree(old, ignore_errors=True)
+                except OSError:
+                    pass
         self.root = Path(tempfile.mkdtemp(prefix="scratch-", dir=root)) if scratch else root
         self.open_dbs: dict[int, PartitionDB] = {}
 
@@ -512,7 +522,8 @@ def check(
     if marker.offset < changelog.low:
         return "retention", f"marker {marker.offset}, changelog starts at {changelog.low}"
     age_ms = int(time.time() * 1000) - marker.written_ms
-    if age_ms > changelog.delete_retention_ms:
+    # only entries after the marker can have lost their tombstones: none, nothing lost
+    if age_ms > changelog.delete_retention_ms and marker.offset < changelog.high:
         return (
             "tombstones",
             f"written {age_ms / 3_600_000:.1f} h ago, delete.retention.ms is "

@@ -360,8 +360,10 @@ def _damage(how: str, tmp_path: Path, cluster: Cluster) -> dict:
     elif how == "retention":  # the changelog lost its start (beyond the marker)
         cluster.low[1] = len(cluster.log[1]) + 1
         cluster.log[1] += [cluster.log[1][-1]] * 3
-    elif how == "tombstones":  # a day older than delete.retention.ms allows
+    elif how == "tombstones":  # a day older than delete.retention.ms allows, and the
+        # changelog written since (what may have lost its deletes)
         _edit_marker(tmp_path, 1, written_ms=int(time.time() * 1000) - 2 * DAY_MS)
+        cluster.log[1].append(cluster.log[1][-1])
         return {"retention_ms": DAY_MS}
     return {}
 
@@ -405,6 +407,21 @@ def test_a_store_that_cannot_be_reused_is_rebuilt_in_full_and_says_why(
     again = cluster.engine(tmp_path)
     assert cluster.start(again, **kwargs)[1].mode == "reused"
     again.close()
+
+
+def test_an_old_store_with_nothing_after_its_marker_is_reused(tmp_path, workload):
+    """delete.retention.ms only matters for what was written after the marker: a store
+    older than that whose changelog has not moved since (an idle partition) is reused."""
+    cluster = Cluster(workload[:800])
+    _stopped_store(tmp_path, cluster)
+    for p in range(PARTITIONS):
+        _edit_marker(tmp_path, p, written_ms=int(time.time() * 1000) - 30 * DAY_MS)
+    cluster.log[1].append(cluster.log[1][-1])  # partition 1's changelog moved on
+    engine = cluster.engine(tmp_path)
+    restored = cluster.start(engine)
+    assert {p: r.mode for p, r in restored.items()} == {0: "reused", 1: "rebuilt", 2: "reused"}
+    assert restored[1].reason == "tombstones"
+    engine.close()
 
 
 def test_a_rebuild_interrupted_before_its_first_image_is_rebuilt_again(tmp_path, workload):
