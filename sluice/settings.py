@@ -235,6 +235,13 @@ class Settings(BaseSettings):
         "keeps its partitions before the group hands them to the others (heartbeats every "
         "tenth of it, at most 3 s).",
     )
+    kafka_max_poll_interval_s: float = Field(
+        1000.0,
+        ge=1,
+        description="How long the worker's hot loop may stall (no batch fetched or "
+        "checkpoint retried) before it leaves its consumer group as a stuck member; also the "
+        "time a rebalance waits for members to rejoin.",
+    )
     sluice_app_id: str = Field(
         "sluice", description="Faust app id = Kafka consumer group of the worker."
     )

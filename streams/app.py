@@ -74,6 +74,7 @@ def build_app(settings: Settings, worker: Worker) -> seam.SeamApp:
         producer_acks=-1,
         broker_commit_every=1_000_000_000,  # commits happen after our checkpoints
         broker_session_timeout=s.kafka_session_timeout_s,
+        broker_max_poll_interval=s.kafka_max_poll_interval_s,
         broker_heartbeat_interval=min(3.0, s.kafka_session_timeout_s / 10),
         web_enabled=True,
         web_port=s.sluice_web_port,

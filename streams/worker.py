@@ -169,6 +169,7 @@ class Worker:
         """Fetch batches from the reader, apply them, checkpoint every interval."""
         interval = self.settings.sluice_flush_interval_s
         while True:
+            seam.still_consuming(self.app.consumer)
             messages = await self.reader.fetch()
             if messages:
                 async with self.state_lock:
@@ -181,6 +182,7 @@ class Worker:
                 # backpressure: take nothing more until a checkpoint gets through
                 await asyncio.sleep(1.0)
                 await self.checkpoint()
+                seam.still_consuming(self.app.consumer)
 
     def _start_checkpoint(self) -> None:
         """Checkpoint in the background (reading and applying go on meanwhile)."""

@@ -131,3 +131,25 @@ def test_a_killed_worker_restarted_gets_its_partitions_back(kafka_bootstrap, tmp
         assert dep.stop_worker(signal.SIGTERM) == 0, dep.log_tail()
     finally:
         dep.close()
+
+
+def test_the_worker_stays_in_its_group_past_the_max_poll_interval(kafka_bootstrap, tmp_path):
+    """Faust never polls aiokafka (Sluice reads every partition itself): the hot loop must
+    keep the member alive, or aiokafka leaves the group after max.poll.interval and never
+    rejoins (found by the 5,000,000-email restore benchmark, 1000 s after start)."""
+    dep = Deployment(kafka_bootstrap, tmp_path)
+    dep.instance_id = "worker-1"
+    try:
+        dep.prepare()
+        dep.start_worker({"KAFKA_MAX_POLL_INTERVAL_S": "4"})
+        wait_for(lambda: bool(status(dep).get("assigned")), 120, "assigned", dep)
+        before = status(dep)["generation"]
+        time.sleep(12)  # three max poll intervals without a single Faust poll
+        producer = RawProducer(dep)
+        producer.send_all(workload(seed=43, events=1000).events)
+        dep.wait_drained(timeout=60)
+        assert status(dep)["generation"] == before
+        assert "LeaveGroup" not in (dep.root / "worker.log").read_text()
+        assert dep.stop_worker(signal.SIGTERM) == 0, dep.log_tail()
+    finally:
+        dep.close()
