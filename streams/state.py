@@ -137,10 +137,11 @@ class Component(ABC):
         for key, value in entries:
             self.restore(key, value)
 
-    def forget(self, key: ChangelogKey) -> None:
-        """A changelog tombstone: the state under ``key`` is deleted (erasure). Components
-        whose changelog never carries one keep this default, which refuses loudly."""
-        raise NotImplementedError(f"{type(self).__name__} got a changelog tombstone for {key}")
+    def forget(self, key: ChangelogKey) -> None:  # noqa: B027
+        """A changelog tombstone: the state under ``key`` was deleted. Joined over a local
+        store that still holds it, it must go here too; components whose changelog never
+        carries one keep this default, which ignores it (as a rebuild from the changelog
+        alone does: compaction removes what the tombstone replaced)."""
 
     def restored(self) -> None:  # noqa: B027
         """After a batch of :meth:`restore`: reconcile, and mark every row to be rewritten
