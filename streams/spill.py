@@ -117,8 +117,11 @@ class Budget:
                 return
 
     def unblock(self) -> None:
-        """A write-back landed: entries may leave memory again."""
+        """An image was written: the entries it holds may leave memory again, and do now
+        when the maps are over budget (an idle worker makes no room otherwise)."""
         self.blocked = False
+        if self.hot > self.capacity:
+            self.make_room()
 
 
 @dataclass

@@ -96,6 +96,14 @@ def test_image_mode_never_lets_an_unwritten_change_leave_memory(image):
     assert ("k", 1) not in m.hot and ("k", 0) in m.hot, "a change waits for the next cut"
     assert m[("k", 1)] == [1]  # read back from the image
     assert len(m) == 33
+    # over budget after an image write: memory shrinks at once, idle or not
+    for i in range(40, 60):
+        m[("k", i)] = [i]
+    assert image.budget.hot > image.budget.capacity
+    cut = image.cut([], {}, rewrite=False)
+    image.write(cut, _identity(), offset=6)
+    image.stored(cut)
+    assert image.budget.hot <= image.budget.capacity
 
 
 def test_an_abandoned_cut_goes_into_the_next_one(image):
