@@ -338,10 +338,11 @@ class Engine:
         for partition, cut in ckpt.cuts.items():
             with self._io:
                 ps = self.partitions.get(partition)
-                if ps is None or ps.db is not cut.db or ps.db.db is None:
+                db = ps.db if ps is not None else None
+                if ps is None or db is None or db is not cut.db or db.db is None:
                     continue  # moved away meanwhile: its next open checks the old image
                 offset = max(ps.changelog_position, ends.get(partition, 0))
-                ps.db.write(cut, self.store.identity, offset)
+                db.write(cut, self.store.identity, offset)
 
     def write_image(self, partition: int) -> None:
         """Write the partition's whole state as its image now (blocking): a rebuild in a
@@ -364,7 +365,7 @@ class Engine:
         """The cuts :meth:`persist` wrote are the images now."""
         for partition, cut in ckpt.cuts.items():
             ps = self.partitions.get(partition)
-            if ps is None or ps.db is not cut.db:
+            if ps is None or ps.db is None or ps.db is not cut.db:
                 continue
             if cut.marker is None:
                 ps.db.abandoned()
@@ -376,7 +377,7 @@ class Engine:
         """The cuts were not written: what they carried is changed again."""
         for partition, cut in ckpt.cuts.items():
             ps = self.partitions.get(partition)
-            if ps is not None and ps.db is cut.db:
+            if ps is not None and ps.db is not None and ps.db is cut.db:
                 ps.db.abandoned()
         ckpt.cuts = {}
 

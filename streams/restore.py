@@ -41,7 +41,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -205,7 +205,7 @@ class ChangelogSource:
             log.debug("topic id of %s unknown (%s)", self.topic, exc)
             return None
 
-    def read(self, partition: int, low: int, high: int) -> Iterator[list[tuple[str, Any]]]:
+    def read(self, partition: int, low: int, high: int) -> Generator[list[tuple[str, Any]]]:
         """Changelog records ``[low, high)`` of one partition, decoded, in batches."""
         for messages in read_ranges(
             self.conf, [Range(self.topic, partition, low, high)], batch=BATCH

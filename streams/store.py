@@ -271,11 +271,11 @@ class PartitionDB:
                 batch.delete(key)
             for key, value in m.puts:
                 batch.put(key, value)
-        for key, value in cut.log:
-            if value is None:
-                batch.delete(LOG_TAG + key.encode())
+        for log_key, log_value in cut.log:
+            if log_value is None:
+                batch.delete(LOG_TAG + log_key.encode())
             else:
-                batch.put(LOG_TAG + key.encode(), orjson.dumps(value))
+                batch.put(LOG_TAG + log_key.encode(), orjson.dumps(log_value))
         batch.put(MARKER_KEY, marker.dumps())
         self.db.write(batch, self.wal)
         cut.marker = marker
