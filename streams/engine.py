@@ -20,6 +20,13 @@ The caller hands a failed checkpoint back with :meth:`Engine.requeue` *before* t
 next snapshot; a snapshot taken without a requeue tells the components the previous one
 succeeded (the audit chain marks its rows written then).
 
+Erasure (docs/erasure.md): the engine holds the erasure registry (:mod:`sluice.privacy`),
+which the worker fills before any partition is restored and follows while it runs.
+:meth:`Engine.erase` hands newly erased leads to every partition's components; rows a
+checkpoint writes are filtered against the registry (:meth:`Engine.scrub_rows`), and
+:meth:`Engine.erasure_work` hands the checkpoint what must leave the world outside: the
+erased leads' OLAP rows, and the per-lead secrets to forget once PostHog was asked.
+
 Changelog format: keys are JSON lists — ``[tenant, email_id]`` for email states (the
 first release's format), ``["\\x00pos", topic, partition]`` for positions, and
 ``[component tag, ...]`` for every other component. Values are lists whose first element
@@ -34,11 +41,20 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from sluice.privacy import Erasure, Registry
 from streams.compliance import AuditLog, SensitiveAccess
+from streams.erasure import ErasureRequests, Forget, LeadKeys
 from streams.incidents import SystemEvents
-from streams.rollups import BILLING_SENDS, DAY_MS, BillingPlans, EmailRollups, WarmupRollups
+from streams.rollups import (
+    BILLING_SENDS,
+    DAY_MS,
+    ERASABLE_TABLES,
+    BillingPlans,
+    EmailRollups,
+    WarmupRollups,
+)
 from streams.state import Component, Taken, sort_key
 
 if TYPE_CHECKING:
@@ -50,16 +66,22 @@ VERSION_COLUMNS = ("updated", "_version")
 
 
 def default_components(
-    window_ms: int | None = None, new_map: Callable[[], MutableMapping] = dict
+    window_ms: int | None = None,
+    new_map: Callable[[], MutableMapping] = dict,
+    registry: Registry | None = None,
+    lead_keys: bool = False,
 ) -> list[Component]:
     """Every component of one partition, wired together (the worker's configuration).
 
     ``window_ms``: the attribution window of email engagement (None: unbounded);
-    ``new_map``: the maps that grow with emails and leads (see :mod:`streams.spill`).
+    ``new_map``: the maps that grow with emails and leads (see :mod:`streams.spill`);
+    ``registry``: the erased leads (None: no erasure is ever consulted);
+    ``lead_keys``: keep a secret per lead (only worth it when PostHog is on).
     """
-    email = EmailRollups(window_ms=window_ms, new_map=new_map)
+    erased = registry.erased if registry is not None else None
+    email = EmailRollups(window_ms=window_ms, new_map=new_map, erased=erased)
     billing_rows = email.rows[BILLING_SENDS.table]
-    return [
+    components: list[Component] = [
         email,
         WarmupRollups(new_map=new_map),
         # a late plan change re-dates months that only have sends: it must see those rows
@@ -67,7 +89,11 @@ def default_components(
         AuditLog(),
         SensitiveAccess(),
         SystemEvents(),
+        ErasureRequests(),
     ]
+    if lead_keys:
+        components.append(LeadKeys(registry, new_map=new_map))
+    return components
 
 
 @dataclass(frozen=True)
@@ -138,14 +164,29 @@ class PartitionState:
 class Checkpoint:
     """What one checkpoint must persist; handed back to :meth:`Engine.requeue` on failure."""
 
-    changelog: list[tuple[int, str, list]] = field(default_factory=list)
+    changelog: list[tuple[int, str, list | None]] = field(default_factory=list)  # None: tombstone
     rows: dict[str, list[list]] = field(default_factory=dict)
     # partition -> component tag -> what the component handed out
     taken: dict[int, dict[str, Taken]] = field(default_factory=dict)
     positions: set[int] = field(default_factory=set)
+    #: erasure requests for the registry topic (durable before the commit)
+    registry: list[Erasure] = field(default_factory=list)
 
     def empty(self) -> bool:
-        return not self.changelog and not self.rows
+        return not self.changelog and not self.rows and not self.registry
+
+
+@dataclass
+class ErasureWork:
+    """What the world outside must still forget of erased leads (checkpoint step 5b)."""
+
+    #: tenant -> references whose OLAP rows must go (checked, then deleted)
+    purge: dict[str, set[str]] = field(default_factory=dict)
+    #: per-lead secrets to forget once the destinations were asked to delete
+    forget: list[Forget] = field(default_factory=list)
+
+    def empty(self) -> bool:
+        return not self.purge and not self.forget
 
 
 class Engine:
@@ -153,10 +194,16 @@ class Engine:
 
     def __init__(
         self,
-        components: Callable[[], Sequence[Component]] = default_components,
+        components: Callable[[], Sequence[Component]] | None = None,
         spill: SpillStore | None = None,
+        registry: Registry | None = None,
     ) -> None:
-        """``spill``: the disk tier ``components`` put their maps in (closed by :meth:`close`)."""
+        """``spill``: the disk tier ``components`` put their maps in (closed by :meth:`close`);
+        ``registry``: the erased leads ``components`` consult (default: the components
+        made here get this engine's registry)."""
+        self.erasures = registry if registry is not None else Registry()
+        if components is None:
+            components = partial(default_components, registry=self.erasures)
         self.factory = components
         probe = components()
         self.layouts = layouts(probe)
@@ -164,6 +211,8 @@ class Engine:
             component.close()  # its maps, if they live in a spill store
         self.partitions: dict[int, PartitionState] = {}
         self.spill = spill
+        # tenant -> references whose OLAP rows are still to be purged
+        self.pending_purge: dict[str, set[str]] = {}
 
     def state(self, partition: int) -> PartitionState:
         ps = self.partitions.get(partition)
@@ -199,8 +248,13 @@ class Engine:
             for tag, t in taken.items():
                 for key, value in t.changelog:
                     ckpt.changelog.append(
-                        (partition, changelog_key(*key, tag=tag), [partition, *value])
+                        (
+                            partition,
+                            changelog_key(*key, tag=tag),
+                            None if value is None else [partition, *value],
+                        )
                     )
+                ckpt.registry.extend(t.registry)
             if ps.positions_dirty:
                 ckpt.positions.add(partition)
                 for topic, pos in ps.positions.items():
@@ -255,18 +309,93 @@ class Engine:
         return total
 
     @classmethod
-    def for_settings(cls, settings: Settings) -> Engine:
+    def for_settings(cls, settings: Settings, registry: Registry | None = None) -> Engine:
         """The engine the worker runs with these settings (backfill uses the same)."""
         days = settings.sluice_attribution_window_days
         window_ms = None if days is None else int(days * DAY_MS)
+        registry = registry if registry is not None else Registry()
+        posthog = settings.posthog_api_key is not None and bool(
+            settings.posthog_api_key.get_secret_value()
+        )
+        components = partial(
+            default_components, window_ms=window_ms, registry=registry, lead_keys=posthog
+        )
         if settings.sluice_state_store == "memory":
-            return cls(partial(default_components, window_ms=window_ms))
+            return cls(components, registry=registry)
         from streams.spill import SpillStore
 
         spill = SpillStore(
             Path(settings.sluice_data_dir) / "spill", settings.sluice_state_memory_items
         )
-        return cls(partial(default_components, window_ms=window_ms, new_map=spill.map), spill)
+        return cls(partial(components, new_map=spill.map), spill, registry=registry)
+
+    # -- erasure ----------------------------------------------------------------------
+    def erase(self, entries: Iterable[Erasure]) -> int:
+        """Leads the registry newly names erased: every partition forgets them, and their
+        OLAP rows are purged at the next checkpoint. Return how many were new."""
+        new: dict[str, set[str]] = {}
+        for entry in entries:
+            if self.erasures.add(entry):
+                new.setdefault(entry.tenant, set()).add(entry.ref)
+        for tenant, refs in new.items():
+            for ps in self.partitions.values():
+                for component in ps.components:
+                    component.erase(tenant, refs)
+            self.pending_purge.setdefault(tenant, set()).update(refs)
+        return sum(len(refs) for refs in new.values())
+
+    def purge_all(self) -> None:
+        """Check every erased lead's OLAP rows at the next checkpoint (start-up: a crash
+        may have come between an erasure and its purge)."""
+        for entry in self.erasures:
+            self.pending_purge.setdefault(entry.tenant, set()).add(entry.ref)
+
+    def scrub_rows(self, rows: dict[str, list[list]]) -> dict[str, list[list]]:
+        """``rows`` without those of erased leads (the last guard before the OLAP: rows of
+        a failed checkpoint retried after an erasure, rows recomputed by a backfill)."""
+        out = {}
+        for table, table_rows in rows.items():
+            if table in ERASABLE_TABLES and len(self.erasures):
+                erased = self.erasures.erased
+                table_rows = [r for r in table_rows if not erased(r[0], r[1])]
+            if table_rows:
+                out[table] = table_rows
+        return out
+
+    def erasure_work(self) -> ErasureWork:
+        """What checkpoint step 5b must do (the purges stay pending until settled)."""
+        work = ErasureWork({t: set(refs) for t, refs in self.pending_purge.items() if refs})
+        for partition, ps in self.partitions.items():
+            keys = ps.by_tag.get(LeadKeys.tag)
+            if isinstance(keys, LeadKeys):
+                work.forget.extend(keys.to_forget(partition))
+        return work
+
+    def erasure_settled(self, purged: Mapping[str, Iterable[str]], forgotten: Any) -> None:
+        """Step 5b's result: ``purged`` references are gone from the OLAP; ``forgotten``
+        maps each asked :class:`Forget` to True once its outcome is durable."""
+        for tenant, refs in purged.items():
+            left = self.pending_purge.get(tenant)
+            if left is not None:
+                left.difference_update(refs)
+                if not left:
+                    del self.pending_purge[tenant]
+        for forget, done in forgotten:
+            ps = self.partitions.get(forget.partition)
+            keys = ps.by_tag.get(LeadKeys.tag) if ps is not None else None
+            if isinstance(keys, LeadKeys):
+                keys.forgotten((forget.tenant, forget.lead), done)
+
+    def holds(self, tenant: str, lead: str) -> dict[int, dict[str, int]]:
+        """Per partition, what its state still holds that names the lead (verify)."""
+        out = {}
+        for partition, ps in sorted(self.partitions.items()):
+            found: dict[str, int] = {}
+            for component in ps.components:
+                found.update(component.holds(tenant, lead))
+            if found:
+                out[partition] = found
+        return out
 
     def close(self) -> None:
         """Release the disk tier, if any (the worker's shutdown)."""

@@ -25,6 +25,18 @@ MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 # The name Faust gives the changelog of the worker's state table ("<app id>-<table>-changelog").
 STATE_TABLE = "email-state"
 
+# How long a value superseded in a compacted topic (an erased lead's state, a destroyed
+# per-lead key) may stay on the broker: the log cleaner must compact it within this lag
+# (Kafka also rolls the active segment by then, at the next write), and a tombstone is
+# dropped this long after its segment was cleaned. docs/erasure.md states the bound.
+COMPACTION_LAG_MS = DAY_MS
+TOMBSTONE_RETENTION_MS = DAY_MS
+_COMPACTED = {
+    "cleanup.policy": "compact",
+    "max.compaction.lag.ms": str(COMPACTION_LAG_MS),
+    "delete.retention.ms": str(TOMBSTONE_RETENTION_MS),
+}
+
 
 class TopicSettings(Protocol):
     """The settings the catalog depends on (a :class:`sluice.settings.Settings` has them)."""
@@ -113,11 +125,30 @@ class Catalog:
             retention_ms=None,  # compacted: the last value of every key is kept for good
             key=(),
             key_reason="state key (JSON), written to the partition whose events made it",
-            config={
-                "cleanup.policy": "compact",
-                "max.message.bytes": str(MAX_MESSAGE_BYTES),
-            },
+            config={**_COMPACTED, "max.message.bytes": str(MAX_MESSAGE_BYTES)},
             description="the worker's state, compacted (restored after a restart or rebalance)",
+        )
+
+    @property
+    def erasures(self) -> TopicSpec:
+        """The erasure registry: one record per erased lead, never deleted (docs/erasure.md).
+
+        Every worker reads it whole at start-up and follows it while running (like a
+        Kafka Streams GlobalKTable), so an erasure reaches every partition whatever the
+        key of the lead's events; it is the durable copy, and survives any loss of the
+        workers' state. It also records what each destination answered to a deletion
+        request. Keys hold a SHA-256 reference of tenant and lead, never the lead id.
+        """
+        return TopicSpec(
+            name=self._name("privacy.erasures"),
+            family=None,
+            partitions=1,
+            retention_ms=None,  # compacted, and never tombstoned: an erasure holds for good
+            key=(),
+            key_reason="[kind, tenant, lead reference, ...] (JSON): one record per erased lead "
+            "and per deletion outcome; one partition, so every reader sees one order",
+            config=dict(_COMPACTED),
+            description="erased leads (read whole by every worker) and deletion outcomes",
         )
 
     def event_topics(self) -> list[TopicSpec]:
@@ -147,7 +178,8 @@ class Catalog:
         return {spec.name: spec.family for spec in self.event_topics() if spec.family}
 
     def __iter__(self) -> Iterator[TopicSpec]:
-        """Every topic: the event topics, the dead letters, the changelog."""
+        """Every topic: the event topics, the dead letters, the changelog, the erasures."""
         yield from self.event_topics()
         yield self.dlq
         yield self.changelog
+        yield self.erasures
