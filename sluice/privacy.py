@@ -262,3 +262,117 @@ class RegistryFollower:
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+# -- verification (``sluice privacy verify``): pure classification of what a store holds --
+
+#: What a finding means for the verdict.
+GONE = "gone"  # nothing names the lead
+HELD = "held"  # something Sluice controls still names it: the erasure is not complete
+AWAITING = "awaiting"  # a copy Kafka removes by a known time (compaction, retention)
+OVERDUE = "overdue"  # such a copy outlived its bound: something is wrong
+KEPT = "kept"  # a compliance record, kept by law (the erasure's own audit row)
+UNLINKABLE = "unlinkable"  # outside Sluice, pseudonymous under a destroyed secret
+UNCHECKED = "unchecked"  # this store could not be read
+
+
+@dataclass
+class Finding:
+    """One store's verdict on one lead."""
+
+    store: str
+    status: str
+    detail: str
+    count: int = 0
+    until: int | None = None  # epoch ms: when a copy awaiting removal is gone at the latest
+
+    @property
+    def fails(self) -> bool:
+        return self.status in (HELD, OVERDUE)
+
+
+def names(value: Any, lead: str) -> bool:
+    """Whether a JSON value holds the string ``lead`` anywhere (an exact element)."""
+    if isinstance(value, str):
+        return value == lead
+    if isinstance(value, dict):
+        return any(names(k, lead) or names(v, lead) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(names(v, lead) for v in value)
+    return False
+
+
+def changelog_tenant(key: list) -> tuple[str | None, str]:
+    """(tenant, tag) of a changelog key (the engine's formats; None: no tenant)."""
+    if not key or not isinstance(key[0], str):
+        return None, ""
+    if key[0].startswith("\x00"):
+        tenant = key[1] if len(key) > 1 and isinstance(key[1], str) else None
+        return (None if key[0] == "\x00pos" else tenant), key[0]
+    return key[0], ""
+
+
+@dataclass
+class _Key:
+    """One changelog key that named the lead at some point."""
+
+    tag: str
+    names: bool  # its latest record names the lead
+    copies: int = 0  # superseded records naming the lead
+    superseded_at: int | None = None  # ms: when the newest of those was superseded
+
+
+@dataclass
+class ChangelogScan:
+    """Keys of one tenant whose records ever named the lead, as the scan goes."""
+
+    tenant: str
+    lead: str
+    keys: dict[str, _Key] = field(default_factory=dict)
+
+    def add(self, raw_key: str, key: list, value: Any, timestamp_ms: int) -> None:
+        """One record, in the partition's order (``value`` None: a tombstone)."""
+        tenant, tag = changelog_tenant(key)
+        if tenant != self.tenant:
+            return
+        hit = names(key, self.lead) or (value is not None and names(value, self.lead))
+        entry = self.keys.get(raw_key)
+        if entry is None:
+            if hit:
+                self.keys[raw_key] = _Key(tag, True)
+            return
+        if entry.names:  # the record it had is now a superseded copy
+            entry.copies += 1
+            entry.superseded_at = timestamp_ms
+        entry.names = hit
+
+    def findings(self, now: int, compaction_lag_ms: int, tombstone_ms: int) -> list[Finding]:
+        """The verdict: latest values naming the lead are held (the erasure's audit
+        entries are kept); superseded copies await compaction until the bound."""
+        latest = [e for e in self.keys.values() if e.names]
+        held = [e for e in latest if e.tag != "\x00audit"]
+        audit = [e for e in latest if e.tag == "\x00audit"]
+        copies = [e for e in self.keys.values() if e.copies]
+        out = []
+        if held:
+            out.append(Finding("changelog", HELD, "latest values naming the lead", len(held)))
+        if audit:
+            detail = "audit entries of its erasure, not yet written"
+            out.append(Finding("changelog", KEPT, detail, len(audit)))
+        if copies:
+            # compaction removes a superseded record within the lag of the record that
+            # superseded it; a tombstone's key itself goes after the tombstone retention
+            last = max(e.superseded_at or 0 for e in copies)
+            until = last + compaction_lag_ms + tombstone_ms
+            out.append(
+                Finding(
+                    "changelog",
+                    OVERDUE if now > until else AWAITING,
+                    "superseded copies naming the lead, awaiting compaction",
+                    sum(e.copies for e in copies),
+                    until,
+                )
+            )
+        if not out:
+            out.append(Finding("changelog", GONE, "no record names the lead"))
+        return out

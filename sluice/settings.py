@@ -22,6 +22,7 @@ from topics.taxonomy import FAMILY_OF
 STATUS_PATH = "/sluice/status/"
 QUERY_PATH = "/sluice/query/"
 ROWS_PATH = "/sluice/olap/rows/"
+PRIVACY_VERIFY_PATH = "/sluice/privacy/verify/"
 METRICS_PATH = "/metrics"
 
 #: The sinks' names (``sinks/registry.py`` builds them; a unit test keeps the two in step).
@@ -113,6 +114,29 @@ class Settings(BaseSettings):
     )
     posthog_api_key: SecretStr | None = Field(None, description="PostHog project API key.")
     posthog_host: str = Field("https://us.i.posthog.com", description="PostHog host.")
+    posthog_lead_persons: bool = Field(
+        False,
+        description="Send email events under their lead's pseudonym as distinct_id, with "
+        "person processing on, so that erasing the lead can delete them through PostHog's "
+        "person deletion (PostHog then keeps one person per lead). Off: email events stay on "
+        "the tenant without a person, and an erasure relies on unlinkability alone "
+        "(docs/erasure.md).",
+    )
+    posthog_personal_api_key: SecretStr | None = Field(
+        None,
+        description="PostHog personal API key with the person:write scope: with "
+        "POSTHOG_PROJECT_ID, an erased lead's person and events are deleted through "
+        "PostHog's API (with POSTHOG_LEAD_PERSONS), the answer recorded in the erasure "
+        "registry.",
+    )
+    posthog_project_id: str | None = Field(
+        None, description="PostHog project id (the deletion API's /api/projects/<id>/)."
+    )
+    posthog_api_host: str | None = Field(
+        None,
+        description="PostHog private API host for deletions. Unset: POSTHOG_HOST, with Cloud's "
+        "ingestion host mapped to its API host (us.i.posthog.com → us.posthog.com).",
+    )
     # -- sinks (docs/sinks.md). A sink is enabled when its endpoint (and key) is set.
     posthog_batch_max: int = Field(
         1000, gt=0, le=10_000, description="Most events in one PostHog /batch/ request."
@@ -315,6 +339,7 @@ class Settings(BaseSettings):
             v.get_secret_value()
             for v in (
                 self.posthog_api_key,
+                self.posthog_personal_api_key,
                 self.pii_hmac_key,
                 self.kafka_sasl_password,
                 self.kafka_ssl_key_password,
@@ -329,6 +354,11 @@ class Settings(BaseSettings):
         if password:
             found.append(password)
         return [v for v in found if v]
+
+    @property
+    def posthog_enabled(self) -> bool:
+        """Whether events go to PostHog (a project API key is set)."""
+        return self.posthog_api_key is not None and bool(self.posthog_api_key.get_secret_value())
 
     def otlp_metrics_url(self) -> str | None:
         """Where OTLP metrics go, or None when the observability sink is off."""
@@ -379,6 +409,12 @@ class Settings(BaseSettings):
             problems.append("production profile refuses CLICKHOUSE_VERIFY=false")
         for name, value in (
             ("POSTHOG_HOST", self.posthog_host if self.posthog_api_key else None),
+            (
+                "POSTHOG_API_HOST",
+                (self.posthog_api_host or self.posthog_host)
+                if self.posthog_personal_api_key
+                else None,
+            ),
             ("SIEM_HEC_URL", self.siem_hec_url if self.siem_hec_token else None),
         ):
             if value and urlparse(value).scheme == "http":

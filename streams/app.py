@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sluice.kafka import kafka_ssl_context
-from sluice.settings import METRICS_PATH, QUERY_PATH, ROWS_PATH, STATUS_PATH, Settings
+from sluice.settings import (
+    METRICS_PATH,
+    PRIVACY_VERIFY_PATH,
+    QUERY_PATH,
+    ROWS_PATH,
+    STATUS_PATH,
+    Settings,
+)
 from streams import seam, web
 from topics.catalog import STATE_TABLE
 
@@ -108,8 +115,10 @@ def build_app(settings: Settings, worker: Worker) -> seam.SeamApp:
     app.page(QUERY_PATH)(web.QueryView)
     app.page(ROWS_PATH)(web.RowsView)
     app.page(METRICS_PATH)(web.MetricsView)
+    app.page(PRIVACY_VERIFY_PATH)(web.PrivacyVerifyView)
     app.task(worker.router.start)
     app.task(worker.hot_loop)
+    app.task(worker.follow_registry)
     return app
 
 
@@ -142,4 +151,5 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     seam.check()
     worker = create_worker(settings)
     worker.olap  # open and migrate the OLAP store before taking any event  # noqa: B018
+    worker.load_registry()  # the erased leads, before any state is restored
     faust.Worker(worker.app, loglevel=loglevel, quiet=True).execute_from_commandline()

@@ -26,6 +26,10 @@ they are skipped and reported, never written short.
 
 Only the rollup tables are recomputed. The audit log, the sensitive-access record and
 the system events are compliance facts written once; backfill never touches them.
+
+Erased leads (docs/erasure.md): the engine is given the erasure registry read before the
+run, so an erased lead's events count in every table but ``lead_analytics``, whose rows
+it never recreates; a lead erased while the backfill runs is purged after it (the CLI).
 """
 
 from __future__ import annotations
@@ -202,12 +206,13 @@ def run(
             )
             updated = datetime.fromtimestamp(newest_ms / 1000, tz=UTC)
             ckpt = engine.snapshot(now=updated)
+            rows = engine.scrub_rows(ckpt.rows)  # never a row of an erased lead
         finally:
             engine.close()  # its disk tier, if any: the rows are in ckpt now
         for table in tables:
             columns = engine.columns(table)
             keep, short = [], 0
-            for row in ckpt.rows.get(table, []):
+            for row in rows.get(table, []):
                 named = dict(zip(columns, row, strict=True))
                 if not window.holds(table, named):
                     continue

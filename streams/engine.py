@@ -314,11 +314,11 @@ class Engine:
         days = settings.sluice_attribution_window_days
         window_ms = None if days is None else int(days * DAY_MS)
         registry = registry if registry is not None else Registry()
-        posthog = settings.posthog_api_key is not None and bool(
-            settings.posthog_api_key.get_secret_value()
-        )
         components = partial(
-            default_components, window_ms=window_ms, registry=registry, lead_keys=posthog
+            default_components,
+            window_ms=window_ms,
+            registry=registry,
+            lead_keys=settings.posthog_enabled,
         )
         if settings.sluice_state_store == "memory":
             return cls(components, registry=registry)

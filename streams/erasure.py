@@ -28,11 +28,10 @@ from collections.abc import Callable, Mapping, MutableMapping, Set
 from dataclasses import dataclass
 from typing import Any
 
+from sinks.pii import LEAD_TARGET, lead_of
 from sluice.privacy import Erasure, Registry, lead_ref
 from streams.state import Component, TablePart, Taken
 from topics.taxonomy import LEAD_ERASURE
-
-LEAD_TARGET = "lead"  # target_type of admin actions about one lead
 
 
 def erasure_of(event: Mapping[str, Any]) -> Erasure | None:
@@ -114,18 +113,8 @@ class LeadKeys(Component):
     def parts(self) -> tuple[TablePart, ...]:
         return ()
 
-    @staticmethod
-    def lead_of(event: Mapping) -> str | None:
-        """The lead an event is about: an email's lead, or an admin action's target."""
-        lead = event.get("lead_id")
-        if lead is not None:
-            return lead
-        if event.get("target_type") == LEAD_TARGET and event["event_type"] != LEAD_ERASURE:
-            return event.get("target_id") or None
-        return None
-
     def apply(self, event: Mapping) -> bool:
-        lead = self.lead_of(event)
+        lead = lead_of(event)
         if lead is None:
             return False
         key = (event["tenant_id"], lead)

@@ -117,6 +117,29 @@ class HealthMetrics:
             registry=r,
         )
 
+        # erasure (docs/erasure.md): no tenant or lead ever becomes a label value
+        self.erasures = Counter(
+            "sluice_erasures_applied",
+            "Leads newly erased in this worker's state, as the erasure registry named them.",
+            registry=r,
+        )
+        self.erasure_purged_rows = Counter(
+            "sluice_erasure_purged_rows",
+            "OLAP rows of erased leads deleted (ALTER TABLE ... DELETE).",
+            registry=r,
+        )
+        self.erasure_purge_failures = Counter(
+            "sluice_erasure_purge_failures",
+            "OLAP purges of erased leads that failed (retried; a missing ALTER DELETE grant?).",
+            registry=r,
+        )
+        self.erasure_deletions = Counter(
+            "sluice_erasure_deletion_requests",
+            "Deletion requests for erased leads, per destination and outcome status.",
+            ["destination", "status"],
+            registry=r,
+        )
+
     def observer(self) -> SinkObserverAdapter:
         """These metrics as the observer the sinks report to."""
         return SinkObserverAdapter(self)

@@ -13,7 +13,18 @@ import sys
 
 import typer
 
-from sluice.cli import audit, backfill, dlq, olap, produce, schemas, status, topics, worker
+from sluice.cli import (
+    audit,
+    backfill,
+    dlq,
+    olap,
+    privacy,
+    produce,
+    schemas,
+    status,
+    topics,
+    worker,
+)
 from sluice.cli.common import err, out
 
 # click's exception classes through typer's public names (typer >= 0.20 vendors click in a
@@ -35,6 +46,7 @@ app.add_typer(olap.app, name="olap")
 app.add_typer(schemas.app, name="schemas")
 app.add_typer(audit.app, name="audit")
 app.add_typer(dlq.app, name="dlq")
+app.add_typer(privacy.app, name="privacy")
 
 
 def main() -> None:
