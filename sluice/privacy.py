@@ -335,7 +335,8 @@ class ChangelogScan:
         tenant, tag = changelog_tenant(key)
         if tenant != self.tenant:
             return
-        hit = names(key, self.lead) or (value is not None and names(value, self.lead))
+        # a tombstone names nothing any more: its key goes after the tombstone retention
+        hit = value is not None and (names(key, self.lead) or names(value, self.lead))
         entry = self.keys.get(raw_key)
         if entry is None:
             if hit:

@@ -74,8 +74,10 @@ class ErasureRequests(Component):
             self.pending.setdefault((erasure.tenant, erasure.ref), erasure)
 
 
-# LeadKeys entry slots: [secret (hex), state]
-SECRET, STATE = 0, 1
+# LeadKeys entry slots: [secret (hex), state]; its changelog entry is
+# [tenant, lead ref] -> [secret, state, lead]: the key (which a tombstone keeps a while
+# after compaction) names no lead, the value (compacted away) does
+SECRET, STATE, LEAD = 0, 1, 2
 ACTIVE, ERASING = 0, 1
 
 
@@ -177,9 +179,11 @@ class LeadKeys(Component):
         self.dirty.clear()
         self.destroyed.clear()
         changelog: list[tuple[list, list | None]] = [
-            ([t, lead], list(self.keys[(t, lead)])) for t, lead in changed if (t, lead) in self.keys
+            ([t, lead_ref(t, lead)], [*self.keys[(t, lead)], lead])
+            for t, lead in changed
+            if (t, lead) in self.keys
         ]
-        changelog += [([t, lead], None) for t, lead in gone]
+        changelog += [([t, lead_ref(t, lead)], None) for t, lead in gone]
         return Taken(changelog=changelog, token=(changed, gone))
 
     def requeue(self, taken: Taken) -> None:
@@ -188,7 +192,7 @@ class LeadKeys(Component):
         self.destroyed.update(k for k in gone if k not in self.keys)
 
     def restore(self, key: list, value: list) -> None:
-        tenant, lead = key
+        tenant, lead = key[0], str(value[LEAD])
         entry = [str(value[SECRET]), int(value[STATE])]
         self.keys[(tenant, lead)] = entry
         if entry[STATE] == ERASING:
