@@ -18,6 +18,8 @@ import json
 import re
 import signal
 import time
+import urllib.error
+import urllib.request
 from collections import Counter
 
 import pytest
@@ -151,6 +153,17 @@ def test_erasure_in_the_middle_of_a_live_workload(deployment, reference_olap):
         figures = verify(dep, wl, reference_olap, erased=frozenset({(TENANT, lead)}))
         the_other_tenants_lead_is_untouched(dep, lead)
 
+        # the worker's verify endpoint reveals state: it needs the bearer token
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{dep.web_port}/sluice/privacy/verify/",
+            data=json.dumps({"tenant": TENANT, "lead": lead}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=30)
+        assert refused.value.code == 401
+        assert lead not in (dep.root / "worker.log").read_text()  # never logged
+
         found = statuses(body)
         assert found["worker state"] == "gone" and found["olap"] == "gone", found
         assert found["olap admin_audit_log"] == "kept", found  # the erasure's own record
@@ -179,17 +192,18 @@ def test_erasure_then_kill_9(deployment, reference_olap):
     dep = deployment
     wl = workload(seed=1502, events=EVENTS)
     lead = pick_lead(wl)
-    half = len(wl.events) // 2
+    events = wl.events  # the stream (erase() adds its request to wl.events, not to this)
+    half = len(events) // 2
     dep.prepare()
     producer = RawProducer(dep)
-    producer.send_all(wl.events[:half])
+    producer.send_all(events[:half])
     dep.start_worker(SPILL)  # most of the state on disk: the erasure must reach it there
     dep.wait_drained()
     erase(dep, wl, TENANT, lead)
     # killed as soon as the registry names the lead: before its state, its changelog
     # values and its OLAP row could be dealt with (or in the middle of it)
     assert dep.stop_worker(signal.SIGKILL) == -signal.SIGKILL
-    producer.send_all(wl.events[half:] + duplicates(wl.events[:half], 0.2, seed=3))
+    producer.send_all(events[half:] + duplicates(events[:half], 0.2, seed=3))
     dep.start_worker(SPILL)
     dep.wait_drained()
     verified(dep, TENANT, lead)

@@ -355,3 +355,135 @@ def test_emails_of_an_erased_lead_keep_counting_everywhere_but_lead_analytics():
     assert campaign[3:5] == [3, 0]  # sent 3, of which none delivered: L's emails count
     assert [r[:3] for r in rows["lead_analytics"]] == [[TENANT, "M", 1]]
     assert engine.holds(TENANT, "L") == {} and engine.holds(TENANT, "M")
+
+
+# -- verification, dead letters, PostHog ------------------------------------------------
+
+
+def test_changelog_scan_tells_latest_values_from_superseded_copies():
+    from sluice.privacy import AWAITING, GONE, HELD, KEPT, OVERDUE, ChangelogScan
+
+    scan = ChangelogScan(TENANT, "L")
+    state = [TENANT, "em-1"]
+    scan.add("a", state, [0, 5, "ev", "c1", "m1", "L", None, 1], 1_000)
+    scan.add("a", state, [0, 5, "ev", "c1", "m1", None, None, 1], 2_000)  # rewritten
+    key = [LeadKeys.tag, TENANT, "ref"]
+    scan.add("b", key, [0, "secret", 0, "L"], 1_000)
+    scan.add("b", key, None, 3_000)  # tombstoned
+    scan.add("c", [OTHER, "em-9"], [0, 5, "ev", "c1", "m1", "L", None, 1], 1_000)  # theirs
+    scan.add("d", ["\x00audit", TENANT, "ev-e"], [0, 1, "h", "h", 0, {"target_id": "L"}], 1)
+    found = {f.status: f for f in scan.findings(now=3_010, compaction_lag_ms=10, tombstone_ms=5)}
+    assert set(found) == {KEPT, AWAITING}, found
+    assert found[AWAITING].count == 2 and found[AWAITING].until == 3_015
+    assert set(f.status for f in scan.findings(10**6, 10, 5)) == {KEPT, OVERDUE}
+    scan.add("e", state[:1] + ["em-2"], [0, 6, "ev2", "c1", "m1", "L", None, 0], 5_000)
+    assert HELD in {f.status for f in scan.findings(3_010, 10, 5)}
+    assert [f.status for f in ChangelogScan(TENANT, "X").findings(0, 1, 1)] == [GONE]
+
+
+def test_dead_letters_of_an_erased_lead_are_never_replayed():
+    from sluice.dlq import ERASED_LEAD, WOULD_REPLAY, DeadLetter, plan_replay
+
+    def letter(offset: int, value: bytes) -> DeadLetter:
+        headers = {"source.topic": "events.email", "source.partition": "0"}
+        return DeadLetter(0, offset, None, value, {**headers, "source.offset": str(offset)})
+
+    letters = [letter(0, b"erased"), letter(1, b"kept")]
+    plan = plan_replay(
+        letters,
+        lambda value, family: None,
+        {"events.email": "email"}.get,
+        erased=lambda value, family: value == b"erased",
+    )
+    assert [outcome for _, outcome in plan] == [ERASED_LEAD, WOULD_REPLAY]
+
+
+def test_the_private_api_host_of_posthog_cloud():
+    from sinks.posthog import private_api_host
+
+    assert private_api_host("https://us.i.posthog.com") == "https://us.posthog.com"
+    assert private_api_host("https://eu.i.posthog.com/") == "https://eu.posthog.com"
+    assert private_api_host("https://posthog.example.com") == "https://posthog.example.com"
+
+
+class _Writer:
+    def __init__(self) -> None:
+        self.written: list = []
+        self.fail = False
+
+    def write(self, entries) -> int:
+        self.written.extend(entries)
+        return len(entries)
+
+    def flush(self) -> None:
+        if self.fail:
+            raise RuntimeError("broker down")
+
+
+class _Deletion:
+    def __init__(self, answer=None, error=None) -> None:
+        self.answer, self.error, self.asked = answer, error, []
+
+    def delete(self, distinct_ids):
+        self.asked.append(list(distinct_ids))
+        if self.error is not None:
+            raise self.error
+        return self.answer
+
+
+def erasure_port(**settings):
+    from types import SimpleNamespace
+
+    from sluice.settings import Settings
+    from streams.metrics import HealthMetrics
+    from streams.worker import _Erasures
+
+    worker = SimpleNamespace(
+        settings=Settings(_env_file=None, **settings),
+        health=HealthMetrics(),
+        registry_writer=_Writer(),
+    )
+    return _Erasures(worker), worker  # type: ignore[arg-type]
+
+
+def forget(n: int = 0):
+    from streams.erasure import Forget
+
+    return Forget(n, TENANT, "L", lead_ref(TENANT, "L"), b"s" * 64)
+
+
+def test_deletion_outcomes_are_recorded_before_the_secret_goes():
+    from sinks.base import PermanentError, TransientError
+    from sinks.posthog import lead_distinct_id
+
+    port, worker = erasure_port()  # no lead persons: nothing PostHog could delete by person
+    assert port._forget([forget()]) == [(forget(), True)]
+    assert worker.registry_writer.written[0].status == "not_applicable"
+
+    port, worker = erasure_port(posthog_lead_persons=True)
+    assert port.deletion is None
+    port._forget([forget()])
+    assert worker.registry_writer.written[0].status == "not_configured"
+
+    port, worker = erasure_port(
+        posthog_lead_persons=True, posthog_personal_api_key="phx", posthog_project_id="7"
+    )
+    assert port.deletion.url == "https://us.posthog.com/api/projects/7/persons/bulk_delete/"
+    port.deletion = _Deletion({"persons_found": 1, "persons_deleted": 1})
+    assert port._forget([forget()]) == [(forget(), True)]
+    assert port.deletion.asked == [[lead_distinct_id(b"s" * 64, "L")]]
+    (outcome,) = worker.registry_writer.written
+    assert (outcome.status, outcome.detail["persons_found"]) == ("deleted", 1)
+    assert outcome.scope == "partition-0" and b'"L"' not in outcome.key() + outcome.value()
+
+    port.deletion = _Deletion(error=TransientError("http_503"))
+    assert port._forget([forget(1)]) == [(forget(1), False)]  # asked again later
+    assert port._forget([forget(1)]) == [(forget(1), False)]  # not before RETRY_S
+    assert len(port.deletion.asked) == 1
+    port.deletion = _Deletion(error=PermanentError("http_400", status=400))
+    assert port._forget([forget(2)]) == [(forget(2), True)]
+    assert worker.registry_writer.written[-1].status == "refused"
+
+    worker.registry_writer.fail = True  # the outcome is not durable: the secret stays
+    port.deletion = _Deletion({"persons_found": 0})
+    assert port._forget([forget(3)]) == [(forget(3), False)]
