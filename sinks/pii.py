@@ -185,12 +185,14 @@ def lead_of(event: Mapping[str, Any]) -> str | None:
 def lead_pseudonym(secret: bytes, field: str, value: str) -> str:
     """The pseudonym of one of a lead's identifiers, under the lead's secret.
 
-    The field is part of the message, so a lead's id and its emails' ids never share a
-    pseudonym; addresses are normalized like :class:`Pseudonymizer` does.
+    Keyed BLAKE2b with a 128-bit output (a PRF like HMAC, RFC 7693; a third of HMAC-SHA256's
+    cost on the hot path, three per email event). The field is part of the message, so a
+    lead's id and its emails' ids never share a pseudonym; addresses are normalized like
+    :class:`Pseudonymizer` does.
     """
     text = value.strip().lower() if field == "recipient_email" else value
-    digest = hmac.digest(secret, f"{field}\x00{text}".encode(), "sha256")
-    return LEAD_PREFIX + digest.hex()[:32]
+    digest = hashlib.blake2b(f"{field}\x00{text}".encode(), key=secret, digest_size=16)
+    return LEAD_PREFIX + digest.hexdigest()
 
 
 def url_host(value: str) -> str | None:
