@@ -31,6 +31,10 @@ STATE_TABLE = "email-state"
 # dropped this long after its segment was cleaned. docs/erasure.md states the bound.
 COMPACTION_LAG_MS = DAY_MS
 TOMBSTONE_RETENTION_MS = DAY_MS
+# Kafka deletes a whole segment once its newest record is past retention: with a segment
+# per day a record outlives its retention by at most a day (Kafka's default is a week), so
+# an erased lead's raw events are gone 8 days after they were appended (dead letters: 31).
+_DAILY_SEGMENTS = {"segment.ms": str(DAY_MS)}
 _COMPACTED = {
     "cleanup.policy": "compact",
     "max.compaction.lag.ms": str(COMPACTION_LAG_MS),
@@ -107,7 +111,7 @@ class Catalog:
             retention_ms=30 * DAY_MS,
             key=(),
             key_reason="the source record's key, unchanged",
-            config={"max.message.bytes": str(MAX_MESSAGE_BYTES)},
+            config={"max.message.bytes": str(MAX_MESSAGE_BYTES), **_DAILY_SEGMENTS},
             description="dead letters: raw bytes + headers sluice.reason, sluice.source.*",
         )
 
@@ -167,7 +171,7 @@ class Catalog:
             retention_ms=7 * DAY_MS,
             key=("tenant_id",),
             key_reason=_TENANT_KEY,
-            config={"max.message.bytes": str(MAX_MESSAGE_BYTES)},
+            config={"max.message.bytes": str(MAX_MESSAGE_BYTES), **_DAILY_SEGMENTS},
             schema=f"avro_schemas/{family}",
             dlq=self._name("events.dlq"),
             description=f"{family} events, Avro",
