@@ -76,7 +76,8 @@ def default_components(
     ``window_ms``: the attribution window of email engagement (None: unbounded);
     ``new_map``: the maps that grow with emails and leads (see :mod:`streams.spill`);
     ``registry``: the erased leads (None: no erasure is ever consulted);
-    ``lead_keys``: keep a secret per lead (only worth it when PostHog is on).
+    ``lead_keys``: mint a secret per lead (only worth it when PostHog is on; secrets
+    restored from the changelog are erased either way).
     """
     erased = registry.erased if registry is not None else None
     email = EmailRollups(window_ms=window_ms, new_map=new_map, erased=erased)
@@ -90,9 +91,8 @@ def default_components(
         SensitiveAccess(),
         SystemEvents(),
         ErasureRequests(),
+        LeadKeys(registry, new_map=new_map, minting=lead_keys),
     ]
-    if lead_keys:
-        components.append(LeadKeys(registry, new_map=new_map))
     return components
 
 

@@ -103,8 +103,12 @@ class LeadKeys(Component):
         registry: Registry | None = None,
         new_map: Callable[[], MutableMapping] = dict,
         mint: Callable[[], str] = lambda: secrets.token_hex(32),
+        minting: bool = True,
     ) -> None:
+        """``minting``: give new leads a secret (PostHog on); off, the secrets restored
+        from the changelog (PostHog was on once) are still erased with their leads."""
         self.registry = registry
+        self.minting = minting
         self.keys: MutableMapping[tuple[str, str], list] = new_map()
         self.mint = mint
         self.dirty: set[tuple[str, str]] = set()
@@ -116,6 +120,8 @@ class LeadKeys(Component):
         return ()
 
     def apply(self, event: Mapping) -> bool:
+        if not self.minting:
+            return False
         lead = lead_of(event)
         if lead is None:
             return False

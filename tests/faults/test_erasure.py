@@ -222,6 +222,7 @@ def test_erasure_then_a_full_backfill(deployment, reference_olap):
     producer.send_all(wl.events)
     dep.start_worker()
     dep.wait_drained()
+    verify(dep, wl, reference_olap)  # before: every table, the lead's row included
     erase(dep, wl, TENANT, lead)
     verified(dep, TENANT, lead)
     # every retained event recomputed, the erased lead's included: its row stays gone
