@@ -247,6 +247,20 @@ class Settings(BaseSettings):
     sluice_web_host: str = Field(
         "127.0.0.1", description="Bind address of the worker's HTTP endpoint."
     )
+    sluice_web_tls_cert_file: str | None = Field(
+        None,
+        description="PEM certificate (chain) of the worker's HTTP endpoint: with "
+        "SLUICE_WEB_TLS_KEY_FILE it serves HTTPS (the bearer token then never travels in "
+        "clear). The production profile requires it on a non-loopback address.",
+    )
+    sluice_web_tls_key_file: str | None = Field(
+        None, description="PEM private key of SLUICE_WEB_TLS_CERT_FILE."
+    )
+    sluice_web_tls_ca_file: str | None = Field(
+        None,
+        description="For clients of the worker (the CLI): the CA bundle that signed its "
+        "certificate (system CAs if unset).",
+    )
     sluice_api_token: SecretStr | None = Field(
         None,
         description="Bearer token the worker's query and rows endpoints require "
@@ -305,7 +319,8 @@ class Settings(BaseSettings):
             host = "127.0.0.1"  # bound to every address: this host reaches it on loopback
         if ":" in host and not host.startswith("["):
             host = f"[{host}]"
-        return f"http://{host}:{self.sluice_web_port}{path}"
+        scheme = "https" if self.sluice_web_tls_cert_file else "http"
+        return f"{scheme}://{host}:{self.sluice_web_port}{path}"
 
     @property
     def api_token_file(self) -> Path:
@@ -389,6 +404,8 @@ class Settings(BaseSettings):
             )
         if bool(self.kafka_ssl_cert_file) != bool(self.kafka_ssl_key_file):
             problems.append("KAFKA_SSL_CERT_FILE and KAFKA_SSL_KEY_FILE go together (mTLS)")
+        if bool(self.sluice_web_tls_cert_file) != bool(self.sluice_web_tls_key_file):
+            problems.append("SLUICE_WEB_TLS_CERT_FILE and SLUICE_WEB_TLS_KEY_FILE go together")
         if self.sluice_profile != "production":
             return problems
         url = urlparse(self.clickhouse_url)
@@ -403,11 +420,18 @@ class Settings(BaseSettings):
             problems.append(
                 "production profile refuses ClickHouse credentials over http:// (use https://)"
             )
-        if self.sluice_api_token is None and not is_loopback(self.sluice_web_host):
-            problems.append(
-                f"production profile refuses the query and rows endpoints on "
-                f"{self.sluice_web_host} without SLUICE_API_TOKEN"
-            )
+        if not is_loopback(self.sluice_web_host):
+            if self.sluice_api_token is None:
+                problems.append(
+                    f"production profile refuses the query and rows endpoints on "
+                    f"{self.sluice_web_host} without SLUICE_API_TOKEN"
+                )
+            if not self.sluice_web_tls_cert_file:
+                problems.append(
+                    f"production profile refuses the worker's HTTP endpoint on "
+                    f"{self.sluice_web_host} without TLS (SLUICE_WEB_TLS_CERT_FILE); bind "
+                    "127.0.0.1 behind a TLS-terminating proxy instead"
+                )
         if url.scheme == "https" and not self.clickhouse_verify:
             problems.append("production profile refuses CLICKHOUSE_VERIFY=false")
         for name, value in (
