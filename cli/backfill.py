@@ -69,7 +69,7 @@ def backfill(
     errors = KafkaClientErrors()
     conf = errors.config(s)
     try:
-        sources = bf.plan(conf, Catalog.from_settings(s).families())
+        sources = bf.plan(conf, Catalog.from_settings(s).families(), s.kafka_timeout_s)
     except bf.BackfillError as exc:
         raise fail(errors.first or str(exc)) from None
     if not sources:

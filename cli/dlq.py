@@ -19,7 +19,9 @@ def _dead_letters(s: Any) -> list:
 
     errors = KafkaClientErrors()
     try:
-        return read_dead_letters(errors.config(s), Catalog.from_settings(s).dlq.name)
+        return read_dead_letters(
+            errors.config(s), Catalog.from_settings(s).dlq.name, timeout=s.kafka_timeout_s
+        )
     except Exception as exc:
         raise fail(
             f"cannot read the dead letters from Kafka at {s.kafka_bootstrap_servers}: "

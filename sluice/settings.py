@@ -230,6 +230,13 @@ class Settings(BaseSettings):
     sluice_flush_interval_s: float = Field(
         5.0, gt=0, description="Seconds between checkpoints (OLAP flush + offset commit)."
     )
+    kafka_timeout_s: float = Field(
+        15.0,
+        gt=0,
+        le=300,
+        description="How long a CLI command waits for Kafka to answer (topics, status, "
+        "dead letters, backfill) before it reports it unreachable.",
+    )
     kafka_session_timeout_s: float = Field(
         45.0,
         ge=1,
