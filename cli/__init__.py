@@ -10,6 +10,7 @@ dependencies.
 from __future__ import annotations
 
 import sys
+from typing import Any, cast
 
 import typer
 
@@ -18,8 +19,8 @@ from cli.common import err, out
 
 # click's exception classes through typer's public names (typer >= 0.20 vendors click in a
 # private module; BadParameter derives from UsageError, which derives from ClickException)
-UsageError = typer.BadParameter.__base__
-ClickException = UsageError.__base__
+UsageError = cast("type[Any]", typer.BadParameter.__base__)
+ClickException = cast("type[Any]", UsageError.__base__)
 
 app = typer.Typer(
     help="Sluice: route taxonomy-typed Avro events and keep a lean ClickHouse OLAP.",
