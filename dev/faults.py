@@ -90,7 +90,7 @@ def installed(hooks: FaultHooks) -> Iterator[FaultHooks]:
 
 
 def main() -> None:
-    from sluice.cli import main as sluice
+    from cli import main as sluice
 
     sys.argv = ["sluice", *sys.argv[1:]]
     hooks = FaultHooks()

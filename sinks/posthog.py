@@ -16,12 +16,25 @@ Limits
 No silent drops
     The SDK's ``capture()`` queues into a bounded in-memory queue (10,000) and drops
     when it is full, and costs ~43 µs per event. Sluice does not use that queue: it
-    batches itself (bounded by the worker's backpressure) and posts each batch to the
-    endpoint, headers and body of the SDK's ``posthog.request.batch_post``, serialized
-    with orjson and gzipped at level 1: the SDK's own request layer
-    gzips at level 9 and walks every value in Python, which measured 45 % of the worker's
-    CPU at 16,000 events/s. Every event is delivered, rejected to the DLQ, or sampled
-    out, and each outcome is counted.
+    batches itself (bounded by the worker's backpressure) and posts each batch to
+    PostHog's capture API (``POST <ingestion host>/batch/``, body ``{"api_key", "batch",
+    "sent_at"}``, what the SDK's ``batch_post`` sends), serialized with orjson and
+    gzipped at level 1: the SDK's own request layer gzips at level 9 and walks every
+    value in Python, which measured 45 % of the worker's CPU at 16,000 events/s. Every
+    event is delivered, rejected to the DLQ, or sampled out, and each outcome is counted.
+Hosts
+    ``POSTHOG_HOST`` may name PostHog Cloud's app hosts, which serve the UI, not ingestion:
+    ``app.posthog.com`` and ``us.posthog.com`` go to ``us.i.posthog.com``, ``eu.posthog.com``
+    to ``eu.i.posthog.com`` (https, whatever path was pasted with them); any other host
+    (self-hosted, a reverse proxy, a path prefix) is used as given (:func:`ingestion_url`).
+    Sluice does this itself: the SDK's ``normalize_host`` stopped mapping app hosts in
+    later releases (its ``determine_server_host`` does it now), and such a rename must not
+    silently send events to a host that answers but does not ingest.
+Nothing is imported from the posthog SDK
+    Its wire format is PostHog's public capture API, written here; the SDK's helpers
+    (``normalize_host``, ``USER_AGENT``, ``DatetimeSerializer``, ``EVENTS_ENDPOINT``)
+    moved or changed meaning between releases. The SDK stays a dependency for the
+    benchmark that measures its ``capture()`` (bench/).
 PII
     Properties are allowlisted per event type and scrubbed (:mod:`sinks.pii`).
     ``distinct_id`` is the user, else ``tenant:<tenant_id>`` with person processing
@@ -39,16 +52,16 @@ Erased leads (docs/erasure.md)
 from __future__ import annotations
 
 import json
+import math
 import re
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any, Protocol
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import orjson
-from posthog.request import EVENTS_ENDPOINT, USER_AGENT, DatetimeSerializer, normalize_host
-from posthog.version import VERSION as POSTHOG_SDK_VERSION
 
 from sinks.base import (
     BatchingSink,
@@ -68,11 +81,66 @@ from sinks.pii import (
     lead_pseudonym,
 )
 from sinks.sampling import Sampler, keep
+from sluice import __version__ as SLUICE_VERSION
 
 NAME = "posthog"
-_HEADERS = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
+BATCH_PATH = "/batch/"  # PostHog's capture API for several events in one request
+US_INGESTION = "https://us.i.posthog.com"
+EU_INGESTION = "https://eu.i.posthog.com"
+DEFAULT_HOST = US_INGESTION
+# PostHog Cloud hosts → where they ingest. The app hosts serve the UI and its API.
+CLOUD_INGESTION: Mapping[str, str] = MappingProxyType(
+    {
+        "app.posthog.com": US_INGESTION,  # the former US app host
+        "us.posthog.com": US_INGESTION,
+        "us.i.posthog.com": US_INGESTION,
+        "eu.posthog.com": EU_INGESTION,
+        "eu.i.posthog.com": EU_INGESTION,
+    }
+)
+_HEADERS = {"Content-Type": "application/json", "User-Agent": f"sluice/{SLUICE_VERSION}"}
 GROUP_TYPE = "tenant"
 _UUID_NAMESPACE = uuid.UUID("0d4f8e2a-6c1b-4a57-9a43-5e2f0c7b9d11")
+
+
+def ingestion_url(host: str | None) -> str:
+    """The ``/batch/`` URL for a configured ``POSTHOG_HOST`` (see the module docstring).
+
+    Blank → US Cloud. A host without a scheme gets ``https://``. Cloud hosts, app or
+    ingestion, always go to their region's ingestion host over https (a POST to
+    ``http://`` is redirected, and a redirected POST loses its body). Anything else keeps
+    its scheme, port and path prefix.
+    """
+    text = (host or "").strip()
+    if not text:
+        return DEFAULT_HOST + BATCH_PATH
+    if "://" not in text:
+        text = "https://" + text
+    parts = urlsplit(text)
+    cloud = CLOUD_INGESTION.get((parts.hostname or "").lower().rstrip("."))
+    if cloud is not None and parts.port in (None, 80, 443):
+        return cloud + BATCH_PATH
+    base = urlunsplit((parts.scheme.lower(), parts.netloc, parts.path.rstrip("/"), "", ""))
+    return base + BATCH_PATH
+
+
+def _finite(value: Any) -> Any:
+    """NaN and infinities → None, as orjson writes them (JSON has neither)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def encode_batch(body: Mapping[str, Any]) -> bytes:
+    """A ``/batch/`` body as JSON bytes."""
+    try:
+        return orjson.dumps(body)  # NaN and infinity become null
+    except TypeError:  # a value orjson does not take (an int past 64 bits, a non-str key)
+        return json.dumps(_finite(body), default=str, allow_nan=False).encode()
 
 
 _CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -141,7 +209,7 @@ def to_posthog(
     props["$groups"] = {GROUP_TYPE: tenant}
     props["$geoip_disable"] = True  # the request IP is the worker's, never the user's
     props["$lib"] = "sluice"
-    props["$lib_version"] = POSTHOG_SDK_VERSION
+    props["$lib_version"] = SLUICE_VERSION  # the version of $lib, not of PostHog's SDK
     user = event.get("user_id")
     if lead_persons and lead_secret is not None and event.get("lead_id"):
         distinct_id = lead_distinct_id(lead_secret, event["lead_id"])
@@ -189,7 +257,7 @@ class PostHogSink(BatchingSink):
         self.sampler = sampler or Sampler()
         self.lead_secrets = lead_secrets
         self.lead_persons = lead_persons
-        self._url = normalize_host(host).rstrip("/") + EVENTS_ENDPOINT
+        self.url = ingestion_url(host)  # where /batch/ goes (Cloud app hosts mapped)
         self._session = new_session()
 
     def prepare(self, envelope: Envelope) -> dict[str, Any] | None:
@@ -222,31 +290,28 @@ class PostHogSink(BatchingSink):
             "sent_at": datetime.now(tz=UTC).isoformat(),
             "api_key": self.api_key,
         }
-        try:
-            data = orjson.dumps(body)  # NaN and infinity become null, as the SDK makes them
-        except TypeError:  # a value orjson does not know: the SDK's encoder decides
-            data = json.dumps(body, cls=DatetimeSerializer).encode()
         post(
             self._session,
-            self._url,
-            data,
+            self.url,
+            encode_batch(body),
             headers=_HEADERS,
             timeout=self.timeout_s,
             gzip=self.gzip,
         )
 
 
-def private_api_host(ingest_host: str) -> str:
-    """PostHog's private API host for an ingestion host: Cloud ingests at ``us.i.`` /
-    ``eu.i.posthog.com`` and serves the API at ``us.`` / ``eu.posthog.com``; a
-    self-hosted instance serves both at one address."""
-    url = normalize_host(ingest_host).rstrip("/")
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if host.endswith(".i.posthog.com"):
-        host = host.replace(".i.posthog.com", ".posthog.com")
-        return f"{parts.scheme}://{host}"
-    return url
+# PostHog Cloud's ingestion hosts → the host of its private API (persons, deletions).
+CLOUD_API: Mapping[str, str] = MappingProxyType(
+    {US_INGESTION: "https://us.posthog.com", EU_INGESTION: "https://eu.posthog.com"}
+)
+
+
+def private_api_host(host: str | None) -> str:
+    """PostHog's private API host for a configured ``POSTHOG_HOST``: Cloud ingests at
+    ``us.i.`` / ``eu.i.posthog.com`` and serves its API at ``us.`` / ``eu.posthog.com``;
+    a self-hosted instance serves both at one address."""
+    base = ingestion_url(host).removesuffix(BATCH_PATH)
+    return CLOUD_API.get(base, base)
 
 
 class PostHogDeletion:

@@ -90,8 +90,21 @@ class Settings(BaseSettings):
     clickhouse_timeout_s: float = Field(
         30.0,
         gt=0,
-        description="Timeout of one ClickHouse request (connect: a sixth of it, at most 5 s). "
-        "Reads from the query endpoint also stop on the server after SLUICE_QUERY_TIMEOUT_S.",
+        description="Timeout of one ClickHouse request of the writer (connect: a sixth of it, "
+        "at most 5 s); a server that stops answering fails the checkpoint, which is retried.",
+    )
+    sluice_query_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=600,
+        description="Longest one read of the query path may run (`sluice olap query`, the "
+        "worker's query endpoint); ClickHouse stops it there (max_execution_time).",
+    )
+    sluice_query_max_rows: int = Field(
+        1_000_000, gt=0, description="Most rows one read may return (max_result_rows)."
+    )
+    sluice_query_max_bytes: int = Field(
+        256 * 2**20, gt=0, description="Most bytes one read may return (max_result_bytes)."
     )
     clickhouse_ca_file: str | None = Field(
         None, description="PEM CA bundle to verify an https:// ClickHouse server."
@@ -241,6 +254,13 @@ class Settings(BaseSettings):
     sluice_flush_interval_s: float = Field(
         5.0, gt=0, description="Seconds between checkpoints (OLAP flush + offset commit)."
     )
+    kafka_timeout_s: float = Field(
+        15.0,
+        gt=0,
+        le=300,
+        description="How long a CLI command waits for Kafka to answer (topics, status, "
+        "dead letters, backfill) before it reports it unreachable.",
+    )
     kafka_session_timeout_s: float = Field(
         45.0,
         ge=1,
@@ -257,6 +277,20 @@ class Settings(BaseSettings):
     sluice_web_port: int = Field(6066, description="Port of the worker's HTTP endpoint.")
     sluice_web_host: str = Field(
         "127.0.0.1", description="Bind address of the worker's HTTP endpoint."
+    )
+    sluice_web_tls_cert_file: str | None = Field(
+        None,
+        description="PEM certificate (chain) of the worker's HTTP endpoint: with "
+        "SLUICE_WEB_TLS_KEY_FILE it serves HTTPS (the bearer token then never travels in "
+        "clear). The production profile requires it on a non-loopback address.",
+    )
+    sluice_web_tls_key_file: str | None = Field(
+        None, description="PEM private key of SLUICE_WEB_TLS_CERT_FILE."
+    )
+    sluice_web_tls_ca_file: str | None = Field(
+        None,
+        description="For clients of the worker (the CLI): the CA bundle that signed its "
+        "certificate (system CAs if unset).",
     )
     sluice_api_token: SecretStr | None = Field(
         None,
@@ -316,7 +350,8 @@ class Settings(BaseSettings):
             host = "127.0.0.1"  # bound to every address: this host reaches it on loopback
         if ":" in host and not host.startswith("["):
             host = f"[{host}]"
-        return f"http://{host}:{self.sluice_web_port}{path}"
+        scheme = "https" if self.sluice_web_tls_cert_file else "http"
+        return f"{scheme}://{host}:{self.sluice_web_port}{path}"
 
     @property
     def api_token_file(self) -> Path:
@@ -332,6 +367,26 @@ class Settings(BaseSettings):
             return self.api_token_file.read_text().strip() or None
         except OSError:
             return None
+
+    def ensure_api_token(self) -> str:
+        """The worker's token: the configured one, else the stored one, else a new random
+        one written to :attr:`api_token_file` with mode 0600 (never readable by others,
+        not even for a moment; replaced atomically)."""
+        token = self.api_token()
+        if token is not None:
+            return token
+        import os
+        import secrets
+
+        path = self.api_token_file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        token = secrets.token_urlsafe(32)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(token + "\n")
+        os.replace(tmp, path)
+        return token
 
     def secret_values(self) -> list[str]:
         """Every secret configured (tests scan logs and outputs for leaks with it)."""
@@ -386,6 +441,8 @@ class Settings(BaseSettings):
             )
         if bool(self.kafka_ssl_cert_file) != bool(self.kafka_ssl_key_file):
             problems.append("KAFKA_SSL_CERT_FILE and KAFKA_SSL_KEY_FILE go together (mTLS)")
+        if bool(self.sluice_web_tls_cert_file) != bool(self.sluice_web_tls_key_file):
+            problems.append("SLUICE_WEB_TLS_CERT_FILE and SLUICE_WEB_TLS_KEY_FILE go together")
         if self.sluice_profile != "production":
             return problems
         url = urlparse(self.clickhouse_url)
@@ -400,11 +457,18 @@ class Settings(BaseSettings):
             problems.append(
                 "production profile refuses ClickHouse credentials over http:// (use https://)"
             )
-        if self.sluice_api_token is None and not is_loopback(self.sluice_web_host):
-            problems.append(
-                f"production profile refuses the query and rows endpoints on "
-                f"{self.sluice_web_host} without SLUICE_API_TOKEN"
-            )
+        if not is_loopback(self.sluice_web_host):
+            if self.sluice_api_token is None:
+                problems.append(
+                    f"production profile refuses the query and rows endpoints on "
+                    f"{self.sluice_web_host} without SLUICE_API_TOKEN"
+                )
+            if not self.sluice_web_tls_cert_file:
+                problems.append(
+                    f"production profile refuses the worker's HTTP endpoint on "
+                    f"{self.sluice_web_host} without TLS (SLUICE_WEB_TLS_CERT_FILE); bind "
+                    "127.0.0.1 behind a TLS-terminating proxy instead"
+                )
         if url.scheme == "https" and not self.clickhouse_verify:
             problems.append("production profile refuses CLICKHOUSE_VERIFY=false")
         for name, value in (

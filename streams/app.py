@@ -9,6 +9,7 @@ this wiring needs live in :mod:`streams.seam`.
 from __future__ import annotations
 
 import logging
+import ssl
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +49,16 @@ def faust_credentials(settings: Settings) -> Any:
     )
 
 
+def web_tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """The HTTPS context of the worker's endpoint, when a certificate is configured."""
+    if not settings.sluice_web_tls_cert_file:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(settings.sluice_web_tls_cert_file, settings.sluice_web_tls_key_file)
+    return context
+
+
 def build_app(settings: Settings, worker: Worker) -> seam.SeamApp:
     """The Faust app that drives ``worker``."""
     s = settings
@@ -74,6 +85,7 @@ def build_app(settings: Settings, worker: Worker) -> seam.SeamApp:
         broker_session_timeout=s.kafka_session_timeout_s,
         broker_heartbeat_interval=min(3.0, s.kafka_session_timeout_s / 10),
         web_enabled=True,
+        web_ssl_context=web_tls_context(s),
         web_port=s.sluice_web_port,
         web_bind=s.sluice_web_host,
         web_host=s.sluice_web_host,

@@ -33,6 +33,9 @@ class HealthMetrics:
         # would need a label per sink anyway and Prometheus has the counters' rates)
         self.last_flush: dict[str, float] = {}
         self.last_delivery: dict[str, float] = {}
+        # per sink, for `sluice status`: data points a destination refused inside a 2xx
+        # (OTLP partial success), how many replies said so, the last message and when
+        self.partial_success: dict[str, dict[str, int | float | str]] = {}
         r = self.registry
         self.consumed = Counter(
             "sluice_events_consumed", "Events taken from Kafka, per family.", ["family"], registry=r
@@ -75,6 +78,13 @@ class HealthMetrics:
             "Time of one sink flush.",
             ["sink"],
             buckets=_FLUSH_BUCKETS,
+            registry=r,
+        )
+        self.rejected_points = Counter(
+            "sluice_sink_rejected_points",
+            "Data points a destination refused in a reply that accepted the request "
+            "(OTLP partial success).",
+            ["sink"],
             registry=r,
         )
         self.checkpoint_seconds = Histogram(
@@ -186,3 +196,13 @@ class SinkObserverAdapter:
 
     def state(self, sink: str, state: str) -> None:
         self.health.refused.labels(sink).set(1 if state == "refused" else 0)
+
+    def partial(self, sink: str, rejected: int, message: str) -> None:
+        self.health.rejected_points.labels(sink).inc(rejected)
+        entry = self.health.partial_success.setdefault(
+            sink, {"rejected_points": 0, "replies": 0, "last_message": "", "last_at": 0.0}
+        )
+        entry["rejected_points"] = int(entry["rejected_points"]) + rejected
+        entry["replies"] = int(entry["replies"]) + 1
+        entry["last_message"] = message[:500]
+        entry["last_at"] = time.time()

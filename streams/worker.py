@@ -60,6 +60,7 @@ from sinks.posthog import lead_distinct_id
 from sinks.registry import build_deletion, build_sinks
 from sluice.kafka import kafka_config
 from sluice.olap import OlapClient, OlapError, migrate, open_store
+from sluice.olap.reader import OlapReader, open_reader
 from sluice.privacy import (
     Erasure,
     Registry,
@@ -72,7 +73,7 @@ from sluice.privacy import (
     Outcome as DeletionOutcome,
 )
 from sluice.settings import Settings
-from streams import seam, web
+from streams import seam
 from streams.checkpoint import Checkpointer, Outcome, Ports, Progress
 from streams.engine import Engine, ErasureWork
 from streams.erasure import Forget, LeadKeys
@@ -101,6 +102,7 @@ class Worker:
         self.engine = Engine.for_settings(settings, self.registry)
         self.codec = Codec(settings=settings)
         self._olap = olap
+        self._reader: OlapReader | None = None
         self.health = HealthMetrics()
         self.router = Router(
             build_sinks(settings, self.health.observer(), lead_secrets=_LeadSecrets(self.engine)),
@@ -110,7 +112,7 @@ class Worker:
         )
         self.families = self.catalog.families()
         self.progress = Progress()
-        self.reader = Reader(kafka_config(settings), settings.sluice_app_id)
+        self.fetcher = Reader(kafka_config(settings), settings.sluice_app_id)
         self.changelog = ChangelogWriter(kafka_config(settings), self.catalog.changelog.name)
         self.registry_writer = RegistryWriter(kafka_config(settings), self.catalog.erasures.name)
         self.draining = False
@@ -119,7 +121,12 @@ class Worker:
         self.state_lock = asyncio.Lock()
         self._ckpt_task: asyncio.Task | None = None
         self._restoring: set[int] = set()
-        self.api_token = web.api_token(settings)
+        # the bearer token of the query and rows endpoints (streams/web.py)
+        self.api_token = settings.ensure_api_token()
+        if settings.sluice_api_token is None:
+            log.info(
+                "no SLUICE_API_TOKEN: the query endpoint's token is in %s", settings.api_token_file
+            )
         self.stats: dict[str, Any] = {
             "events": 0,
             "dead_letters": 0,
@@ -147,6 +154,14 @@ class Worker:
             self.state_lock,
             on_late=self._count_late,
         )
+
+    @property
+    def olap_reader(self) -> OlapReader:
+        """The query path's own connection (never the writer's client, lock or executor)."""
+        if self._reader is None:
+            self.olap  # noqa: B018 - the store exists and is migrated first
+            self._reader = open_reader(self.settings)
+        return self._reader
 
     @property
     def olap(self) -> OlapClient:
@@ -211,11 +226,11 @@ class Worker:
         """Fetch batches from the reader, apply them, checkpoint every interval."""
         interval = self.settings.sluice_flush_interval_s
         while True:
-            messages = await self.reader.fetch()
+            messages = await self.fetcher.fetch()
             if messages:
                 async with self.state_lock:
                     await self.process(messages)
-            elif not self.reader.assigned:
+            elif not self.fetcher.assigned:
                 await asyncio.sleep(0.05)
             if self.draining or time.monotonic() - self.last_checkpoint >= interval:
                 self._start_checkpoint()
@@ -290,7 +305,7 @@ class Worker:
     async def drain(self) -> None:
         """Stop reading and checkpoint everything (before a revoke and before shutdown)."""
         self.draining = True
-        await self.reader.unassign()
+        await self.fetcher.unassign()
         await self.checkpoint()
 
     async def checkpoint(self) -> bool:
@@ -335,7 +350,7 @@ class Worker:
         Every partition is revoked at each rebalance, even those we keep: their state
         goes (or stays) in :meth:`on_assigned`.
         """
-        await self.reader.unassign((tp.topic, tp.partition) for tp in revoked)
+        await self.fetcher.unassign((tp.topic, tp.partition) for tp in revoked)
         self.router.forget({(tp.topic, tp.partition) for tp in revoked})
         self.progress.forget(revoked)
 
@@ -361,12 +376,14 @@ class Worker:
             log.info("restored state of partitions %s from the changelog", sorted(touched))
         mine = {tp for tp in self.app.consumer.assignment() if tp.topic in self.families}
         seam.pause_prefetch(self.app.consumer, mine)
-        await self.reader.assign((tp.topic, tp.partition) for tp in mine)
+        await self.fetcher.assign((tp.topic, tp.partition) for tp in mine)
 
     async def stop(self) -> None:
         """Shutdown, after the consumer stopped (its last drain flushed every sink)."""
         await self.router.close()
-        self.reader.close()
+        self.fetcher.close()
+        if self._reader is not None:
+            self._reader.close()
         self.engine.close()
 
 

@@ -1,9 +1,10 @@
 """Local stand-ins for the sinks' destinations, on 127.0.0.1 (tests and bench/).
 
-:class:`HttpReceiver` answers PostHog's ``/batch/``, OTLP/HTTP ``/v1/metrics`` and a
-Splunk-HEC-style ``/services/collector/event``, records every body it got (decompressed)
-and what it accepted, and misbehaves on request: a scripted list of faults for the next
-requests (status codes with headers, or hanging) and a set of poison ids answered 400.
+:class:`HttpReceiver` answers PostHog's ``/batch/``, OTLP/HTTP ``/v1/metrics`` (with an
+``ExportMetricsServiceResponse``, or a scripted partial success) and a Splunk-HEC-style
+``/services/collector/event``, records every body it got (decompressed) and what it
+accepted, and misbehaves on request: a scripted list of faults for the next requests
+(status codes with headers, or hanging) and a set of poison ids answered 400.
 :class:`Rsyslog` runs Debian's rsyslogd on a free TCP port, writing records to a file.
 """
 
@@ -47,6 +48,9 @@ class HttpReceiver:
         self.lock = threading.Lock()
         self.faults: list[Fault] = []
         self.poison: set[str] = set()
+        # OTLP replies: (rejected data points, error message) for the next exports, as a
+        # partial success; otherwise the full-success ExportMetricsServiceResponse
+        self.otlp_partial: list[tuple[int, str]] = []
         self.bodies: list[bytes] = []  # every request body, decompressed
         self.requests = Counter[str]()
         self.statuses = Counter[int]()
@@ -135,7 +139,32 @@ class HttpReceiver:
             return self._answer(h, fault.status, fault.headers)
         if not self._accept(path, body):
             return self._answer(h, 400, {})
+        if path == "/v1/metrics":
+            return self._answer_otlp(h)
         return self._answer(h, 200, {})
+
+    def _answer_otlp(self, h: BaseHTTPRequestHandler) -> None:
+        """An ``ExportMetricsServiceResponse`` in protobuf, as OTLP/HTTP answers."""
+        from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+            ExportMetricsServiceResponse,
+        )
+
+        reply = ExportMetricsServiceResponse()
+        with self.lock:
+            partial = self.otlp_partial.pop(0) if self.otlp_partial else None
+            self.statuses[200] += 1
+        if partial is not None:
+            reply.partial_success.rejected_data_points = partial[0]
+            reply.partial_success.error_message = partial[1]
+        payload = reply.SerializeToString()
+        try:
+            h.send_response(200)
+            h.send_header("Content-Type", "application/x-protobuf")
+            h.send_header("Content-Length", str(len(payload)))
+            h.end_headers()
+            h.wfile.write(payload)
+        except OSError:
+            pass
 
     def _accept(self, path: str, body: bytes) -> bool:
         """Record an accepted request; False if it carries a poison id (→ 400)."""

@@ -45,9 +45,14 @@ _COMPACTED = {
 class TopicSettings(Protocol):
     """The settings the catalog depends on (a :class:`sluice.settings.Settings` has them)."""
 
-    sluice_topic_prefix: str
-    sluice_topic_partitions: int
-    sluice_app_id: str
+    @property
+    def sluice_topic_prefix(self) -> str: ...
+
+    @property
+    def sluice_topic_partitions(self) -> int: ...
+
+    @property
+    def sluice_app_id(self) -> str: ...
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,8 @@ import urllib.request
 from typing import Any
 
 import pytest
-from sluice.workload import email_workload
 
+from dev.workload import email_workload
 from streams.routing import POSTHOG, sink_targets
 from tests._receivers import Fault, HttpReceiver
 from tests.integration.test_campaign_analytics import olap_rows, reference_rows

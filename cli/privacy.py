@@ -14,7 +14,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from sluice.cli.common import (
+from cli.common import (
     KafkaClientErrors,
     WorkerUnreachable,
     call_worker,
@@ -218,7 +218,7 @@ class _Reader:
         self.s = s
 
     def query(self, sql: str) -> tuple[list[str], list]:
-        from sluice.cli.olap import read
+        from cli.olap import read
 
         return read(self.s, sql)
 

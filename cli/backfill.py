@@ -6,7 +6,7 @@ from typing import Any
 
 import typer
 
-from sluice.cli.common import (
+from cli.common import (
     KafkaClientErrors,
     WorkerUnreachable,
     call_worker,
@@ -70,7 +70,7 @@ def backfill(
     conf = errors.config(s)
     catalog = Catalog.from_settings(s)
     try:
-        sources = bf.plan(conf, catalog.families())
+        sources = bf.plan(conf, catalog.families(), s.kafka_timeout_s)
     except bf.BackfillError as exc:
         raise fail(errors.first or str(exc)) from None
     if not sources:

@@ -8,7 +8,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from sluice.cli.common import (
+from cli.common import (
     KafkaClientErrors,
     WorkerUnreachable,
     call_worker,
@@ -36,7 +36,7 @@ def status(fmt: str = typer.Option("table", "--format", help="table or json")) -
     errors = KafkaClientErrors()
     try:
         topics = list(Catalog.from_settings(s).families())
-        lag = group_lag(errors.config(s), s.sluice_app_id, topics)
+        lag = group_lag(errors.config(s), s.sluice_app_id, topics, timeout=s.kafka_timeout_s)
         kafka_error = None
     except Exception as exc:
         lag, kafka_error = (

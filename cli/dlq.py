@@ -8,7 +8,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from sluice.cli.common import KafkaClientErrors, fail, ms_iso, out, settings
+from cli.common import KafkaClientErrors, fail, ms_iso, out, settings
 
 app = typer.Typer(help="The dead-letter topic: summarise and replay.", no_args_is_help=True)
 
@@ -19,7 +19,9 @@ def _dead_letters(s: Any) -> list:
 
     errors = KafkaClientErrors()
     try:
-        return read_dead_letters(errors.config(s), Catalog.from_settings(s).dlq.name)
+        return read_dead_letters(
+            errors.config(s), Catalog.from_settings(s).dlq.name, timeout=s.kafka_timeout_s
+        )
     except Exception as exc:
         raise fail(
             f"cannot read the dead letters from Kafka at {s.kafka_bootstrap_servers}: "

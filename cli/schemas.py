@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from sluice.cli.common import settings
+from cli.common import settings
 
 app = typer.Typer(help="Avro schemas of the taxonomy.", no_args_is_help=True)
 
