@@ -75,7 +75,7 @@ def backfill(
         raise fail(errors.first or str(exc)) from None
     if not sources:
         raise fail("no events retained in the event topics (run `sluice topics list`)")
-    registry = _erasures(conf, catalog.erasures.name, errors)
+    registry = _erasures(conf, catalog.erasures.name, errors, s.kafka_timeout_s)
 
     write, target, client = (_dry_run, "nothing (dry run)", None) if dry_run else _writer(s)
     total = sum(src.high - src.low for src in sources)
@@ -131,12 +131,12 @@ def _dry_run(table: str, columns: list[str], rows: list[list]) -> None:
     return None
 
 
-def _erasures(conf: dict, topic: str, errors: KafkaClientErrors) -> Any:
+def _erasures(conf: dict, topic: str, errors: KafkaClientErrors, timeout: float = 30.0) -> Any:
     """The erased leads, read whole: their rows are never recomputed (docs/erasure.md)."""
     from sluice.privacy import read_registry
 
     try:
-        registry, _ = read_registry(conf, topic)
+        registry, _ = read_registry(conf, topic, timeout=timeout)
     except Exception as exc:
         raise fail(f"cannot read the erasure registry: {errors.describe(exc)}") from None
     return registry
@@ -149,7 +149,7 @@ def _purge_erased(s: Any, client: Any, conf: dict, topic: str, errors: KafkaClie
     from sluice.olap import OlapError
     from sluice.olap.erasure import purge
 
-    registry = _erasures(conf, topic, errors)
+    registry = _erasures(conf, topic, errors, s.kafka_timeout_s)
     if not len(registry):
         return
     refs: dict[str, set[str]] = {}

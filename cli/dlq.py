@@ -36,7 +36,9 @@ def _registry(s: Any) -> Any:
 
     errors = KafkaClientErrors()
     try:
-        registry, _ = read_registry(errors.config(s), Catalog.from_settings(s).erasures.name)
+        registry, _ = read_registry(
+            errors.config(s), Catalog.from_settings(s).erasures.name, timeout=s.kafka_timeout_s
+        )
     except Exception as exc:
         raise fail(f"cannot read the erasure registry: {errors.describe(exc)}") from None
     return registry

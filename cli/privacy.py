@@ -100,7 +100,7 @@ def _wait_registered(s: Any, tenant: str, lead: str, timeout: float) -> bool:
     ref = lead_ref(tenant, lead)
     deadline = time.monotonic() + timeout
     while True:
-        registry, _ = read_registry(conf, topic)
+        registry, _ = read_registry(conf, topic, timeout=s.kafka_timeout_s)
         if registry.has(tenant, ref):
             return True
         if time.monotonic() > deadline:
@@ -193,7 +193,9 @@ def _registry(s: Any, tenant: str, ref: str, findings: list) -> Any:
 
     errors = KafkaClientErrors()
     try:
-        registry, _ = p.read_registry(errors.config(s), Catalog.from_settings(s).erasures.name)
+        registry, _ = p.read_registry(
+            errors.config(s), Catalog.from_settings(s).erasures.name, timeout=s.kafka_timeout_s
+        )
     except Exception as exc:
         raise fail(f"cannot read the erasure registry: {errors.describe(exc)}") from None
     erasure = registry.get(tenant, ref)
@@ -272,7 +274,8 @@ def _changelog(s: Any, tenant: str, lead: str) -> list:
     conf = errors.config(s)
     scan = p.ChangelogScan(tenant, lead)
     try:
-        for batch in read_ranges(conf, ranges(conf, [Catalog.from_settings(s).changelog.name])):
+        topic = Catalog.from_settings(s).changelog.name
+        for batch in read_ranges(conf, ranges(conf, [topic], timeout=s.kafka_timeout_s)):
             for msg in batch:
                 raw = msg.key()
                 try:
@@ -299,7 +302,7 @@ def _dead_letters(s: Any, tenant: str, lead: str) -> list:
     errors = KafkaClientErrors()
     spec = Catalog.from_settings(s).dlq
     try:
-        letters = read_dead_letters(errors.config(s), spec.name)
+        letters = read_dead_letters(errors.config(s), spec.name, timeout=s.kafka_timeout_s)
     except Exception as exc:
         return [p.Finding("dead letters", p.UNCHECKED, f"cannot read them: {errors.describe(exc)}")]
     codec = Codec(settings=s)
@@ -355,7 +358,7 @@ def _event_topics(s: Any, tenant: str, lead: str) -> Any:
     codec = Codec(settings=s)
     named, last = 0, 0
     try:
-        for batch in read_ranges(conf, ranges(conf, list(families))):
+        for batch in read_ranges(conf, ranges(conf, list(families), timeout=s.kafka_timeout_s)):
             for msg in batch:
                 try:
                     event = codec.decode(msg.value() or b"", families[msg.topic()])
