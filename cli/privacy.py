@@ -87,7 +87,10 @@ def erase(
     out.print(f"erasure requested: event {event['event_id']}", highlight=False)
     if wait > 0:
         if not _wait_registered(s, tenant, lead, wait):
-            raise fail(f"no worker registered the erasure within {wait:g} s (is one running?)")
+            raise fail(
+                f"no worker registered the erasure within {wait:g} s; the request is in "
+                "Kafka and takes effect when a worker consumes it (is one running?)"
+            )
         out.print("registered: every worker erases the lead now", highlight=False)
 
 

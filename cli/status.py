@@ -114,6 +114,14 @@ def _print_status(
         )
     elif store:
         summary.add_row("state entries", "all in memory (SLUICE_STATE_STORE=memory)")
+    erasure = worker.get("erasure") or {}
+    if erasure.get("erased_leads"):
+        summary.add_row(
+            "erased leads (docs/erasure.md)",
+            f"{erasure['erased_leads']:,}; OLAP purges pending "
+            f"{erasure.get('olap_purges_pending', 0)}, keys being erased "
+            f"{erasure.get('lead_keys_erasing', 0)}",
+        )
     late = worker.get("late_events") or {}
     if late:
         summary.add_row(
