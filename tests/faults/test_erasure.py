@@ -42,7 +42,7 @@ from topics.taxonomy import LEAD_ERASURE
 pytestmark = [pytest.mark.kafka, pytest.mark.integration, pytest.mark.faults]
 
 TENANT, OTHER = "acme", "globex:eu"
-EVENTS = 6000  # small: each scenario well under a minute
+EVENTS = 4000  # small: each scenario well under a minute
 
 
 def pick_lead(wl: MixedWorkload) -> str:
