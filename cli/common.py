@@ -21,8 +21,8 @@ from rich.markup import escape
 if TYPE_CHECKING:
     from sluice.settings import Settings
 
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)  # a line stays one line, whatever the width
+err = Console(stderr=True, soft_wrap=True)
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
