@@ -15,6 +15,7 @@ COPY requirements/worker.txt requirements/worker.txt
 RUN pip install --require-hashes -r requirements/worker.txt
 COPY pyproject.toml README.m[d] ./
 COPY sluice/ sluice/
+COPY cli/ cli/
 COPY streams/ streams/
 COPY topics/ topics/
 COPY sinks/ sinks/

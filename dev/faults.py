@@ -115,7 +115,7 @@ def store_held(seconds: float) -> Iterator[None]:
 
 
 def main() -> None:
-    from sluice.cli import main as sluice
+    from cli import main as sluice
 
     sys.argv = ["sluice", *sys.argv[1:]]
     hooks = FaultHooks()

@@ -134,7 +134,32 @@ _DATA_INSERT_RE = re.compile(
     FORMAT\s+(?P<format>\w+)[ \t]*(?:\r?\n|\Z)""",
     re.IGNORECASE | re.DOTALL | re.VERBOSE,
 )
-_READ_ONLY_HEADS = {"SELECT", "SHOW", "DESCRIBE", "DESC", "EXISTS", "WITH", "EXPLAIN"}
+
+
+def _checked_read(query: Query) -> Query:
+    """A read (a GET, or ``readonly`` set): Sluice's read guard decides what may run, as
+    the worker's query endpoint does (one read statement over the catalog, no table
+    function, no OUTFILE, no SETTINGS); the limits come as the request's settings."""
+    from dataclasses import replace
+
+    from sluice.olap.readguard import (
+        ENGINE_AST_SQL,
+        ReadRefused,
+        catalog_relations,
+        check_read,
+        strip_output_format,
+    )
+
+    try:
+        if strip_output_format(query.sql)[0].strip() == ENGINE_AST_SQL:
+            return query  # the reader's own parse-only probe of what it checked
+        body, fmt = strip_output_format(query.sql)
+        checked = check_read(body, catalog_relations())
+    except ReadRefused as exc:
+        raise QueryError(f"{exc}. (READONLY)", READONLY) from None
+    return replace(query, sql=f"{checked}\nFORMAT {fmt}" if fmt else checked)
+
+
 _TEXT_FORMATS = ("TabSeparated", "TSV", "CSV", "JSON", "Pretty", "Values", "Vertical", "Markdown")
 
 
@@ -342,12 +367,9 @@ class Store:
 
     def execute(self, query: Query) -> Result:
         """Run one query (an INSERT's data first goes to a file chDB reads)."""
+        if query.readonly:
+            query = _checked_read(query)
         head = statement_head(query.sql)
-        if query.readonly and head not in _READ_ONLY_HEADS:
-            raise QueryError(
-                "Cannot execute query in readonly mode (a GET request or readonly=1). (READONLY)",
-                READONLY,
-            )
         if head in ("SET", "USE"):
             # Without a session these change nothing beyond the statement itself.
             return Result()

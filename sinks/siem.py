@@ -9,7 +9,8 @@ Two transports; each is enabled by its setting and both may run at once.
     writing to disk can lose the last records. A broken connection is reopened and the
     whole batch re-sent. Use the HTTP collector when per-request acknowledgement
     matters. Limits: 500 records per write, one connection, 64 KiB per record (a larger
-    record is dead-lettered). ``MSGID`` is the event type; structured data
+    record is dead-lettered). PRI: facility ``authpriv``, the syslog severity of the
+    event type (:data:`sinks.ecs.SEVERITIES`); ``MSGID`` is the event type; structured data
     ``[sluice@32473 event_id=… tenant_id=…]``; the message is the ECS JSON.
 ``siem.hec`` — HTTP JSON collector, Splunk HEC style
     Delivery guarantee: at least once; a batch is durable when the collector answered
@@ -41,7 +42,7 @@ from sinks.base import (
     SinkObserver,
     TransientError,
 )
-from sinks.ecs import ECS_KINDS, to_ecs
+from sinks.ecs import ECS_KINDS, syslog_severity, to_ecs
 from sinks.http import in_thread, new_session, post
 
 SYSLOG = "siem.syslog"
@@ -70,7 +71,8 @@ def ecs_document(event: Mapping[str, Any]) -> dict[str, Any]:
 
 def rfc5424_frame(doc: Mapping[str, Any], hostname: str, procid: str = "-") -> bytes:
     """One octet-counted RFC 5424 record whose MSG is the ECS document as JSON."""
-    pri = FACILITY_AUTHPRIV * 8 + int(doc["event"].get("severity", 5))
+    # the syslog severity (lower is worse), not ECS's event.severity (higher is worse)
+    pri = FACILITY_AUTHPRIV * 8 + syslog_severity(doc["event"]["action"])
     sd = (
         f'[{SD_ID} event_id="{_sd_escape(doc["event"]["id"])}" '
         f'tenant_id="{_sd_escape(doc.get("organization", {}).get("id", ""))}"]'

@@ -27,6 +27,7 @@ STILL_FAILING = "still_failing"
 DUPLICATE = "duplicate"
 NO_SOURCE = "no_source_topic"
 FILTERED = "filtered_out"
+ERASED_LEAD = "erased_lead"  # an event of an erased lead: never produced again
 
 
 @dataclass(frozen=True)
@@ -121,14 +122,17 @@ def plan_replay(
     *,
     reason: str | None = None,
     since_ms: int | None = None,
+    erased: Callable[[bytes, str], bool] | None = None,
 ) -> Iterator[tuple[DeadLetter, str]]:
     """Decide each dead letter's outcome.
 
     ``decodes(value, family)`` returns None when the bytes decode now, else the reason
-    they still fail. Outcomes: ``would_replay``, ``still_failing:<reason>``,
-    ``duplicate`` (same source coordinates seen earlier in this run),
-    ``no_source_topic`` (header missing or not an event topic of this deployment),
-    ``filtered_out`` (``--reason`` / ``--since``).
+    they still fail; ``erased(value, family)`` whether bytes that decode are an event of
+    an erased lead (docs/erasure.md). Outcomes: ``would_replay``,
+    ``still_failing:<reason>``, ``erased_lead`` (never produced again: the worker would
+    not count it, but PostHog must not get it either), ``duplicate`` (same source
+    coordinates seen earlier in this run), ``no_source_topic`` (header missing or not an
+    event topic of this deployment), ``filtered_out`` (``--reason`` / ``--since``).
     """
     seen: set[tuple[str | None, str | None, str | None]] = set()
     for letter in letters:
@@ -150,6 +154,9 @@ def plan_replay(
         if problem is not None:
             yield letter, f"{STILL_FAILING}:{problem}"
             continue
+        if erased is not None and erased(letter.value, family):
+            yield letter, ERASED_LEAD
+            continue
         seen.add(letter.source)
         yield letter, WOULD_REPLAY
 
@@ -160,60 +167,22 @@ def read_dead_letters(conf: dict[str, Any], topic: str, timeout: float = 15.0) -
     ``conf`` is a confluent-kafka client configuration (:func:`sluice.kafka.kafka_config`).
     Raises RuntimeError when the topic is missing or Kafka does not answer.
     """
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+    from sluice.kafka import ranges, read_ranges
 
-    consumer = Consumer(
-        {
-            **conf,
-            "group.id": "sluice-dlq-reader",
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-        }
-    )
-    try:
-        metadata = consumer.list_topics(topic, timeout=timeout)
-        meta = metadata.topics.get(topic)
-        if meta is None or meta.error is not None or not meta.partitions:
-            raise RuntimeError(f"topic {topic} does not exist (run `sluice topics create`)")
-        ends: dict[int, int] = {}
-        for p in meta.partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
-            if high > low:
-                ends[p] = high
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
-        letters: list[DeadLetter] = []
-        done: set[int] = set()
-        idle = 0
-        while len(done) < len(ends):
-            msg = consumer.poll(1.0)
-            if msg is None:
-                idle += 1
-                if idle > timeout:
-                    raise RuntimeError(f"reading {topic} stalled")
-                continue
-            idle = 0
-            error = msg.error()
-            partition, offset = int(msg.partition() or 0), int(msg.offset() or 0)
-            if error is not None:
-                if error.code() == -191:  # _PARTITION_EOF
-                    done.add(partition)
-                    continue
-                raise RuntimeError(f"reading {topic}: {error.str()}")
-            if offset < ends[partition]:
-                letters.append(
-                    DeadLetter(
-                        partition,
-                        offset,
-                        msg.key(),
-                        msg.value() or b"",
-                        parse_headers(msg.headers()),  # type: ignore[arg-type]
-                    )
+    letters: list[DeadLetter] = []
+    wanted = ranges(conf, [topic], timeout=timeout, missing_ok=False)
+    for batch in read_ranges(conf, wanted, idle_timeout=timeout):
+        for msg in batch:
+            letters.append(
+                DeadLetter(
+                    int(msg.partition() or 0),
+                    int(msg.offset() or 0),
+                    msg.key(),
+                    msg.value() or b"",
+                    parse_headers(msg.headers()),  # type: ignore[arg-type]
                 )
-            if offset + 1 >= ends[partition]:
-                done.add(partition)
-        return letters
-    finally:
-        consumer.close()
+            )
+    return letters
 
 
 def replay(conf: dict[str, Any], letters: Iterable[DeadLetter], timeout: float = 60.0) -> int:

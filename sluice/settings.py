@@ -22,6 +22,7 @@ from topics.taxonomy import FAMILY_OF
 STATUS_PATH = "/sluice/status/"
 QUERY_PATH = "/sluice/query/"
 ROWS_PATH = "/sluice/olap/rows/"
+PRIVACY_VERIFY_PATH = "/sluice/privacy/verify/"
 METRICS_PATH = "/metrics"
 
 #: The sinks' names (``sinks/registry.py`` builds them; a unit test keeps the two in step).
@@ -89,8 +90,21 @@ class Settings(BaseSettings):
     clickhouse_timeout_s: float = Field(
         30.0,
         gt=0,
-        description="Timeout of one ClickHouse request (connect: a sixth of it, at most 5 s). "
-        "Reads from the query endpoint also stop on the server after SLUICE_QUERY_TIMEOUT_S.",
+        description="Timeout of one ClickHouse request of the writer (connect: a sixth of it, "
+        "at most 5 s); a server that stops answering fails the checkpoint, which is retried.",
+    )
+    sluice_query_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=600,
+        description="Longest one read of the query path may run (`sluice olap query`, the "
+        "worker's query endpoint); ClickHouse stops it there (max_execution_time).",
+    )
+    sluice_query_max_rows: int = Field(
+        1_000_000, gt=0, description="Most rows one read may return (max_result_rows)."
+    )
+    sluice_query_max_bytes: int = Field(
+        256 * 2**20, gt=0, description="Most bytes one read may return (max_result_bytes)."
     )
     clickhouse_ca_file: str | None = Field(
         None, description="PEM CA bundle to verify an https:// ClickHouse server."
@@ -113,6 +127,29 @@ class Settings(BaseSettings):
     )
     posthog_api_key: SecretStr | None = Field(None, description="PostHog project API key.")
     posthog_host: str = Field("https://us.i.posthog.com", description="PostHog host.")
+    posthog_lead_persons: bool = Field(
+        False,
+        description="Send email events under their lead's pseudonym as distinct_id, with "
+        "person processing on, so that erasing the lead can delete them through PostHog's "
+        "person deletion (PostHog then keeps one person per lead). Off: email events stay on "
+        "the tenant without a person, and an erasure relies on unlinkability alone "
+        "(docs/erasure.md).",
+    )
+    posthog_personal_api_key: SecretStr | None = Field(
+        None,
+        description="PostHog personal API key with the person:write scope: with "
+        "POSTHOG_PROJECT_ID, an erased lead's person and events are deleted through "
+        "PostHog's API (with POSTHOG_LEAD_PERSONS), the answer recorded in the erasure "
+        "registry.",
+    )
+    posthog_project_id: str | None = Field(
+        None, description="PostHog project id (the deletion API's /api/projects/<id>/)."
+    )
+    posthog_api_host: str | None = Field(
+        None,
+        description="PostHog private API host for deletions. Unset: POSTHOG_HOST, with Cloud's "
+        "ingestion host mapped to its API host (us.i.posthog.com → us.posthog.com).",
+    )
     # -- sinks (docs/sinks.md). A sink is enabled when its endpoint (and key) is set.
     posthog_batch_max: int = Field(
         1000, gt=0, le=10_000, description="Most events in one PostHog /batch/ request."
@@ -228,6 +265,13 @@ class Settings(BaseSettings):
     sluice_flush_interval_s: float = Field(
         5.0, gt=0, description="Seconds between checkpoints (OLAP flush + offset commit)."
     )
+    kafka_timeout_s: float = Field(
+        15.0,
+        gt=0,
+        le=300,
+        description="How long a CLI command waits for Kafka to answer (topics, status, "
+        "dead letters, backfill) before it reports it unreachable.",
+    )
     kafka_session_timeout_s: float = Field(
         45.0,
         ge=1,
@@ -264,6 +308,20 @@ class Settings(BaseSettings):
     sluice_web_port: int = Field(6066, description="Port of the worker's HTTP endpoint.")
     sluice_web_host: str = Field(
         "127.0.0.1", description="Bind address of the worker's HTTP endpoint."
+    )
+    sluice_web_tls_cert_file: str | None = Field(
+        None,
+        description="PEM certificate (chain) of the worker's HTTP endpoint: with "
+        "SLUICE_WEB_TLS_KEY_FILE it serves HTTPS (the bearer token then never travels in "
+        "clear). The production profile requires it on a non-loopback address.",
+    )
+    sluice_web_tls_key_file: str | None = Field(
+        None, description="PEM private key of SLUICE_WEB_TLS_CERT_FILE."
+    )
+    sluice_web_tls_ca_file: str | None = Field(
+        None,
+        description="For clients of the worker (the CLI): the CA bundle that signed its "
+        "certificate (system CAs if unset).",
     )
     sluice_api_token: SecretStr | None = Field(
         None,
@@ -323,7 +381,8 @@ class Settings(BaseSettings):
             host = "127.0.0.1"  # bound to every address: this host reaches it on loopback
         if ":" in host and not host.startswith("["):
             host = f"[{host}]"
-        return f"http://{host}:{self.sluice_web_port}{path}"
+        scheme = "https" if self.sluice_web_tls_cert_file else "http"
+        return f"{scheme}://{host}:{self.sluice_web_port}{path}"
 
     @property
     def api_token_file(self) -> Path:
@@ -340,12 +399,33 @@ class Settings(BaseSettings):
         except OSError:
             return None
 
+    def ensure_api_token(self) -> str:
+        """The worker's token: the configured one, else the stored one, else a new random
+        one written to :attr:`api_token_file` with mode 0600 (never readable by others,
+        not even for a moment; replaced atomically)."""
+        token = self.api_token()
+        if token is not None:
+            return token
+        import os
+        import secrets
+
+        path = self.api_token_file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        token = secrets.token_urlsafe(32)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(token + "\n")
+        os.replace(tmp, path)
+        return token
+
     def secret_values(self) -> list[str]:
         """Every secret configured (tests scan logs and outputs for leaks with it)."""
         found = [
             v.get_secret_value()
             for v in (
                 self.posthog_api_key,
+                self.posthog_personal_api_key,
                 self.pii_hmac_key,
                 self.kafka_sasl_password,
                 self.kafka_ssl_key_password,
@@ -360,6 +440,11 @@ class Settings(BaseSettings):
         if password:
             found.append(password)
         return [v for v in found if v]
+
+    @property
+    def posthog_enabled(self) -> bool:
+        """Whether events go to PostHog (a project API key is set)."""
+        return self.posthog_api_key is not None and bool(self.posthog_api_key.get_secret_value())
 
     def otlp_metrics_url(self) -> str | None:
         """Where OTLP metrics go, or None when the observability sink is off."""
@@ -387,6 +472,8 @@ class Settings(BaseSettings):
             )
         if bool(self.kafka_ssl_cert_file) != bool(self.kafka_ssl_key_file):
             problems.append("KAFKA_SSL_CERT_FILE and KAFKA_SSL_KEY_FILE go together (mTLS)")
+        if bool(self.sluice_web_tls_cert_file) != bool(self.sluice_web_tls_key_file):
+            problems.append("SLUICE_WEB_TLS_CERT_FILE and SLUICE_WEB_TLS_KEY_FILE go together")
         if self.sluice_profile != "production":
             return problems
         url = urlparse(self.clickhouse_url)
@@ -401,15 +488,28 @@ class Settings(BaseSettings):
             problems.append(
                 "production profile refuses ClickHouse credentials over http:// (use https://)"
             )
-        if self.sluice_api_token is None and not is_loopback(self.sluice_web_host):
-            problems.append(
-                f"production profile refuses the query and rows endpoints on "
-                f"{self.sluice_web_host} without SLUICE_API_TOKEN"
-            )
+        if not is_loopback(self.sluice_web_host):
+            if self.sluice_api_token is None:
+                problems.append(
+                    f"production profile refuses the query and rows endpoints on "
+                    f"{self.sluice_web_host} without SLUICE_API_TOKEN"
+                )
+            if not self.sluice_web_tls_cert_file:
+                problems.append(
+                    f"production profile refuses the worker's HTTP endpoint on "
+                    f"{self.sluice_web_host} without TLS (SLUICE_WEB_TLS_CERT_FILE); bind "
+                    "127.0.0.1 behind a TLS-terminating proxy instead"
+                )
         if url.scheme == "https" and not self.clickhouse_verify:
             problems.append("production profile refuses CLICKHOUSE_VERIFY=false")
         for name, value in (
             ("POSTHOG_HOST", self.posthog_host if self.posthog_api_key else None),
+            (
+                "POSTHOG_API_HOST",
+                (self.posthog_api_host or self.posthog_host)
+                if self.posthog_personal_api_key
+                else None,
+            ),
             ("SIEM_HEC_URL", self.siem_hec_url if self.siem_hec_token else None),
         ):
             if value and urlparse(value).scheme == "http":

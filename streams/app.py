@@ -18,11 +18,19 @@ does not come back, wait a whole session timeout before the group hands them on.
 from __future__ import annotations
 
 import logging
+import ssl
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sluice.kafka import kafka_config, kafka_ssl_context
-from sluice.settings import METRICS_PATH, QUERY_PATH, ROWS_PATH, STATUS_PATH, Settings
+from sluice.settings import (
+    METRICS_PATH,
+    PRIVACY_VERIFY_PATH,
+    QUERY_PATH,
+    ROWS_PATH,
+    STATUS_PATH,
+    Settings,
+)
 from streams import seam, web
 from topics.catalog import Catalog
 
@@ -48,6 +56,16 @@ def faust_credentials(settings: Settings) -> Any:
         ssl_context=context,
         mechanism=s.kafka_sasl_mechanism,
     )
+
+
+def web_tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """The HTTPS context of the worker's endpoint, when a certificate is configured."""
+    if not settings.sluice_web_tls_cert_file:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(settings.sluice_web_tls_cert_file, settings.sluice_web_tls_key_file)
+    return context
 
 
 def build_app(settings: Settings, worker: Worker) -> seam.SeamApp:
@@ -77,6 +95,7 @@ def build_app(settings: Settings, worker: Worker) -> seam.SeamApp:
         broker_max_poll_interval=s.kafka_max_poll_interval_s,
         broker_heartbeat_interval=min(3.0, s.kafka_session_timeout_s / 10),
         web_enabled=True,
+        web_ssl_context=web_tls_context(s),
         web_port=s.sluice_web_port,
         web_bind=s.sluice_web_host,
         web_host=s.sluice_web_host,
@@ -106,8 +125,10 @@ def build_app(settings: Settings, worker: Worker) -> seam.SeamApp:
     app.page(QUERY_PATH)(web.QueryView)
     app.page(ROWS_PATH)(web.RowsView)
     app.page(METRICS_PATH)(web.MetricsView)
+    app.page(PRIVACY_VERIFY_PATH)(web.PrivacyVerifyView)
     app.task(worker.router.start)
     app.task(worker.hot_loop)
+    app.task(worker.follow_registry)
     return app
 
 
@@ -164,4 +185,5 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     ensure_changelog(settings)
     worker = create_worker(settings)
     worker.olap  # open and migrate the OLAP store before taking any event  # noqa: B018
+    worker.load_registry()  # the erased leads, before any state is restored
     faust.Worker(worker.app, loglevel=loglevel, quiet=True).execute_from_commandline()

@@ -26,6 +26,10 @@ they are skipped and reported, never written short.
 
 Only the rollup tables are recomputed. The audit log, the sensitive-access record and
 the system events are compliance facts written once; backfill never touches them.
+
+Erased leads (docs/erasure.md): the engine is given the erasure registry read before the
+run, so an erased lead's events count in every table but ``lead_analytics``, whose rows
+it never recreates; a lead erased while the backfill runs is purged after it (the CLI).
 """
 
 from __future__ import annotations
@@ -154,27 +158,13 @@ class Source:
 
 def plan(conf: dict[str, Any], families: Mapping[str, str], timeout: float = 15.0) -> list[Source]:
     """Every non-empty partition of the event topics (``families``: topic -> family)."""
-    from confluent_kafka import Consumer, TopicPartition
+    from sluice.kafka import ranges
 
-    consumer = Consumer({**conf, "group.id": "sluice-backfill", "enable.auto.commit": False})
     try:
-        metadata = consumer.list_topics(timeout=timeout)
-        sources = []
-        for topic, family in families.items():
-            meta = metadata.topics.get(topic)
-            if meta is None or meta.error is not None:
-                continue
-            for p in sorted(meta.partitions):
-                low, high = consumer.get_watermark_offsets(
-                    TopicPartition(topic, p), timeout=timeout
-                )
-                if high > low:
-                    sources.append(Source(topic, family, p, low, high))
-        return sources
+        found = ranges(conf, families, timeout=timeout)
     except Exception as exc:
         raise BackfillError(f"cannot read the event topics: {exc}") from None
-    finally:
-        consumer.close()
+    return [Source(r.topic, families[r.topic], r.partition, r.low, r.high) for r in found]
 
 
 def run(
@@ -202,12 +192,13 @@ def run(
             )
             updated = datetime.fromtimestamp(newest_ms / 1000, tz=UTC)
             ckpt = engine.snapshot(now=updated)
+            rows = engine.scrub_rows(ckpt.rows)  # never a row of an erased lead
         finally:
             engine.close()  # its disk tier, if any: the rows are in ckpt now
         for table in tables:
             columns = engine.columns(table)
             keep, short = [], 0
-            for row in ckpt.rows.get(table, []):
+            for row in rows.get(table, []):
                 named = dict(zip(columns, row, strict=True))
                 if not window.holds(table, named):
                     continue
@@ -236,50 +227,20 @@ def _read(
 ) -> int:
     """Apply every record of ``sources`` up to their planned high; return the newest
     record timestamp (ms)."""
-    from confluent_kafka import Consumer, KafkaError, TopicPartition
-
     from avro_schemas.codec import DecodeError
+    from sluice.kafka import Range as Offsets
+    from sluice.kafka import read_ranges
 
-    consumer = Consumer(
-        {
-            **conf,
-            "group.id": "sluice-backfill",
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-        }
-    )
     ps = engine.state(part.partition)
     families = {s.topic: s.family for s in sources}
-    ends = {s.topic: s.high for s in sources}
     deleted = {s.topic for s in sources if s.low > 0}  # retention already removed events
     first_ms: dict[str, int] = {}
     newest = 0
-    remaining = set(ends)
+    wanted = [Offsets(s.topic, s.partition, s.low, s.high) for s in sources]
     try:
-        consumer.assign([TopicPartition(s.topic, s.partition, s.low) for s in sources])
-        idle = 0.0
-        while remaining:
-            messages = consumer.consume(num_messages=2000, timeout=1.0)
-            if not messages:
-                idle += 1.0
-                if idle >= idle_timeout:
-                    raise BackfillError(
-                        f"partition {part.partition}: no records for {idle_timeout:.0f}s "
-                        f"before the planned end of {', '.join(sorted(remaining))}"
-                    )
-                continue
-            idle = 0.0
-            counted = 0
-            for msg in messages:
-                error = msg.error()
-                if error is not None:
-                    if error.code() == KafkaError._PARTITION_EOF:  # noqa: SLF001
-                        continue
-                    raise BackfillError(f"reading {msg.topic()}: {error.str()}")
+        for batch in read_ranges(conf, wanted, batch=2000, idle_timeout=idle_timeout):
+            for msg in batch:
                 topic, offset = msg.topic(), msg.offset()
-                if topic not in remaining or offset >= ends[topic]:
-                    continue
-                counted += 1
                 newest = max(newest, msg.timestamp()[1])
                 try:
                     event = decode(msg.value() or b"", families[topic])
@@ -290,12 +251,10 @@ def _read(
                     if topic in deleted and topic not in first_ms:
                         first_ms[topic] = int(event["occurred_at"])  # event time, not Kafka's
                     engine.apply(part.partition, topic, offset, families[topic], event)
-                if offset + 1 >= ends[topic]:
-                    remaining.discard(topic)
-            part.events += counted
-            on_progress(counted)
-    finally:
-        consumer.close()
+            part.events += len(batch)
+            on_progress(len(batch))
+    except RuntimeError as exc:
+        raise BackfillError(f"partition {part.partition}: {exc}") from None
     if first_ms:
         # rows of the first retained day may miss events deleted that same day
         start = _day(max(first_ms.values()))

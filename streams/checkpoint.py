@@ -13,9 +13,17 @@ what it applied since the last checkpoint, then commits the offsets that covers:
    nothing could be committed;
 2. **sinks flushed**: every routed event durable at its destination; events a
    destination refused for good are dead-lettered (stage = the sink);
-3. **changelog** written and flushed (the state survives a crash from here on);
+3. **changelog** written and flushed (the state survives a crash from here on), and the
+   erasure requests applied since the last checkpoint written to the erasure registry;
 4. **dead letters** flushed (decode failures and refused events are durable);
-5. **OLAP rows** written (absolute values, idempotent: a replay changes nothing);
+5. **OLAP rows** written (absolute values, idempotent: a replay changes nothing), never a
+   row of an erased lead (:meth:`streams.engine.Engine.scrub_rows`);
+5b. **erasures settled** (docs/erasure.md): the rows of leads erased since are purged
+   from the OLAP, after this checkpoint's rows (so nothing written before the erasure
+   reached this worker survives it), and the destinations are asked to delete what they
+   hold under an erased lead's pseudonym, their answers recorded in the registry before
+   the lead's secret is destroyed. A failure here fails nothing: what is not settled is
+   tried again at a later checkpoint (and the purge at every start-up);
 6. **local state stored**: each partition's local store gets the snapshot's changes and a
    marker (the changelog offset after the entries step 3 wrote) in one atomic write
    (:meth:`streams.engine.Engine.persist`). Only now: an image must never hold state whose
@@ -45,7 +53,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from sinks.base import Rejected
-from streams.engine import Checkpoint, Engine
+from sluice.privacy import Erasure
+from streams.engine import Checkpoint, Engine, ErasureWork
+from streams.erasure import Forget
 
 log = logging.getLogger("sluice.checkpoint")
 
@@ -103,6 +113,17 @@ class Group(Protocol):
         """Commit under the current generation; False when the group refused (rebalancing)."""
 
 
+class Erasures(Protocol):
+    """The erasure registry and what erasures must reach outside (blocking: in a thread)."""
+
+    def publish(self, entries: Sequence[Erasure]) -> None:
+        """Write registry records and wait for their acknowledgement (raises if not)."""
+
+    def settle(self, work: ErasureWork) -> tuple[dict[str, set[str]], list[tuple[Forget, bool]]]:
+        """Purge and ask what ``work`` says; return the references purged and, per secret
+        asked about, whether its outcome is durable. Never raises."""
+
+
 @dataclass
 class Ports:
     """Everything a checkpoint talks to."""
@@ -112,6 +133,7 @@ class Ports:
     changelog: Changelog
     warehouse: Warehouse
     group: Group
+    erasures: Erasures | None = None  # None: erasure requests go nowhere (tests)
 
 
 @dataclass
@@ -188,7 +210,10 @@ class Checkpointer:
         step = "0 leftover rows"
         if self.leftover:
             try:
-                await self.run_blocking(ports.warehouse.write, self.leftover)
+                # a lead may have been erased since these rows were computed
+                rows = self.engine.scrub_rows(self.leftover)
+                if rows:
+                    await self.run_blocking(ports.warehouse.write, rows)
             except Exception as exc:
                 return _failed(step, exc)
             self.leftover = {}
@@ -208,6 +233,8 @@ class Checkpointer:
             self.on_late(late)
         if ckpt.empty() and not offsets and not events:
             self.engine.unpersisted(ckpt)  # nothing worth an image yet
+            if ports.erasures is not None:  # an erasure may need settling while idle
+                await self._settle_erasures(ports.erasures)
             return Outcome(ok=True)
 
         rejected: list[Rejected] = []
@@ -221,17 +248,22 @@ class Checkpointer:
             if ckpt.changelog:
                 ports.changelog.write(ckpt.changelog)
                 await self.run_blocking(ports.changelog.flush)
+            if ckpt.registry and ports.erasures is not None:
+                await self.run_blocking(ports.erasures.publish, ckpt.registry)
             step = "4 dead letters"
             await ports.dead_letters.flush()
             rejected = []  # their dead letters are durable: never send them twice
             changelog_durable = True
             step = "5 OLAP rows"
+            ckpt.rows = self.engine.scrub_rows(ckpt.rows)
             if ckpt.rows:
                 await self.run_blocking(ports.warehouse.write, ckpt.rows)
         except Exception as exc:  # nothing committed; everything is retried
             await self._hand_back(ckpt, rejected, changelog_durable, events)
             return _failed(step, exc)
 
+        if ports.erasures is not None:
+            await self._settle_erasures(ports.erasures)
         if ckpt.cuts:
             await self._store(ckpt)
         step = "7 commit"
@@ -243,6 +275,16 @@ class Checkpointer:
             rows={t: len(r) for t, r in ckpt.rows.items()},
             committed=committed,
         )
+
+    async def _settle_erasures(self, port: Erasures) -> None:
+        """Step 5b (see the module docstring): never fails the checkpoint."""
+        async with self.state_lock:
+            work = self.engine.erasure_work()
+        if work.empty():
+            return
+        purged, forgotten = await self.run_blocking(port.settle, work)
+        async with self.state_lock:
+            self.engine.erasure_settled(purged, forgotten)
 
     async def _store(self, ckpt: Checkpoint) -> None:
         """Step 6: the local stores' images (a failure only logs: see the module doc)."""

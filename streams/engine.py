@@ -26,6 +26,12 @@ what changed since the last image (:meth:`PartitionDB.cut`); once the checkpoint
 changelog and the OLAP rows durable, :meth:`Engine.persist` writes the cut and its marker
 in one batch. A restart then opens the image (:meth:`Engine.open`) and joins only the
 changelog written after the marker (:mod:`streams.restore`).
+Erasure (docs/erasure.md): the engine holds the erasure registry (:mod:`sluice.privacy`),
+which the worker fills before any partition is restored and follows while it runs.
+:meth:`Engine.erase` hands newly erased leads to every partition's components; rows a
+checkpoint writes are filtered against the registry (:meth:`Engine.scrub_rows`), and
+:meth:`Engine.erasure_work` hands the checkpoint what must leave the world outside: the
+erased leads' OLAP rows, and the per-lead secrets to forget once PostHog was asked.
 
 Changelog format: keys are JSON lists — ``[tenant, email_id]`` for email states (the
 first release's format), ``["\\x00pos", topic, partition]`` for positions, and
@@ -39,7 +45,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence, Set
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -48,9 +54,18 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from sluice.privacy import Erasure, Registry
 from streams.compliance import AuditLog, SensitiveAccess
+from streams.erasure import ErasureRequests, Forget, LeadKeys
 from streams.incidents import SystemEvents
-from streams.rollups import BILLING_SENDS, DAY_MS, BillingPlans, EmailRollups, WarmupRollups
+from streams.rollups import (
+    BILLING_SENDS,
+    DAY_MS,
+    ERASABLE_TABLES,
+    BillingPlans,
+    EmailRollups,
+    WarmupRollups,
+)
 from streams.state import Component, MapFactory, Taken, memory_map, sort_key
 
 if TYPE_CHECKING:
@@ -58,6 +73,8 @@ if TYPE_CHECKING:
     from streams.store import Changelog, Opened, PartitionDB, StateStore, StoreCut
 
 POSITION_TAG = "\x00pos"
+#: the local store's map of the erasures a partition's state was scrubbed of
+ERASED_HERE = "erasure/applied"
 VERSION_COLUMNS = ("updated", "_version")
 
 #: The version of the state's meaning. Bump it when a component's state changes shape or
@@ -68,16 +85,23 @@ STATE_SCHEMA = 1
 
 
 def default_components(
-    window_ms: int | None = None, new_map: MapFactory = memory_map
+    window_ms: int | None = None,
+    new_map: MapFactory = memory_map,
+    registry: Registry | None = None,
+    lead_keys: bool = False,
 ) -> list[Component]:
     """Every component of one partition, wired together (the worker's configuration).
 
     ``window_ms``: the attribution window of email engagement (None: unbounded);
-    ``new_map``: the maps that grow with emails and leads (see :mod:`streams.spill`).
+    ``new_map``: the maps that grow with emails and leads (:data:`streams.state.MapFactory`);
+    ``registry``: the erased leads (None: no erasure is ever consulted);
+    ``lead_keys``: mint a secret per lead (only worth it when PostHog is on; secrets
+    restored from the changelog are erased either way).
     """
-    email = EmailRollups(window_ms=window_ms, new_map=new_map)
+    erased = registry.erased if registry is not None else None
+    email = EmailRollups(window_ms=window_ms, new_map=new_map, erased=erased)
     billing_rows = email.rows[BILLING_SENDS.table]
-    return [
+    components: list[Component] = [
         email,
         WarmupRollups(new_map=new_map),
         # a late plan change re-dates months that only have sends: it must see those rows
@@ -85,7 +109,10 @@ def default_components(
         AuditLog(),
         SensitiveAccess(),
         SystemEvents(),
+        ErasureRequests(),
+        LeadKeys(registry, new_map=new_map, minting=lead_keys),
     ]
+    return components
 
 
 @dataclass(frozen=True)
@@ -153,6 +180,9 @@ class PartitionState:
     db: PartitionDB | None = None
     # every changelog entry of this partition before this offset is in the state
     changelog_position: int = 0
+    # with a local store: the erasures (tenant, lead ref) its state was scrubbed of, kept
+    # in the store (a reopened image is scrubbed of those erased since: Engine.restored)
+    erased_here: MutableMapping | None = None
 
     def __post_init__(self) -> None:
         self.by_tag: dict[str, Component] = {c.tag: c for c in self.components}
@@ -181,16 +211,31 @@ class PartitionState:
 class Checkpoint:
     """What one checkpoint must persist; handed back to :meth:`Engine.requeue` on failure."""
 
-    changelog: list[tuple[int, str, list]] = field(default_factory=list)
+    changelog: list[tuple[int, str, list | None]] = field(default_factory=list)  # None: tombstone
     rows: dict[str, list[list]] = field(default_factory=dict)
     # partition -> component tag -> what the component handed out
     taken: dict[int, dict[str, Taken]] = field(default_factory=dict)
     positions: set[int] = field(default_factory=set)
     # partition -> what its local store must write once the rest is durable
     cuts: dict[int, StoreCut] = field(default_factory=dict)
+    #: erasure requests for the registry topic (durable before the commit)
+    registry: list[Erasure] = field(default_factory=list)
 
     def empty(self) -> bool:
-        return not self.changelog and not self.rows
+        return not self.changelog and not self.rows and not self.registry
+
+
+@dataclass
+class ErasureWork:
+    """What the world outside must still forget of erased leads (checkpoint step 5b)."""
+
+    #: tenant -> references whose OLAP rows must go (checked, then deleted)
+    purge: dict[str, set[str]] = field(default_factory=dict)
+    #: per-lead secrets to forget once the destinations were asked to delete
+    forget: list[Forget] = field(default_factory=list)
+
+    def empty(self) -> bool:
+        return not self.purge and not self.forget
 
 
 class Engine:
@@ -198,11 +243,17 @@ class Engine:
 
     def __init__(
         self,
-        components: Callable[..., Sequence[Component]] = default_components,
+        components: Callable[..., Sequence[Component]] | None = None,
         store: StateStore | None = None,
+        registry: Registry | None = None,
     ) -> None:
         """``store``: the local store whose per-partition databases hold the maps
-        ``components`` make (called with ``new_map=``); closed by :meth:`close`."""
+        ``components`` make (called with ``new_map=``); closed by :meth:`close`.
+        ``registry``: the erased leads ``components`` consult (default: the components
+        made here get this engine's registry)."""
+        self.erasures = registry if registry is not None else Registry()
+        if components is None:
+            components = partial(default_components, registry=self.erasures)
         self.factory = components
         probe = components()
         self.layouts = layouts(probe)
@@ -211,10 +262,14 @@ class Engine:
         self.partitions: dict[int, PartitionState] = {}
         self.store = store
         self._io = threading.Lock()  # a store write vs closing its database
+        # tenant -> references whose OLAP rows are still to be purged
+        self.pending_purge: dict[str, set[str]] = {}
 
     def _new_state(self, partition: int, db: PartitionDB | None) -> PartitionState:
         components = self.factory() if db is None else self.factory(new_map=db.map)
         ps = self.partitions[partition] = PartitionState(partition, components, db=db)
+        if db is not None:
+            ps.erased_here = db.map(ERASED_HERE)
         return ps
 
     def state(self, partition: int) -> PartitionState:
@@ -298,8 +353,13 @@ class Engine:
             for tag, t in taken.items():
                 for key, value in t.changelog:
                     ckpt.changelog.append(
-                        (partition, changelog_key(*key, tag=tag), [partition, *value])
+                        (
+                            partition,
+                            changelog_key(*key, tag=tag),
+                            None if value is None else [partition, *value],
+                        )
                     )
+                ckpt.registry.extend(t.registry)
             if ps.positions_dirty:
                 ckpt.positions.add(partition)
                 for topic, pos in ps.positions.items():
@@ -421,38 +481,143 @@ class Engine:
         return total
 
     @classmethod
-    def for_settings(cls, settings: Settings, persistent: bool = False) -> Engine:
-        """The engine these settings describe. ``persistent``: the worker's, whose
-        partitions' stores outlive it (``SLUICE_DATA_DIR/state``); otherwise (backfill) a
-        scratch store under ``SLUICE_DATA_DIR/scratch``, removed at :meth:`close`."""
+    def for_settings(
+        cls, settings: Settings, registry: Registry | None = None, persistent: bool = False
+    ) -> Engine:
+        """The engine these settings describe, consulting ``registry``'s erased leads.
+        ``persistent``: the worker's, whose partitions' stores outlive it
+        (``SLUICE_DATA_DIR/state``); otherwise (backfill) a scratch store under
+        ``SLUICE_DATA_DIR/scratch``, removed at :meth:`close`."""
         from streams.store import Identity, StateStore
 
         days = settings.sluice_attribution_window_days
         window_ms = None if days is None else int(days * DAY_MS)
-        factory = partial(default_components, window_ms=window_ms)
+        registry = registry if registry is not None else Registry()
+        components = partial(
+            default_components,
+            window_ms=window_ms,
+            registry=registry,
+            lead_keys=settings.posthog_enabled,
+        )
         if settings.sluice_state_store == "memory":
-            return cls(factory)
+            return cls(components, registry=registry)
         memory_items = settings.sluice_state_memory_items
         if not persistent:
             store = StateStore(
                 Path(settings.sluice_data_dir) / "scratch", memory_items, scratch=True
             )
-            return cls(factory, store)
+            return cls(components, store, registry=registry)
         from topics.catalog import Catalog
 
         identity = Identity(
             app_id=settings.sluice_app_id,
             partitions=settings.sluice_topic_partitions,
-            schema=state_schema(factory, f"window_ms={window_ms}"),
+            schema=state_schema(components, f"window_ms={window_ms}"),
             changelog=Catalog.from_settings(settings).changelog.name,
         )
-        return cls(factory, StateStore.for_app(settings.sluice_data_dir, identity, memory_items))
+        return cls(
+            components,
+            StateStore.for_app(settings.sluice_data_dir, identity, memory_items),
+            registry=registry,
+        )
 
     @property
     def schema(self) -> str | None:
         """The state schema this engine's store checks (None without a store)."""
         identity = self.store.identity if self.store is not None else None
         return identity.schema if identity is not None else None
+
+    # -- erasure ----------------------------------------------------------------------
+    def erase(self, entries: Iterable[Erasure]) -> int:
+        """Leads the registry newly names erased: every partition forgets them, and their
+        OLAP rows are purged at the next checkpoint. Return how many were new."""
+        new: dict[str, set[str]] = {}
+        for entry in entries:
+            if self.erasures.add(entry):
+                new.setdefault(entry.tenant, set()).add(entry.ref)
+        if new:
+            for ps in self.partitions.values():
+                self._erase_in(ps, new)
+        for tenant, refs in new.items():
+            self.pending_purge.setdefault(tenant, set()).update(refs)
+        return sum(len(refs) for refs in new.values())
+
+    def _erase_in(self, ps: PartitionState, by_tenant: Mapping[str, Set[str]]) -> None:
+        """Scrub one partition's state of ``by_tenant``'s erased leads (one pass per
+        component), and note in its store that it was."""
+        for component in ps.components:
+            component.erase_many(by_tenant)
+        if ps.erased_here is not None:
+            for tenant, refs in by_tenant.items():
+                for ref in refs:
+                    ps.erased_here[(tenant, ref)] = 1
+
+    def _scrub_stored(self, ps: PartitionState) -> None:
+        """A partition whose state came from its local store: scrub it of the leads erased
+        since that image was written (a restore from the changelog alone is scrubbed as it
+        is joined; an image may predate erasures this worker learnt from the registry)."""
+        if ps.erased_here is None or not len(self.erasures):
+            return
+        done = ps.erased_here
+        todo: dict[str, set[str]] = {}
+        for entry in self.erasures:
+            if (entry.tenant, entry.ref) not in done:
+                todo.setdefault(entry.tenant, set()).add(entry.ref)
+        if todo:
+            self._erase_in(ps, todo)
+
+    def purge_all(self) -> None:
+        """Check every erased lead's OLAP rows at the next checkpoint (start-up: a crash
+        may have come between an erasure and its purge)."""
+        for entry in self.erasures:
+            self.pending_purge.setdefault(entry.tenant, set()).add(entry.ref)
+
+    def scrub_rows(self, rows: dict[str, list[list]]) -> dict[str, list[list]]:
+        """``rows`` without those of erased leads (the last guard before the OLAP: rows of
+        a failed checkpoint retried after an erasure, rows recomputed by a backfill)."""
+        out = {}
+        for table, table_rows in rows.items():
+            if table in ERASABLE_TABLES and len(self.erasures):
+                erased = self.erasures.erased
+                table_rows = [r for r in table_rows if not erased(r[0], r[1])]
+            if table_rows:
+                out[table] = table_rows
+        return out
+
+    def erasure_work(self) -> ErasureWork:
+        """What checkpoint step 5b must do (the purges stay pending until settled)."""
+        work = ErasureWork({t: set(refs) for t, refs in self.pending_purge.items() if refs})
+        for partition, ps in self.partitions.items():
+            keys = ps.by_tag.get(LeadKeys.tag)
+            if isinstance(keys, LeadKeys):
+                work.forget.extend(keys.to_forget(partition))
+        return work
+
+    def erasure_settled(self, purged: Mapping[str, Iterable[str]], forgotten: Any) -> None:
+        """Step 5b's result: ``purged`` references are gone from the OLAP; ``forgotten``
+        maps each asked :class:`Forget` to True once its outcome is durable."""
+        for tenant, refs in purged.items():
+            left = self.pending_purge.get(tenant)
+            if left is not None:
+                left.difference_update(refs)
+                if not left:
+                    del self.pending_purge[tenant]
+        for forget, done in forgotten:
+            ps = self.partitions.get(forget.partition)
+            keys = ps.by_tag.get(LeadKeys.tag) if ps is not None else None
+            if isinstance(keys, LeadKeys):
+                keys.forgotten((forget.tenant, forget.lead), done)
+
+    def holds(self, tenant: str, lead: str) -> dict[int, dict[str, int]]:
+        """Per partition, what its state still holds that names the lead (verify)."""
+        out = {}
+        for partition, ps in sorted(self.partitions.items()):
+            found: dict[str, int] = {}
+            for component in ps.components:
+                found.update(component.holds(tenant, lead))
+            if found:
+                out[partition] = found
+        return out
 
     def close(self) -> None:
         """Release the local store, if any (the worker's shutdown; its files stay)."""
@@ -474,6 +639,8 @@ class Engine:
                 with self._io:
                     for component in ps.components:
                         component.close()
+                    if ps.db is not None and ps.erased_here is not None:
+                        ps.db.forget(ps.erased_here)
                     if self.store is not None and ps.db is not None:
                         self.store.close_partition(partition)
 
@@ -490,8 +657,10 @@ class Engine:
         """After :meth:`join` of every entry: reconcile, and rewrite the partitions' rows
         over the next snapshots."""
         for partition in partitions:
-            for component in self.partitions[partition].components:
+            ps = self.partitions[partition]
+            for component in ps.components:
                 component.restored()
+            self._scrub_stored(ps)
 
     def join(
         self,

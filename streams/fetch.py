@@ -147,13 +147,14 @@ class ChangelogWriter:
         """Per partition, the offset after the last entry acknowledged so far."""
         return dict(self._ends)
 
-    def write(self, entries: Iterable[tuple[int, str, list]]) -> None:
-        """Queue ``(partition, key, value)`` entries (key: the engine's JSON string)."""
+    def write(self, entries: Iterable[tuple[int, str, list | None]]) -> None:
+        """Queue ``(partition, key, value)`` entries (key: the engine's JSON string; value
+        None: a tombstone, so compaction removes the key for good)."""
         topic = self.topic
         produce = self.producer.produce
         dumps = orjson.dumps
         for partition, key, value in entries:
-            k, v = dumps(key), dumps(value)
+            k, v = dumps(key), (None if value is None else dumps(value))
             while True:
                 try:
                     produce(topic, v, k, partition=partition, on_delivery=self._delivered)

@@ -34,6 +34,9 @@ class HealthMetrics:
         # would need a label per sink anyway and Prometheus has the counters' rates)
         self.last_flush: dict[str, float] = {}
         self.last_delivery: dict[str, float] = {}
+        # per sink, for `sluice status`: data points a destination refused inside a 2xx
+        # (OTLP partial success), how many replies said so, the last message and when
+        self.partial_success: dict[str, dict[str, int | float | str]] = {}
         r = self.registry
         self.consumed = Counter(
             "sluice_events_consumed", "Events taken from Kafka, per family.", ["family"], registry=r
@@ -76,6 +79,13 @@ class HealthMetrics:
             "Time of one sink flush.",
             ["sink"],
             buckets=_FLUSH_BUCKETS,
+            registry=r,
+        )
+        self.rejected_points = Counter(
+            "sluice_sink_rejected_points",
+            "Data points a destination refused in a reply that accepted the request "
+            "(OTLP partial success).",
+            ["sink"],
             registry=r,
         )
         self.checkpoint_seconds = Histogram(
@@ -144,6 +154,29 @@ class HealthMetrics:
             registry=r,
         )
 
+        # erasure (docs/erasure.md): no tenant or lead ever becomes a label value
+        self.erasures = Counter(
+            "sluice_erasures_applied",
+            "Leads newly erased in this worker's state, as the erasure registry named them.",
+            registry=r,
+        )
+        self.erasure_purged_rows = Counter(
+            "sluice_erasure_purged_rows",
+            "OLAP rows of erased leads deleted (ALTER TABLE ... DELETE).",
+            registry=r,
+        )
+        self.erasure_purge_failures = Counter(
+            "sluice_erasure_purge_failures",
+            "OLAP purges of erased leads that failed (retried; a missing ALTER DELETE grant?).",
+            registry=r,
+        )
+        self.erasure_deletions = Counter(
+            "sluice_erasure_deletion_requests",
+            "Deletion requests for erased leads, per destination and outcome status.",
+            ["destination", "status"],
+            registry=r,
+        )
+
     def observer(self) -> SinkObserverAdapter:
         """These metrics as the observer the sinks report to."""
         return SinkObserverAdapter(self)
@@ -190,3 +223,13 @@ class SinkObserverAdapter:
 
     def state(self, sink: str, state: str) -> None:
         self.health.refused.labels(sink).set(1 if state == "refused" else 0)
+
+    def partial(self, sink: str, rejected: int, message: str) -> None:
+        self.health.rejected_points.labels(sink).inc(rejected)
+        entry = self.health.partial_success.setdefault(
+            sink, {"rejected_points": 0, "replies": 0, "last_message": "", "last_at": 0.0}
+        )
+        entry["rejected_points"] = int(entry["rejected_points"]) + rejected
+        entry["replies"] = int(entry["replies"]) + 1
+        entry["last_message"] = message[:500]
+        entry["last_at"] = time.time()

@@ -35,6 +35,7 @@ from collections.abc import (
     Mapping,
     MutableMapping,
     Sequence,
+    Set,
 )
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -42,6 +43,7 @@ from functools import cached_property
 from sys import intern
 from typing import Any
 
+from sluice.privacy import lead_ref
 from streams.state import (
     Component,
     DirtyRows,
@@ -103,7 +105,8 @@ def merge_event(state: EmailState, event: Mapping) -> bool:
         # interned: millions of states share a few campaigns, mailboxes, steps and leads
         state[CAMPAIGN] = intern(event["campaign_id"])
         state[MAILBOX] = intern(event["mailbox_id"])
-        state[LEAD] = intern(event["lead_id"])
+        lead = event["lead_id"]  # None: the lead is erased (EmailRollups.apply)
+        state[LEAD] = intern(lead) if lead is not None else None
         step = event.get("sequence_step_id")
         state[STEP] = intern(step) if step is not None else None
         return True
@@ -512,7 +515,8 @@ SEQUENCE_STEP_ANALYTICS = Rollup(
 LEAD_ANALYTICS = Rollup(
     table="lead_analytics",
     key_columns=("company_id", "lead_id"),
-    key=lambda tenant, s: (tenant, s[LEAD]),
+    # an erased lead's emails (LEAD None) count in every table but this one
+    key=lambda tenant, s: None if s[LEAD] is None else (tenant, s[LEAD]),
     metrics=LEAD_METRICS,
     tallies=(("send_day", send_day), ("campaign", lambda s: s[CAMPAIGN])),
     derived=(
@@ -532,6 +536,9 @@ BILLING_SENDS = Rollup(
     tallies=(("mailbox", lambda s: s[MAILBOX]),),
     derived=(("active_mailboxes", lambda m, t: len(t["mailbox"])),),
 )
+
+#: Tables whose rows are keyed by the lead: an erasure removes the lead's row.
+ERASABLE_TABLES: tuple[str, ...] = (LEAD_ANALYTICS.table,)
 
 EMAIL_ROLLUPS: tuple[Rollup, ...] = (
     CAMPAIGN_ANALYTICS,
@@ -872,11 +879,17 @@ class AttributionRollups(Component):
         self._rewrite = None
 
     def take_dirty_rows(self) -> dict[str, list[tuple[RowKey, tuple]]]:
-        """Snapshot and clear the dirty rows: table -> [(key, value columns)]."""
-        return {
-            table: [(k, self.value(table, k)) for k in keys]
-            for table, keys in self.dirty.take().items()
-        }
+        """Snapshot and clear the dirty rows: table -> [(key, value columns)].
+
+        A row erased meanwhile (:meth:`EmailRollups.erase` removed it) is not written: a
+        row of zeros would still name the lead."""
+        out: dict[str, list[tuple[RowKey, tuple]]] = {}
+        for table, keys in self.dirty.take().items():
+            if table in ERASABLE_TABLES:
+                rows = self.rows[table]
+                keys = [k for k in keys if k in rows]
+            out[table] = [(k, self.value(table, k)) for k in keys]
+        return out
 
     def take(self) -> Taken:
         self._take_rewrites()
@@ -910,6 +923,15 @@ class EmailRollups(AttributionRollups):
 
     Its changelog keys are untagged ``[tenant, email_id]`` (the format of the first
     release, kept so existing changelogs restore).
+
+    Erasure: an erased lead's emails keep their state (campaign, mailbox, step, send
+    time, flags: what the campaign, mailbox, step and billing rows count, none of it
+    personal) with the lead slot emptied, so they go on counting there — later events
+    included — and count nowhere in ``lead_analytics``, whose row of the lead goes. The
+    emptied states are written to the changelog again (the new value supersedes the old
+    one, which compaction then removes). ``erased`` says which leads are erased; it is
+    consulted for every ``email_sent`` and every state restored, so no replay, late
+    event or old changelog value brings a lead back.
     """
 
     families = frozenset({"email"})
@@ -919,10 +941,98 @@ class EmailRollups(AttributionRollups):
         rollups: Iterable[Rollup] = EMAIL_ROLLUPS,
         window_ms: int | None = None,
         new_map: MapFactory = memory_map,
+        erased: Callable[[str, str | None], bool] | None = None,
     ) -> None:
-        """``window_ms``: the attribution window (None: an event counts whenever it came)."""
+        """``window_ms``: the attribution window (None: an event counts whenever it came);
+        ``erased(tenant, lead)``: whether a lead is erased (None: no erasure registry)."""
         attribution = EMAIL if window_ms is None else windowed_email(window_ms)
         super().__init__(attribution, rollups, "", new_map)
+        self.erased = erased
+        self._scrubbed: set[tuple[str, str]] = set()  # restored states emptied of a lead
+
+    def apply(self, event: Mapping) -> bool:
+        erased = self.erased
+        if (
+            erased is not None
+            and event["event_type"] == "email_sent"
+            and erased(event["tenant_id"], event["lead_id"])
+        ):
+            event = {**event, "lead_id": None}  # a copy: the record goes to the sinks too
+        return super().apply(event)
+
+    def restore(self, key: list, value: list) -> None:
+        erased = self.erased
+        if erased is not None and value[LEAD] is not None and erased(key[0], value[LEAD]):
+            value = [*value[:LEAD], None, *value[LEAD + 1 :]]
+            self._scrubbed.add((key[0], key[1]))
+        super().restore(key, value)
+
+    def restore_many(self, entries: Sequence[tuple[list, list]]) -> None:
+        erased = self.erased
+        if erased is not None:
+            scrubbed = []
+            for key, value in entries:
+                if value[LEAD] is not None and erased(key[0], value[LEAD]):
+                    value = [*value[:LEAD], None, *value[LEAD + 1 :]]
+                    self._scrubbed.add((key[0], key[1]))
+                scrubbed.append((key, value))
+            entries = scrubbed
+        super().restore_many(entries)
+
+    def restored(self) -> None:
+        super().restored()
+        # states whose changelog value still named an erased lead: write them again
+        self.dirty_states.update(k for k in self._scrubbed if k in self.states)
+        self._scrubbed.clear()
+
+    def erase(self, tenant: str, refs: Set[str]) -> None:
+        self.erase_many({tenant: refs})
+
+    def erase_many(self, by_tenant: Mapping[str, Set[str]]) -> None:
+        """Empty the lead slot of every state of the tenants' leads whose reference is in
+        ``by_tenant``, and drop those leads' ``lead_analytics`` rows (one walk of this
+        partition's states, however many tenants)."""
+        seen: dict[tuple[str, str], bool] = {}
+
+        def matches(tenant: str, lead: str | None) -> bool:
+            if lead is None:
+                return False
+            refs = by_tenant.get(tenant)
+            if refs is None:
+                return False
+            hit = seen.get((tenant, lead))
+            if hit is None:
+                hit = seen[(tenant, lead)] = lead_ref(tenant, lead) in refs
+            return hit
+
+        # collect first, change after: a store map's walk hands out copies
+        found = [key for key, state in self.states.items() if matches(key[0], state[LEAD])]
+        leads = {key for key, hit in seen.items() if hit}
+        for key in found:
+            state = self.states[key]
+            if state[LEAD] is None:
+                continue
+            before = state.copy()
+            state[LEAD] = None
+            self._account(key[0], before, state)
+            self.states[key] = state
+            self.dirty_states.add(key)
+        # rows of a lead whose emails live elsewhere (none here) go too
+        for table in ERASABLE_TABLES:
+            rows = self.rows[table]
+            tallies = self.tallies.get(table)
+            for key in leads | {k for k in list(rows) if matches(k[0], k[1])}:
+                rows.pop(key, None)
+                if tallies is not None:
+                    tallies.pop(key, None)
+                self.dirty.keys[table].discard(key)
+
+    def holds(self, tenant: str, lead: str) -> dict[str, int]:
+        states = sum(
+            1 for key, state in self.states.items() if key[0] == tenant and state[LEAD] == lead
+        )
+        rows = sum(1 for table in ERASABLE_TABLES if (tenant, lead) in self.rows[table])
+        return {k: v for k, v in (("email_states", states), ("lead_rows", rows)) if v}
 
     @property
     def emails(self) -> MutableMapping[tuple[str, str], EmailState]:

@@ -18,6 +18,11 @@ handed back with :meth:`Component.requeue`; so a component learns that the previ
 checkpoint succeeded when it is asked to :meth:`Component.take` again without a requeue
 in between (the audit chain relies on that to mark its rows written).
 
+Erasure (docs/erasure.md): when the registry names a lead erased, the engine calls
+:meth:`Component.erase` on every partition's components; a component holding anything
+that identifies that lead removes it (its changelog entries are rewritten or
+tombstoned at the next take) while keeping every aggregate that is not personal data.
+
 Several components may fill one table (``billing_analytics`` gets sends from email
 attribution and plan changes from business events): each declares the value columns it
 provides, and the engine joins their parts on the row key.
@@ -26,7 +31,7 @@ provides, and the engine joins their parts on the row key.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence, Set
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,10 +91,13 @@ class TablePart:
 class Taken:
     """What one component handed to one checkpoint (given back to it on failure)."""
 
-    changelog: list[tuple[ChangelogKey, ChangelogValue]] = field(default_factory=list)
+    #: ``value`` None is a tombstone: the key goes from the compacted changelog for good
+    changelog: list[tuple[ChangelogKey, ChangelogValue | None]] = field(default_factory=list)
     rows: dict[str, dict[RowKey, tuple]] = field(default_factory=dict)
     # component-private bookkeeping for requeue (which keys went out, ...)
     token: Any = None
+    #: records for the erasure registry topic (:class:`sluice.privacy.Erasure`)
+    registry: list[Any] = field(default_factory=list)
 
     def empty(self) -> bool:
         return not self.changelog and not any(self.rows.values())
@@ -167,6 +175,20 @@ class Component(ABC):
         """True while rows restored from the changelog are still being rewritten a batch
         per checkpoint (a restart meanwhile must rewrite them all again)."""
         return False
+
+    def erase(self, tenant: str, refs: Set[str]) -> None:  # noqa: B027
+        """``tenant``'s leads whose :func:`sluice.privacy.lead_ref` is in ``refs`` are
+        erased: forget whatever identifies them (a component without lead data: nothing)."""
+
+    def erase_many(self, by_tenant: Mapping[str, Set[str]]) -> None:
+        """:meth:`erase` for several tenants at once (components whose state must be
+        walked to find the leads walk it once)."""
+        for tenant, refs in by_tenant.items():
+            self.erase(tenant, refs)
+
+    def holds(self, tenant: str, lead: str) -> dict[str, int]:
+        """What still identifies one lead here, by kind (``sluice privacy verify``)."""
+        return {}
 
     def stats(self) -> dict[str, int]:
         """Sizes of the state, for ``sluice status``."""

@@ -109,7 +109,10 @@ class _Changelog:
         lose, self.lose = self.lose, 0.0
         for _, key, value in queued:
             if not lose or self.rng.random() > lose:
-                self.store[key] = value
+                if value is None:  # a tombstone: compaction removes the key
+                    self.store.pop(key, None)
+                else:
+                    self.store[key] = value
         if lose:
             raise RuntimeError("crashed in the middle of a changelog flush")
 
@@ -122,6 +125,32 @@ class _Warehouse:
         h = self.harness
         for table, table_rows in rows.items():
             h.olap.insert(table, h.engine.columns(table), table_rows)
+
+
+class _Erasures:
+    """The erasure registry topic (a list, the durable copy) and the OLAP purge."""
+
+    def __init__(self, harness: Harness) -> None:
+        self.harness = harness
+
+    def publish(self, entries: Sequence[Any]) -> None:
+        self.harness.registry_log.extend(entries)
+
+    def settle(self, work: Any) -> tuple[dict[str, set[str]], list[tuple[Any, bool]]]:
+        from sluice.privacy import Outcome, lead_ref
+
+        h = self.harness
+        if h.purge_fails:
+            return {}, [(f, False) for f in work.forget]
+        for table in ("lead_analytics",):
+            store = h.olap.tables[table]
+            for key in [k for k in store if lead_ref(k[0], k[1]) in work.purge.get(k[0], ())]:
+                del store[key]
+        for f in work.forget:
+            h.registry_log.append(
+                Outcome("posthog", f.tenant, f.ref, f"partition-{f.partition}", "not_configured", 0)
+            )
+        return work.purge, [(f, True) for f in work.forget]
 
 
 class _Group:
@@ -150,6 +179,10 @@ class Harness:
     partitions: int = 3
     every: int = 250
     engine: Engine = field(default_factory=Engine)
+    #: registry -> components factory of a new engine after a crash (None: the default)
+    components: Any = None
+    #: event -> the string its partition is a hash of (None: the tenant, as in the catalog)
+    partition_key: Any = None
     olap: FakeOlap = field(default_factory=FakeOlap)
     changelog: dict[str, list] = field(default_factory=dict)  # compacted: last value per key
     log: list[Record] = field(default_factory=list)
@@ -157,6 +190,10 @@ class Harness:
     committed: int = 0  # index into log: everything before it is acked
     position: int = 0  # next index to apply
     restores: int = 0
+    #: the erasure registry topic (its records, in order) and how far the engine follows it
+    registry_log: list[Any] = field(default_factory=list)
+    followed: int = 0
+    purge_fails: bool = False
 
     def __post_init__(self) -> None:
         self._loop = asyncio.new_event_loop()
@@ -164,7 +201,9 @@ class Harness:
         self._checkpointer = self._new_checkpointer()
 
     def _new_checkpointer(self) -> Checkpointer:
-        ports = Ports(_Sinks(), _DeadLetters(), self._changelog, _Warehouse(self), _Group())
+        ports = Ports(
+            _Sinks(), _DeadLetters(), self._changelog, _Warehouse(self), _Group(), _Erasures(self)
+        )
         self.progress = Progress()
         return Checkpointer(self.engine, self.progress, ports, asyncio.Lock(), run_blocking=_direct)
 
@@ -172,7 +211,8 @@ class Harness:
         for event in events:
             family = family_of(event["event_type"])
             assert family is not None
-            partition = zlib.crc32(event["tenant_id"].encode()) % self.partitions
+            key = event["tenant_id"] if self.partition_key is None else self.partition_key(event)
+            partition = zlib.crc32(key.encode()) % self.partitions
             topic = f"events.{family}"
             offset = self.next_offset.get((topic, partition), 0)
             self.next_offset[(topic, partition)] = offset + 1
@@ -213,12 +253,29 @@ class Harness:
             return False
         if outcome.ok:
             self.committed = position
+        self.follow()
         return outcome.ok
 
+    def follow(self) -> int:
+        """The registry follower: hand the records written since to the engine."""
+        from sluice.privacy import Erasure
+
+        new = self.registry_log[self.followed :]
+        self.followed = len(self.registry_log)
+        return self.engine.erase(e for e in new if isinstance(e, Erasure))
+
     def crash(self) -> None:
-        """kill -9: a new engine restores from the changelog and resumes at the commit."""
-        self.engine = Engine()
+        """kill -9: a new engine restores from the changelog and resumes at the commit;
+        the erasure registry is read whole first (its topic is the durable copy)."""
+        from sluice.privacy import Erasure, Registry
+
+        registry = Registry(e for e in self.registry_log if isinstance(e, Erasure))
+        self.followed = len(self.registry_log)
+        self.engine = Engine(
+            self.components(registry) if self.components else None, registry=registry
+        )
         self.engine.restore(list(self.changelog.items()))
+        self.engine.purge_all()
         self._checkpointer = self._new_checkpointer()
         self.position = self.committed
         self.restores += 1

@@ -1,9 +1,10 @@
 """Local stand-ins for the sinks' destinations, on 127.0.0.1 (tests and bench/).
 
-:class:`HttpReceiver` answers PostHog's ``/batch/``, OTLP/HTTP ``/v1/metrics`` and a
-Splunk-HEC-style ``/services/collector/event``, records every body it got (decompressed)
-and what it accepted, and misbehaves on request: a scripted list of faults for the next
-requests (status codes with headers, or hanging) and a set of poison ids answered 400.
+:class:`HttpReceiver` answers PostHog's ``/batch/``, OTLP/HTTP ``/v1/metrics`` (with an
+``ExportMetricsServiceResponse``, or a scripted partial success) and a Splunk-HEC-style
+``/services/collector/event``, records every body it got (decompressed) and what it
+accepted, and misbehaves on request: a scripted list of faults for the next requests
+(status codes with headers, or hanging) and a set of poison ids answered 400.
 :class:`Rsyslog` runs Debian's rsyslogd on a free TCP port, writing records to a file.
 """
 
@@ -47,6 +48,9 @@ class HttpReceiver:
         self.lock = threading.Lock()
         self.faults: list[Fault] = []
         self.poison: set[str] = set()
+        # OTLP replies: (rejected data points, error message) for the next exports, as a
+        # partial success; otherwise the full-success ExportMetricsServiceResponse
+        self.otlp_partial: list[tuple[int, str]] = []
         self.bodies: list[bytes] = []  # every request body, decompressed
         self.requests = Counter[str]()
         self.statuses = Counter[int]()
@@ -54,6 +58,8 @@ class HttpReceiver:
         self.hec: list[dict[str, Any]] = []  # accepted HEC records
         self.otlp: list[Any] = []  # accepted ExportMetricsServiceRequest messages
         self.windows: dict[str, tuple[float, float]] = {}  # path → first, last accepted
+        # PostHog person deletions: (authorization header, body, events accepted before it)
+        self.deletions: list[tuple[str, dict[str, Any], int]] = []
         self.accepted = Counter[str]()  # path → events (or exports) accepted
         receiver = self
 
@@ -123,6 +129,8 @@ class HttpReceiver:
             self.bodies.append(body)
             self.requests[path] += 1
             fault = self.faults.pop(0) if self.faults else None
+        if path.endswith("/persons/bulk_delete/") and fault is None:
+            return self._bulk_delete(h, json.loads(body))
         if fault is not None:
             if fault.process_first:
                 self._accept(path, body)  # e.g. a proxy that forwarded it, then timed out
@@ -131,7 +139,32 @@ class HttpReceiver:
             return self._answer(h, fault.status, fault.headers)
         if not self._accept(path, body):
             return self._answer(h, 400, {})
+        if path == "/v1/metrics":
+            return self._answer_otlp(h)
         return self._answer(h, 200, {})
+
+    def _answer_otlp(self, h: BaseHTTPRequestHandler) -> None:
+        """An ``ExportMetricsServiceResponse`` in protobuf, as OTLP/HTTP answers."""
+        from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+            ExportMetricsServiceResponse,
+        )
+
+        reply = ExportMetricsServiceResponse()
+        with self.lock:
+            partial = self.otlp_partial.pop(0) if self.otlp_partial else None
+            self.statuses[200] += 1
+        if partial is not None:
+            reply.partial_success.rejected_data_points = partial[0]
+            reply.partial_success.error_message = partial[1]
+        payload = reply.SerializeToString()
+        try:
+            h.send_response(200)
+            h.send_header("Content-Type", "application/x-protobuf")
+            h.send_header("Content-Length", str(len(payload)))
+            h.end_headers()
+            h.wfile.write(payload)
+        except OSError:
+            pass
 
     def _accept(self, path: str, body: bytes) -> bool:
         """Record an accepted request; False if it carries a poison id (→ 400)."""
@@ -167,10 +200,37 @@ class HttpReceiver:
             self.windows[path] = (first, now)
         return True
 
-    def _answer(self, h: BaseHTTPRequestHandler, status: int, headers: dict[str, str]) -> None:
+    def _bulk_delete(self, h: BaseHTTPRequestHandler, body: dict[str, Any]) -> None:
+        """PostHog's ``persons/bulk_delete``: the persons are the distinct ids of accepted
+        events that had person processing on."""
+        wanted = set(body.get("distinct_ids") or [])
+        with self.lock:
+            persons = {
+                e["distinct_id"]
+                for e in self.posthog
+                if e["properties"].get("$process_person_profile", True)
+            }
+            found = len(wanted & persons)
+            self.deletions.append((h.headers.get("Authorization", ""), body, len(self.posthog)))
+        answer = {
+            "persons_found": found,
+            "persons_deleted": found,
+            "events_queued_for_deletion": bool(found and body.get("delete_events")),
+            "recordings_queued_for_deletion": False,
+        }
+        return self._answer(h, 200, {}, json.dumps(answer).encode())
+
+    def _answer(
+        self,
+        h: BaseHTTPRequestHandler,
+        status: int,
+        headers: dict[str, str],
+        payload: bytes | None = None,
+    ) -> None:
         with self.lock:
             self.statuses[status] += 1
-        payload = b'{"status": "Ok"}' if status == 200 else b'{"detail": "scripted"}'
+        if payload is None:
+            payload = b'{"status": "Ok"}' if status == 200 else b'{"detail": "scripted"}'
         try:
             h.send_response(status)
             for k, v in headers.items():

@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 # A worker that commits nothing for this long while events wait is stalled: its test fails
 # then, with the worker's log, instead of waiting out the test's whole budget.
 STALL_S = float(os.environ.get("SLUICE_TEST_STALL_S", "45"))
-SLUICE = [sys.executable, "-m", "sluice.cli"]
+SLUICE = [sys.executable, "-m", "cli"]
 # dev tooling (dev/: the chDB HTTP front, the fault hooks) is not installed: run from the repo
 FAULTY_SLUICE = [sys.executable, "-m", "dev.faults"]
 OLAP_SERVER = [sys.executable, "-m", "dev.olap_server"]

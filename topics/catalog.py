@@ -26,20 +26,40 @@ MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 # changelog of the state table of the first releases (kept so existing changelogs restore).
 STATE_TABLE = "email-state"
 
-# How long the changelog keeps a tombstone (a deleted key) after compaction reached it. A
-# worker's local state store older than this is rebuilt from the whole changelog instead
-# of reused: the tail after its marker may have lost the deletes since (streams/store.py).
-# Seven days, like the event topics: a store from a worker stopped less than a week ago
-# is reused.
-CHANGELOG_DELETE_RETENTION_MS = 7 * DAY_MS
+# How long a value superseded in a compacted topic (an erased lead's state, a destroyed
+# per-lead key) may stay on the broker: the log cleaner must compact it within this lag
+# (Kafka also rolls the active segment by then, at the next write), and a tombstone is
+# dropped this long after its segment was cleaned. docs/erasure.md states the bound.
+COMPACTION_LAG_MS = DAY_MS
+TOMBSTONE_RETENTION_MS = DAY_MS
+# The changelog keeps a tombstone (a deleted key) this long after compaction reached it;
+# a worker's local state store older than the topic's delete.retention.ms is rebuilt from
+# the whole changelog instead of reused: the tail after its marker may have lost the
+# deletes since (streams/store.py). One day (erasures bound how long a superseded value
+# lives): a store of a worker stopped for less than a day is reused.
+CHANGELOG_DELETE_RETENTION_MS = TOMBSTONE_RETENTION_MS
+# Kafka deletes a whole segment once its newest record is past retention: with a segment
+# per day a record outlives its retention by at most a day (Kafka's default is a week), so
+# an erased lead's raw events are gone 8 days after they were appended (dead letters: 31).
+_DAILY_SEGMENTS = {"segment.ms": str(DAY_MS)}
+_COMPACTED = {
+    "cleanup.policy": "compact",
+    "max.compaction.lag.ms": str(COMPACTION_LAG_MS),
+    "delete.retention.ms": str(TOMBSTONE_RETENTION_MS),
+}
 
 
 class TopicSettings(Protocol):
     """The settings the catalog depends on (a :class:`sluice.settings.Settings` has them)."""
 
-    sluice_topic_prefix: str
-    sluice_topic_partitions: int
-    sluice_app_id: str
+    @property
+    def sluice_topic_prefix(self) -> str: ...
+
+    @property
+    def sluice_topic_partitions(self) -> int: ...
+
+    @property
+    def sluice_app_id(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -103,7 +123,7 @@ class Catalog:
             retention_ms=30 * DAY_MS,
             key=(),
             key_reason="the source record's key, unchanged",
-            config={"max.message.bytes": str(MAX_MESSAGE_BYTES)},
+            config={"max.message.bytes": str(MAX_MESSAGE_BYTES), **_DAILY_SEGMENTS},
             description="dead letters: raw bytes + headers sluice.reason, sluice.source.*",
         )
 
@@ -124,12 +144,30 @@ class Catalog:
             retention_ms=None,  # compacted: the last value of every key is kept for good
             key=(),
             key_reason="state key (JSON), written to the partition whose events made it",
-            config={
-                "cleanup.policy": "compact",
-                "delete.retention.ms": str(CHANGELOG_DELETE_RETENTION_MS),
-                "max.message.bytes": str(MAX_MESSAGE_BYTES),
-            },
+            config={**_COMPACTED, "max.message.bytes": str(MAX_MESSAGE_BYTES)},
             description="the worker's state, compacted (restored after a restart or rebalance)",
+        )
+
+    @property
+    def erasures(self) -> TopicSpec:
+        """The erasure registry: one record per erased lead, never deleted (docs/erasure.md).
+
+        Every worker reads it whole at start-up and follows it while running (like a
+        Kafka Streams GlobalKTable), so an erasure reaches every partition whatever the
+        key of the lead's events; it is the durable copy, and survives any loss of the
+        workers' state. It also records what each destination answered to a deletion
+        request. Keys hold a SHA-256 reference of tenant and lead, never the lead id.
+        """
+        return TopicSpec(
+            name=self._name("privacy.erasures"),
+            family=None,
+            partitions=1,
+            retention_ms=None,  # compacted, and never tombstoned: an erasure holds for good
+            key=(),
+            key_reason="[kind, tenant, lead reference, ...] (JSON): one record per erased lead "
+            "and per deletion outcome; one partition, so every reader sees one order",
+            config=dict(_COMPACTED),
+            description="erased leads (read whole by every worker) and deletion outcomes",
         )
 
     def event_topics(self) -> list[TopicSpec]:
@@ -148,7 +186,7 @@ class Catalog:
             retention_ms=7 * DAY_MS,
             key=("tenant_id",),
             key_reason=_TENANT_KEY,
-            config={"max.message.bytes": str(MAX_MESSAGE_BYTES)},
+            config={"max.message.bytes": str(MAX_MESSAGE_BYTES), **_DAILY_SEGMENTS},
             schema=f"avro_schemas/{family}",
             dlq=self._name("events.dlq"),
             description=f"{family} events, Avro",
@@ -159,7 +197,8 @@ class Catalog:
         return {spec.name: spec.family for spec in self.event_topics() if spec.family}
 
     def __iter__(self) -> Iterator[TopicSpec]:
-        """Every topic: the event topics, the dead letters, the changelog."""
+        """Every topic: the event topics, the dead letters, the changelog, the erasures."""
         yield from self.event_topics()
         yield self.dlq
         yield self.changelog
+        yield self.erasures

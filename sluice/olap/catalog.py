@@ -109,6 +109,28 @@ class Table:
         return self.comment
 
 
+# Columns several tables share, word for word (their COMMENT text is part of the DDL).
+COMPANY = Column("company_id", "String", "tenant (company) id")
+CAMPAIGN = Column("campaign_id", "String", "campaign id, unique within the company")
+SEND_DAY = Column("day", "Date", "UTC day of the email_sent event")
+DELIVERED = Column("delivered", "UInt64", "of those, distinct emails with an email_delivered")
+OPENED = Column(
+    "opened_tracked", "UInt64", "of those, distinct emails with at least one tracked open"
+)
+CLICKED = Column(
+    "clicked_tracked", "UInt64", "of those, distinct emails with at least one tracked click"
+)
+REPLIED = Column("replied", "UInt64", "of those, distinct emails with a reply")
+BOUNCED = Column("bounced", "UInt64", "of those, distinct emails that bounced (hard or soft)")
+UNSUBSCRIBED = Column(
+    "unsubscribed", "UInt64", "of those, distinct emails whose lead unsubscribed from it"
+)
+SPAM = Column("spam_complaints", "UInt64", "of those, distinct emails reported as spam")
+BOUNCED_HARD = Column(
+    "bounced_hard", "UInt64", "of those, distinct emails with a hard (permanent) bounce"
+)
+
+
 _TABLES: tuple[Table, ...] = (
     Table(
         name="campaign_analytics",
@@ -117,29 +139,17 @@ _TABLES: tuple[Table, ...] = (
         sources="events.email (every email_* type), attributed to the campaign and UTC day of the winning email_sent; never warm-up",
         key=("company_id", "campaign_id", "day"),
         defs=(
-            Column("company_id", "String", "tenant (company) id"),
-            Column("campaign_id", "String", "campaign id, unique within the company"),
-            Column("day", "Date", "UTC day of the email_sent event"),
+            COMPANY,
+            CAMPAIGN,
+            SEND_DAY,
             Column("sent", "UInt64", "distinct emails sent that day (email_sent)"),
-            Column("delivered", "UInt64", "of those, distinct emails with an email_delivered"),
-            Column(
-                "opened_tracked",
-                "UInt64",
-                "of those, distinct emails with at least one tracked open",
-            ),
-            Column(
-                "clicked_tracked",
-                "UInt64",
-                "of those, distinct emails with at least one tracked click",
-            ),
-            Column("replied", "UInt64", "of those, distinct emails with a reply"),
-            Column("bounced", "UInt64", "of those, distinct emails that bounced (hard or soft)"),
-            Column(
-                "unsubscribed",
-                "UInt64",
-                "of those, distinct emails whose lead unsubscribed from it",
-            ),
-            Column("spam_complaints", "UInt64", "of those, distinct emails reported as spam"),
+            DELIVERED,
+            OPENED,
+            CLICKED,
+            REPLIED,
+            BOUNCED,
+            UNSUBSCRIBED,
+            SPAM,
         ),
         partition_by="toYYYYMM(day)",
         comment="Per campaign per UTC send day email outcomes (distinct emails, the spec's ETL); aggregate, customer-facing analytics",
@@ -152,39 +162,25 @@ _TABLES: tuple[Table, ...] = (
         sources="events.email (every email_* type), attributed to the mailbox of email_sent",
         key=("company_id", "mailbox_id", "day"),
         defs=(
-            Column("company_id", "String", "tenant (company) id"),
+            COMPANY,
             Column("mailbox_id", "String", "sending mailbox id (from email_sent)"),
-            Column("day", "Date", "UTC day of the email_sent event"),
+            SEND_DAY,
             Column("sent", "UInt64", "distinct emails this mailbox sent that day (email_sent)"),
-            Column("delivered", "UInt64", "of those, distinct emails with an email_delivered"),
-            Column(
-                "opened_tracked",
-                "UInt64",
-                "of those, distinct emails with at least one tracked open",
-            ),
-            Column(
-                "clicked_tracked",
-                "UInt64",
-                "of those, distinct emails with at least one tracked click",
-            ),
-            Column("replied", "UInt64", "of those, distinct emails with a reply"),
+            DELIVERED,
+            OPENED,
+            CLICKED,
+            REPLIED,
             Column(
                 "bounced",
                 "UInt64",
                 "of those, distinct emails that bounced (hard, soft or unspecified)",
             ),
-            Column(
-                "bounced_hard", "UInt64", "of those, distinct emails with a hard (permanent) bounce"
-            ),
+            BOUNCED_HARD,
             Column(
                 "bounced_soft", "UInt64", "of those, distinct emails with a soft (transient) bounce"
             ),
-            Column(
-                "unsubscribed",
-                "UInt64",
-                "of those, distinct emails whose lead unsubscribed from it",
-            ),
-            Column("spam_complaints", "UInt64", "of those, distinct emails reported as spam"),
+            UNSUBSCRIBED,
+            SPAM,
         ),
         partition_by="toYYYYMM(day)",
         comment="Per mailbox per UTC send day email outcomes (distinct emails); aggregate, customer-facing analytics",
@@ -196,34 +192,22 @@ _TABLES: tuple[Table, ...] = (
         sources="events.email; only emails whose email_sent carries a sequence_step_id (the others count in campaign_analytics only)",
         key=("company_id", "campaign_id", "sequence_step_id", "day"),
         defs=(
-            Column("company_id", "String", "tenant (company) id"),
-            Column("campaign_id", "String", "campaign id, unique within the company"),
+            COMPANY,
+            CAMPAIGN,
             Column(
                 "sequence_step_id",
                 "String",
                 "sequence step that produced the emails (from email_sent)",
             ),
-            Column("day", "Date", "UTC day of the email_sent event"),
+            SEND_DAY,
             Column("sent", "UInt64", "distinct emails of this step sent that day (email_sent)"),
-            Column("delivered", "UInt64", "of those, distinct emails with an email_delivered"),
-            Column(
-                "opened_tracked",
-                "UInt64",
-                "of those, distinct emails with at least one tracked open",
-            ),
-            Column(
-                "clicked_tracked",
-                "UInt64",
-                "of those, distinct emails with at least one tracked click",
-            ),
-            Column("replied", "UInt64", "of those, distinct emails with a reply"),
-            Column("bounced", "UInt64", "of those, distinct emails that bounced (hard or soft)"),
-            Column(
-                "unsubscribed",
-                "UInt64",
-                "of those, distinct emails whose lead unsubscribed from it",
-            ),
-            Column("spam_complaints", "UInt64", "of those, distinct emails reported as spam"),
+            DELIVERED,
+            OPENED,
+            CLICKED,
+            REPLIED,
+            BOUNCED,
+            UNSUBSCRIBED,
+            SPAM,
         ),
         partition_by="toYYYYMM(day)",
         comment="Per campaign sequence step per UTC send day email outcomes (distinct emails); aggregate analytics",
@@ -235,25 +219,15 @@ _TABLES: tuple[Table, ...] = (
         sources="events.email, attributed to the lead of email_sent; the latest state is a pure function of the lead's emails (order-independent, so exact under replay)",
         key=("company_id", "lead_id"),
         defs=(
-            Column("company_id", "String", "tenant (company) id"),
+            COMPANY,
             Column("lead_id", "String", "lead (recipient contact) id"),
             Column("emails_sent", "UInt64", "distinct emails sent to this lead (email_sent)"),
-            Column("delivered", "UInt64", "of those, distinct emails with an email_delivered"),
-            Column(
-                "opened_tracked",
-                "UInt64",
-                "of those, distinct emails with at least one tracked open",
-            ),
-            Column(
-                "clicked_tracked",
-                "UInt64",
-                "of those, distinct emails with at least one tracked click",
-            ),
+            DELIVERED,
+            OPENED,
+            CLICKED,
             Column("replied", "UInt64", "of those, distinct emails the lead replied to"),
-            Column("bounced", "UInt64", "of those, distinct emails that bounced (hard or soft)"),
-            Column(
-                "bounced_hard", "UInt64", "of those, distinct emails with a hard (permanent) bounce"
-            ),
+            BOUNCED,
+            BOUNCED_HARD,
             Column(
                 "unsubscribed", "UInt64", "of those, distinct emails the lead unsubscribed from"
             ),
@@ -286,7 +260,7 @@ _TABLES: tuple[Table, ...] = (
         sources="events.warmup (warmup_email_sent, warmup_email_landed, warmup_email_replied), distinct warm-up email ids whose winning warmup_email_sent falls on the day; placement is the first landing",
         key=("company_id", "mailbox_id", "day"),
         defs=(
-            Column("company_id", "String", "tenant (company) id"),
+            COMPANY,
             Column("mailbox_id", "String", "mailbox being warmed up (from warmup_email_sent)"),
             Column("day", "Date", "UTC day of the warmup_email_sent event"),
             Column("warmup_sent", "UInt64", "distinct warm-up emails sent that day"),
@@ -321,7 +295,7 @@ _TABLES: tuple[Table, ...] = (
         sources="events.email (email_sent, by the winning send's month) and events.business (signup, upgrade, downgrade, churn: distinct event ids); warm-up is not billable",
         key=("company_id", "month"),
         defs=(
-            Column("company_id", "String", "tenant (company) id"),
+            COMPANY,
             Column("month", "Date", "first day of the UTC calendar month"),
             Column(
                 "billable_sends",

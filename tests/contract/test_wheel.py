@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-PRODUCT = ("sluice/", "streams/", "topics/", "sinks/", "avro_schemas/")
+PRODUCT = ("topics/", "avro_schemas/", "sluice/", "sinks/", "streams/", "cli/")
 HEAVY = ("faust", "rocksdict", "chdb", "clickhouse", "pandas", "pyarrow", "aiokafka", "posthog")
 
 

@@ -4,6 +4,7 @@ leaves for PostHog or OTLP, and no worker log line, carries a clear-text email o
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import time
@@ -118,6 +119,7 @@ def test_every_routed_event_arrives_exactly_where_the_table_says(kafka_bootstrap
     with HttpReceiver() as rx, Rsyslog(tmp_path / "rsyslog") as rs:
         rx.faults = [Fault(500), Fault(429, {"Retry-After": "1"})]
         rx.poison = {poison["event_id"]}
+        rx.otlp_partial = [(1, "one point refused (test)")]  # the first OTLP reply
         dep = RoutedDeployment(
             kafka_bootstrap,
             tmp_path,
@@ -142,6 +144,9 @@ def test_every_routed_event_arrives_exactly_where_the_table_says(kafka_bootstrap
             metrics_url = f"http://127.0.0.1:{dep.web_port}/metrics"
             with urllib.request.urlopen(metrics_url, timeout=10) as r:
                 metrics = r.read().decode()
+            status_url = f"http://127.0.0.1:{dep.web_port}/sluice/status/"
+            with urllib.request.urlopen(status_url, timeout=10) as r:
+                status = json.loads(r.read())
             assert dep.stop_worker(signal.SIGTERM) == 0, dep.log_tail()
         finally:
             if dep.worker is not None:  # a failed wait: never leave a worker behind
@@ -160,8 +165,12 @@ def test_every_routed_event_arrives_exactly_where_the_table_says(kafka_bootstrap
     assert set(hec) == by_sink[SIEM]
     assert set(syslog) == by_sink[SIEM]
     # Observability: the infra events became metrics (3 latencies, 3 alerts)
-    assert sum(v for _, v in points["infra.latency"]) == 3
-    assert sum(v for _, v in points["infra.alerts"]) == 3
+    assert sum(v for _, v in points["sluice.infra.latency"]) == 3
+    assert sum(v for _, v in points["sluice.infra.alerts"]) == 3
+    # the backend's partial success: counted, and in the worker's status with its message
+    assert 'sluice_sink_rejected_points_total{sink="observability"} 1.0' in metrics
+    partial = status["sinks"]["partial_success"]["observability"]
+    assert partial["rejected_points"] == 1 and partial["last_message"] == "one point refused (test)"
     # nowhere else: an event id shows up only in the bodies of its own sinks
     for body in http_bodies:
         text = body.decode("utf-8", "replace")

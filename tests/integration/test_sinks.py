@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from sinks.base import BatchLimits, Envelope, RetryPolicy
-from sinks.observability import ObservabilitySink
+from sinks.observability import ATTRIBUTE_KEYS, ObservabilitySink
 from sinks.pii import Pseudonymizer
 from sinks.posthog import PostHogSink
 from sinks.sampling import Sampler
@@ -261,38 +261,25 @@ def test_observability_exports_otlp_metrics_with_bounded_attributes():
         points = rx.otlp_points()
         bodies = rx.bodies
     assert rejected == []
-    assert points["infra.latency"] == [({"service": "api"}, 200.0)]  # 200 samples, no node label
-    pool = dict(
-        (m, v)
-        for m in (
-            "infra.pool.size",
-            "infra.pool.in_use",
-            "infra.pool.queue_depth",
-            "infra.pool.utilization",
-        )
-        for _, v in points[m]
-    )
-    assert pool == {
-        "infra.pool.size": 20,
-        "infra.pool.in_use": 15,
-        "infra.pool.queue_depth": 4,
-        "infra.pool.utilization": 0.75,
-    }
-    assert points["infra.error_rate"][0][1] == pytest.approx(0.05)
-    assert points["query.duration"] == [({"query_kind": "dashboard"}, 1.0)]
-    assert points["infra.alerts"] == [({"service": "api", "severity": "critical"}, 1.0)]
-    services = {a["service"] for a, _ in points["infra.health_checks"]}
+    api = {"sluice.service.name": "api"}
+    pg = {**api, "db.client.connection.pool.name": "pg"}
+    # 200 samples, no node attribute
+    assert points["sluice.infra.latency"] == [(api, 200.0)]
+    assert points["db.client.connection.count"] == [
+        ({**pg, "db.client.connection.state": "used"}, 15)
+    ]
+    assert points["db.client.connection.max"] == [(pg, 20)]
+    assert points["db.client.connection.pending_requests"] == [(pg, 4)]
+    assert points["sluice.infra.error_rate"][0][1] == pytest.approx(0.05)
+    assert points["db.client.operation.duration"] == [
+        ({**api, "sluice.query.kind": "dashboard", "db.system.name": "other_sql"}, 1.0)
+    ]
+    assert points["sluice.infra.alerts"] == [({**api, "sluice.alert.severity": "critical"}, 1.0)]
+    services = {a["sluice.service.name"] for a, _ in points["sluice.infra.health_checks"]}
     assert len(services) <= 65 and "other" in services  # cardinality capped
     for name, series in points.items():
         for attrs, _ in series:
-            assert set(attrs) <= {
-                "service",
-                "pool",
-                "severity",
-                "status",
-                "query_kind",
-                "percentile",
-            }, name
+            assert set(attrs) <= ATTRIBUTE_KEYS, name
     assert_no_pii(bodies)
 
 

@@ -501,7 +501,7 @@ def test_report_exit_code_and_summary(errors, warnings, strict, code, summary):
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "sluice.cli", "olap", "lint", *args],
+        [sys.executable, "-m", "cli", "olap", "lint", *args],
         capture_output=True,
         text=True,
         timeout=60,

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from avro_schemas import SCHEMA_DIR
 from avro_schemas.evolution import Problem, check_tree
-from sluice.cli.schemas import app
+from cli.schemas import app
 from topics.taxonomy import FAMILIES
 
 Change = Callable[[dict[str, Any]], None]

@@ -19,14 +19,18 @@ import sys
 import time
 import zlib
 from collections import defaultdict
+from functools import partial
 from pathlib import Path
 
 import orjson
 import pytest
 
 from dev.workload import mixed_workload
+from sluice.privacy import Erasure, Registry, lead_ref
 from streams.engine import DAY_MS, Engine, default_components, state_schema
+from streams.erasure import ERASING, LeadKeys
 from streams.restore import Restored, restore_now
+from streams.rollups import LEAD
 from streams.store import MARKER_KEY, Changelog, Identity, StateStore
 from topics.taxonomy import family_of
 
@@ -35,6 +39,7 @@ PARTITIONS = 3
 TENANTS = ("globex:eu", "wayne", "acme", "initech", "wonka", "stark")
 RETENTION_MS = 7 * DAY_MS
 REPO = Path(__file__).resolve().parents[2]
+LEAD_SLOT = LEAD
 
 
 def identity(**changes) -> Identity:
@@ -57,9 +62,14 @@ class Cluster:
         self.committed = 0  # events covered by the last successful checkpoint
         self.low: dict[int, int] = defaultdict(int)
 
-    def engine(self, root: Path, memory_items: int = 300, **ident) -> Engine:
+    def engine(
+        self, root: Path, memory_items: int = 300, registry: Registry | None = None, **ident
+    ) -> Engine:
         store = StateStore.for_app(root, identity(**ident), memory_items)
-        return Engine(default_components, store)
+        if registry is None:
+            return Engine(default_components, store)
+        components = partial(default_components, registry=registry, lead_keys=True)
+        return Engine(components, store, registry=registry)
 
     def info(self, partition: int, retention_ms: int = RETENTION_MS) -> Changelog:
         return Changelog(self.low[partition], len(self.log[partition]), retention_ms)
@@ -307,6 +317,85 @@ def test_a_changelog_tombstone_after_the_marker_deletes_from_a_reused_store(tmp_
     assert cluster.tables() == fresh
     again.close()
     rebuilt.close()
+
+
+def _email_events() -> list[dict]:
+    return [
+        e
+        for e in mixed_workload(emails=200, seed=31, tenants=TENANTS).events
+        if family_of(e["event_type"]) == "email"
+    ]
+
+
+def _a_lead(engine: Engine) -> tuple[int, str, str]:
+    """A (partition, tenant, lead) with sent emails in the engine's state."""
+    for p, ps in sorted(engine.partitions.items()):
+        for (tenant, _), state in ps.email.states.items():
+            if state[LEAD_SLOT] is not None:
+                return p, tenant, state[LEAD_SLOT]
+    raise AssertionError("no lead")
+
+
+def _lead_keys(engine: Engine, p: int) -> LeadKeys:
+    keys = engine.partitions[p].by_tag[LeadKeys.tag]
+    assert isinstance(keys, LeadKeys)
+    return keys
+
+
+def test_a_reused_store_is_scrubbed_of_leads_erased_after_its_image(tmp_path):
+    """The registry names a lead erased after the image was written, and the changelog
+    says nothing of it (its worker stopped before it learnt of the erasure): the reopened
+    store forgets the lead before its partition reads an event, writes that to the
+    changelog, and remembers it did (a second restart scrubs nothing again)."""
+    events = _email_events()
+    cluster = Cluster(events)
+    engine = cluster.engine(tmp_path, registry=Registry())
+    cluster.start(engine)
+    cluster.apply(engine, 0, len(events))
+    cluster.checkpoint(engine, len(events))
+    p, tenant, lead = _a_lead(engine)
+    assert engine.partitions[p].email.holds(tenant, lead)
+    assert _lead_keys(engine, p).secret(tenant, lead) is not None
+    engine.close()
+
+    registry = Registry([Erasure(tenant, lead_ref(tenant, lead), "ev", 0)])
+    again = cluster.engine(tmp_path, registry=registry)
+    restored = cluster.start(again)
+    assert restored[p].mode == "reused" and restored[p].entries == 0
+    assert again.partitions[p].email.holds(tenant, lead) == {}
+    keys = _lead_keys(again, p)
+    assert keys.secret(tenant, lead) is None
+    assert keys.keys[(tenant, lead)][1] == ERASING and (tenant, lead) in keys.erasing
+    ckpt = cluster.checkpoint(again, len(events))
+    scrubbed = [v for q, k, v in ckpt.changelog if q == p and not k.startswith('["\\u0000')]
+    assert scrubbed and all(v[1 + LEAD_SLOT] is None for v in scrubbed)
+    assert (tenant, lead_ref(tenant, lead)) in again.partitions[p].erased_here
+    again.close()
+
+    third = cluster.engine(tmp_path, registry=registry)
+    cluster.start(third)
+    assert third.partitions[p].email.holds(tenant, lead) == {}
+    assert third.partitions[p].email.dirty_states == set(), "scrubbed once, not again"
+    assert (tenant, lead) in _lead_keys(third, p).erasing, "still to be asked about"
+    third.close()
+
+
+def test_a_destroyed_lead_key_after_the_marker_goes_from_a_reused_store(tmp_path):
+    events = _email_events()
+    cluster = Cluster(events)
+    engine = cluster.engine(tmp_path, registry=Registry())
+    cluster.start(engine)
+    cluster.apply(engine, 0, len(events))
+    cluster.checkpoint(engine, len(events))
+    p, tenant, lead = _a_lead(engine)
+    engine.close()
+    # another worker erased the lead and destroyed its secret: a tombstone
+    cluster.log[p].append((json.dumps([LeadKeys.tag, tenant, lead_ref(tenant, lead)]), None))
+    again = cluster.engine(tmp_path, registry=Registry())
+    restored = cluster.start(again)
+    assert restored[p].mode == "reused" and restored[p].entries == 1
+    assert (tenant, lead) not in _lead_keys(again, p).keys
+    again.close()
 
 
 # ------------------------------------------------------------------- rebuild reasons

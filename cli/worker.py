@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from sluice.cli.common import fail, needs, settings
+from cli.common import fail, needs, settings
 
 
 def worker(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from sluice.cli.common import KafkaClientErrors, fail, out, settings
+from cli.common import KafkaClientErrors, fail, out, settings
 
 app = typer.Typer(help="Kafka topics of the catalog.", no_args_is_help=True)
 
@@ -22,7 +22,7 @@ def create() -> None:
     errors = KafkaClientErrors()
     admin = AdminClient(errors.config(s))
     try:
-        existing = set(admin.list_topics(timeout=15).topics)
+        existing = set(admin.list_topics(timeout=s.kafka_timeout_s).topics)
     except Exception as exc:
         raise fail(
             f"cannot reach Kafka at {s.kafka_bootstrap_servers}: {errors.describe(exc)}"

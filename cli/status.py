@@ -8,7 +8,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from sluice.cli.common import (
+from cli.common import (
     KafkaClientErrors,
     WorkerUnreachable,
     call_worker,
@@ -36,7 +36,7 @@ def status(fmt: str = typer.Option("table", "--format", help="table or json")) -
     errors = KafkaClientErrors()
     try:
         topics = list(Catalog.from_settings(s).families())
-        lag = group_lag(errors.config(s), s.sluice_app_id, topics)
+        lag = group_lag(errors.config(s), s.sluice_app_id, topics, timeout=s.kafka_timeout_s)
         kafka_error = None
     except Exception as exc:
         lag, kafka_error = (
@@ -122,6 +122,14 @@ def _print_status(
         summary.add_row(
             f"partition {p} state",
             f"{r['mode']}{why}: {r['entries']:,} changelog entries in {r['seconds']:.1f} s",
+        )
+    erasure = worker.get("erasure") or {}
+    if erasure.get("erased_leads"):
+        summary.add_row(
+            "erased leads (docs/erasure.md)",
+            f"{erasure['erased_leads']:,}; OLAP purges pending "
+            f"{erasure.get('olap_purges_pending', 0)}, keys being erased "
+            f"{erasure.get('lead_keys_erasing', 0)}",
         )
     late = worker.get("late_events") or {}
     if late:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from sluice.cli.common import KafkaClientErrors, err, fail, out, settings
+from cli.common import KafkaClientErrors, err, fail, out, settings
 
 
 def produce(

@@ -10,7 +10,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from sluice.cli.common import (
+from cli.common import (
     WorkerUnreachable,
     call_worker,
     chdb_hint,
@@ -90,9 +90,17 @@ def read(s: Any, sql: str) -> tuple[list[str], list]:
         else:
             return body["columns"], body["rows"]
     from sluice.olap import OlapError
+    from sluice.olap.reader import ReadRefused, open_reader
 
+    quiet_clickhouse()
     try:
-        return _store(s).query(sql)
+        reader = open_reader(s)  # checked and bounded, on any URL
+        try:
+            return reader.query(sql)
+        finally:
+            reader.close()
+    except ReadRefused as exc:
+        raise fail(str(exc)) from None
     except OlapError as exc:
         raise fail(chdb_hint(str(exc))) from None
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from sluice.cli.common import out, settings
-from sluice.cli.olap import read
+from cli.common import out, settings
+from cli.olap import read
 
 app = typer.Typer(help="The compliance audit log.", no_args_is_help=True)
 

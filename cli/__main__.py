@@ -1,0 +1,5 @@
+"""``python -m cli``: the ``sluice`` command."""
+
+from cli import main
+
+main()
