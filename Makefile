@@ -38,7 +38,7 @@ run: topics migrate demo        ## everything: broker, topics, tables, demo traf
 	$(BIN)/sluice worker
 
 test: setup                     ## the whole test suite (starts its own broker if none is set)
-	$(BIN)/pytest -q tests
+	$(BIN)/pytest -q -n 2 --dist loadfile tests
 
 lint: setup
 	$(BIN)/ruff check .

@@ -43,7 +43,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import fastavro
 import fastavro.validation
@@ -719,11 +719,14 @@ def topic_subjects(catalog: Catalog) -> Callable[[str], str]:
     return lambda family: f"{catalog.for_family(family).name}-value"
 
 
-class CodecSettings(TopicSettings):
+class CodecSettings(TopicSettings, Protocol):
     """What the codec reads from settings (duck-typed: this package imports no settings)."""
 
-    sluice_schema_dir: str | None
-    schema_registry_url: str | None
+    @property
+    def sluice_schema_dir(self) -> str | None: ...
+
+    @property
+    def schema_registry_url(self) -> str | None: ...
 
 
 class Codec:

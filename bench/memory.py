@@ -29,11 +29,12 @@ TENANTS = tuple(f"mem-tenant-{i}" for i in range(64))
 CHUNK = 50_000
 
 
-def emails(n: int, seed: int = 1) -> Iterator[dict[str, Any]]:
-    """``email_sent`` then ``email_delivered`` for each of ``n`` emails (2·n events)."""
+def emails(n: int, seed: int = 1, first: int = 0) -> Iterator[dict[str, Any]]:
+    """``email_sent`` then ``email_delivered`` for each of ``n`` emails (2·n events),
+    numbered from ``first``."""
     rng = random.Random(seed)
     t0 = int(START.timestamp() * 1000)
-    for i in range(n):
+    for i in range(first, first + n):
         campaign = f"mem-c-{i % 1000}"
         common = {
             "tenant_id": TENANTS[i % len(TENANTS)],

@@ -28,6 +28,8 @@ Three more measurements, each on topics of its own, on request:
 * ``--skew``     — one tenant sends half of all email: per-worker shares and throughput
   for 1, 2 and 4 workers, email key against tenant key (:mod:`bench.skew`);
   ``--only none --skew`` runs it alone.
+* ``--restore``  — restarts (SIGTERM, kill -9), a lost local store and a scale-out at N
+  emails of state (:mod:`bench.restore`). ``--only none --restore`` runs it alone.
 """
 
 from __future__ import annotations
@@ -195,8 +197,12 @@ def run_extras(
     seed: int,
     state_env: dict[str, str] | None = None,
     memory_restart: bool = False,
+    restore: bool = False,
+    restore_sizes: list[int] | None = None,
+    restore_partitions: int = 6,
 ) -> dict[str, dict[str, Any]]:
-    """The latency, scaling and memory measurements asked for, one after the other."""
+    """The latency, scaling, memory and restore measurements asked for, one after the
+    other."""
     extras: dict[str, dict[str, Any]] = {}
     if latency:
         from bench import latency as bench_latency
@@ -228,6 +234,16 @@ def run_extras(
             "memory", lambda: bench_memory.run(ctx, sizes, state_env, memory_restart)
         )
         print_memory(extras["memory"])
+    if restore:
+        from bench import restore as bench_restore
+
+        extras["restore"] = _extra(
+            "restore",
+            lambda: bench_restore.run(
+                ctx, restore_sizes or [1_000_000], restore_partitions, state_env
+            ),
+        )
+        print_restore(extras["restore"])
     return extras
 
 
@@ -341,6 +357,32 @@ def print_skew(sk: dict[str, Any]) -> None:
             )
 
 
+def print_restore(rs: dict[str, Any]) -> None:
+    for s in rs.get("steps", []):
+        if not s.get("ok"):
+            console.print(f"  {s['emails']:,} emails: [red]FAILED[/red] {s.get('problems')}")
+            continue
+        cold = s["rebuild"]
+        console.print(
+            f"  {s['emails']:,} emails, {s['partitions']} partitions: cold start (store lost, "
+            f"full rebuild) {cold['to_lag0_seconds']:,} s to lag 0, "
+            f"{cold.get('rebuild_entries_per_s') or 0:,} entries/s, peak RSS "
+            f"{cold['peak_rss_bytes'] / 2**20:,.0f} MiB = {cold['peak_over_steady']:.2f}x steady"
+        )
+        for key, what in (
+            ("sigterm", "SIGTERM → restart"),
+            ("kill9", "kill -9 → restart"),
+            ("third_worker", "a third worker joins"),
+        ):
+            f = s[key]
+            console.print(
+                f"    {what}: {f['to_lag0_seconds']:,} s to lag 0 "
+                f"({s['ratios_to_cold_start'][key]:.3f}x the cold start), "
+                f"{f['changelog_entries_joined']:,} changelog entries joined, {f['modes']}"
+            )
+        console.print(f"    state on disk: {s['disk']['bytes_per_email']:,} bytes per email")
+
+
 def _result_path(directory: Path, now: datetime) -> Path:
     path = directory / f"{now:%Y-%m-%d}.json"
     if path.exists():  # a second run that day keeps the first
@@ -397,6 +439,15 @@ def main(
     skew_events: int | None = typer.Option(
         None, help="Skew: events of its workload (default: --events)."
     ),
+    restore: bool = typer.Option(
+        False,
+        "--restore",
+        help="Restarts, kill -9, a lost store and a scale-out at N emails of state (long).",
+    ),
+    restore_emails: str = typer.Option(
+        "1000000", help="Restore: comma-separated numbers of emails."
+    ),
+    restore_partitions: int = typer.Option(6, help="Restore: partitions of its topics."),
 ) -> None:
     """Run the contenders over one workload and compare them."""
     signal.signal(signal.SIGTERM, _interrupt)  # clean up the contenders' processes
@@ -508,6 +559,9 @@ def main(
             seed,
             state_env,
             memory_restart,
+            restore,
+            [int(x) for x in restore_emails.replace("_", "").split(",") if x.strip()],
+            restore_partitions,
         )
         if skew:
             from bench import skew as bench_skew

@@ -10,16 +10,28 @@ dependencies.
 from __future__ import annotations
 
 import sys
+from typing import Any, cast
 
 import typer
 
-from cli import audit, backfill, dlq, olap, produce, schemas, status, topics, worker
+from cli import (
+    audit,
+    backfill,
+    dlq,
+    olap,
+    privacy,
+    produce,
+    schemas,
+    status,
+    topics,
+    worker,
+)
 from cli.common import err, out
 
 # click's exception classes through typer's public names (typer >= 0.20 vendors click in a
 # private module; BadParameter derives from UsageError, which derives from ClickException)
-UsageError = typer.BadParameter.__base__
-ClickException = UsageError.__base__
+UsageError = cast("type[Any]", typer.BadParameter.__base__)
+ClickException = cast("type[Any]", UsageError.__base__)
 
 app = typer.Typer(
     help="Sluice: route taxonomy-typed Avro events and keep a lean ClickHouse OLAP.",
@@ -35,6 +47,7 @@ app.add_typer(olap.app, name="olap")
 app.add_typer(schemas.app, name="schemas")
 app.add_typer(audit.app, name="audit")
 app.add_typer(dlq.app, name="dlq")
+app.add_typer(privacy.app, name="privacy")
 
 
 def main() -> None:

@@ -68,14 +68,16 @@ def backfill(
 
     errors = KafkaClientErrors()
     conf = errors.config(s)
+    catalog = Catalog.from_settings(s)
     try:
-        sources = bf.plan(conf, Catalog.from_settings(s).families())
+        sources = bf.plan(conf, catalog.families(), s.kafka_timeout_s)
     except bf.BackfillError as exc:
         raise fail(errors.first or str(exc)) from None
     if not sources:
         raise fail("no events retained in the event topics (run `sluice topics list`)")
+    registry = _erasures(conf, catalog.erasures.name, errors, s.kafka_timeout_s)
 
-    write, target = (_dry_run, "nothing (dry run)") if dry_run else _writer(s)
+    write, target, client = (_dry_run, "nothing (dry run)", None) if dry_run else _writer(s)
     total = sum(src.high - src.low for src in sources)
     codec = Codec(settings=s)
     try:
@@ -96,11 +98,13 @@ def backfill(
                 write,
                 codec.decode,
                 on_progress=lambda n: progress.advance(task, n),
-                engine_factory=lambda: Engine.for_settings(s),
+                engine_factory=lambda: Engine.for_settings(s, registry),
                 catalog=Catalog.from_settings(s),
             )
     except bf.BackfillError as exc:
         raise fail(str(exc)) from None
+    if client is not None:
+        _purge_erased(s, client, conf, catalog.erasures.name, errors)
 
     table = Table(title=f"backfill {window.start} .. {window.end or 'now'} → {target}")
     table.add_column("table")
@@ -128,7 +132,39 @@ def _dry_run(table: str, columns: list[str], rows: list[list]) -> None:
     return None
 
 
-def _writer(s: Any) -> tuple[Any, str]:
+def _erasures(conf: dict, topic: str, errors: KafkaClientErrors, timeout: float = 30.0) -> Any:
+    """The erased leads, read whole: their rows are never recomputed (docs/erasure.md)."""
+    from sluice.privacy import read_registry
+
+    try:
+        registry, _ = read_registry(conf, topic, timeout=timeout)
+    except Exception as exc:
+        raise fail(f"cannot read the erasure registry: {errors.describe(exc)}") from None
+    return registry
+
+
+def _purge_erased(s: Any, client: Any, conf: dict, topic: str, errors: KafkaClientErrors) -> None:
+    """Rows written directly: a lead erased while the backfill ran may have had its rows
+    written after the workers purged them, so purge again (through a running worker,
+    its rows endpoint filters instead)."""
+    from sluice.olap import OlapError
+    from sluice.olap.erasure import purge
+
+    registry = _erasures(conf, topic, errors, s.kafka_timeout_s)
+    if not len(registry):
+        return
+    refs: dict[str, set[str]] = {}
+    for entry in registry:
+        refs.setdefault(entry.tenant, set()).add(entry.ref)
+    try:
+        deleted = purge(client, refs, cluster=s.clickhouse_cluster)
+    except OlapError as exc:
+        raise fail(f"purging erased leads' rows after the backfill: {exc}") from None
+    if deleted:
+        err.print(f"purged {deleted} row(s) of leads erased meanwhile", highlight=False)
+
+
+def _writer(s: Any) -> tuple[Any, str, Any]:
     """Write to the running worker when it owns an embedded store, else directly."""
     from sluice.olap import OlapError, open_store
     from sluice.settings import ROWS_PATH, STATUS_PATH, redact_url
@@ -147,7 +183,7 @@ def _writer(s: Any) -> tuple[Any, str]:
                 except WorkerUnreachable as exc:
                     raise bf.BackfillError(f"writing {table} via the worker: {exc}") from None
 
-            return via_worker, f"the worker at {s.worker_url('')}"
+            return via_worker, f"the worker at {s.worker_url('')}", None
     quiet_clickhouse()
     try:
         client = open_store(s)
@@ -160,4 +196,4 @@ def _writer(s: Any) -> tuple[Any, str]:
         except OlapError as exc:
             raise bf.BackfillError(str(exc)) from None
 
-    return direct, redact_url(s.clickhouse_url)
+    return direct, redact_url(s.clickhouse_url), client

@@ -21,8 +21,8 @@ from rich.markup import escape
 if TYPE_CHECKING:
     from sluice.settings import Settings
 
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)  # a line stays one line, whatever the width
+err = Console(stderr=True, soft_wrap=True)
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
@@ -110,8 +110,13 @@ def call_worker(s: Settings, path: str, body: bytes | None = None, timeout: floa
     token = s.api_token()
     if token:
         request.add_header("Authorization", f"Bearer {token}")
+    context = None
+    if request.full_url.startswith("https://"):
+        import ssl
+
+        context = ssl.create_default_context(cafile=s.sluice_web_tls_ca_file)
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
             return json.load(response)
     except urllib.error.HTTPError as exc:
         try:

@@ -19,12 +19,29 @@ def _dead_letters(s: Any) -> list:
 
     errors = KafkaClientErrors()
     try:
-        return read_dead_letters(errors.config(s), Catalog.from_settings(s).dlq.name)
+        return read_dead_letters(
+            errors.config(s), Catalog.from_settings(s).dlq.name, timeout=s.kafka_timeout_s
+        )
     except Exception as exc:
         raise fail(
             f"cannot read the dead letters from Kafka at {s.kafka_bootstrap_servers}: "
             f"{errors.describe(exc)}"
         ) from None
+
+
+def _registry(s: Any) -> Any:
+    """The erased leads: their dead letters are never replayed (docs/erasure.md)."""
+    from sluice.privacy import read_registry
+    from topics.catalog import Catalog
+
+    errors = KafkaClientErrors()
+    try:
+        registry, _ = read_registry(
+            errors.config(s), Catalog.from_settings(s).erasures.name, timeout=s.kafka_timeout_s
+        )
+    except Exception as exc:
+        raise fail(f"cannot read the erasure registry: {errors.describe(exc)}") from None
+    return registry
 
 
 @app.command("list")
@@ -70,6 +87,7 @@ def replay(
     from collections import Counter
 
     from avro_schemas.codec import Codec, DecodeError
+    from sinks.pii import lead_of
     from sluice.dlq import REPLAYED, WOULD_REPLAY, parse_time, plan_replay
     from sluice.dlq import replay as produce_again
     from topics.catalog import Catalog
@@ -92,7 +110,15 @@ def replay(
             return exc.reason
         return None
 
-    plan = list(plan_replay(letters, decodes, families.get, reason=reason, since_ms=since_ms))
+    registry = _registry(s)
+
+    def erased(value: bytes, family: str) -> bool:
+        event = codec.decode(value, family)
+        return registry.erased(event["tenant_id"], lead_of(event))
+
+    plan = list(
+        plan_replay(letters, decodes, families.get, reason=reason, since_ms=since_ms, erased=erased)
+    )
     outcomes = Counter(outcome for _, outcome in plan)
     chosen = [letter for letter, outcome in plan if outcome == WOULD_REPLAY]
     if chosen and not dry_run:

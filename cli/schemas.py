@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from cli.common import settings
+from cli.common import out, settings
 
 app = typer.Typer(help="Avro schemas of the taxonomy.", no_args_is_help=True)
 
@@ -50,7 +49,7 @@ def check(
             "[green]ok[/]" if not found else f"[red]{len(found)} problem{'s' * (len(found) > 1)}[/]"
         )
         table.add_row(family, ", ".join(f"v{n}" for n in numbers) or "-", status)
-    Console().print(table)
+    out.print(table)
 
     for problem in problems:
         typer.echo(f"error: {problem}", err=True)

@@ -36,7 +36,7 @@ def status(fmt: str = typer.Option("table", "--format", help="table or json")) -
     errors = KafkaClientErrors()
     try:
         topics = list(Catalog.from_settings(s).families())
-        lag = group_lag(errors.config(s), s.sluice_app_id, topics)
+        lag = group_lag(errors.config(s), s.sluice_app_id, topics, timeout=s.kafka_timeout_s)
         kafka_error = None
     except Exception as exc:
         lag, kafka_error = (
@@ -114,6 +114,23 @@ def _print_status(
         )
     elif store:
         summary.add_row("state entries", "all in memory (SLUICE_STATE_STORE=memory)")
+    restore = worker.get("restore") or {}
+    if restore.get("restoring"):
+        summary.add_row("restoring", ", ".join(map(str, restore["restoring"])))
+    for p, r in sorted(restore.get("partitions", {}).items(), key=lambda kv: int(kv[0])):
+        why = f" ({r['reason']})" if r.get("reason") else ""
+        summary.add_row(
+            f"partition {p} state",
+            f"{r['mode']}{why}: {r['entries']:,} changelog entries in {r['seconds']:.1f} s",
+        )
+    erasure = worker.get("erasure") or {}
+    if erasure.get("erased_leads"):
+        summary.add_row(
+            "erased leads (docs/erasure.md)",
+            f"{erasure['erased_leads']:,}; OLAP purges pending "
+            f"{erasure.get('olap_purges_pending', 0)}, keys being erased "
+            f"{erasure.get('lead_keys_erasing', 0)}",
+        )
     late = worker.get("late_events") or {}
     if late:
         summary.add_row(

@@ -33,7 +33,7 @@ def create() -> None:
     errors = KafkaClientErrors()
     admin = AdminClient(errors.config(s))
     try:
-        existing = set(admin.list_topics(timeout=15).topics)
+        existing = set(admin.list_topics(timeout=s.kafka_timeout_s).topics)
     except Exception as exc:
         raise fail(
             f"cannot reach Kafka at {s.kafka_bootstrap_servers}: {errors.describe(exc)}"

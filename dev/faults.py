@@ -13,6 +13,10 @@ no hook and reads no such variable):
   the releases before email-keyed email and warm-up topics did, so a worker (and ``sluice
   produce``) of this process builds state the way an old deployment did: the history that
   ``sluice topics rekey`` migrates (tests/faults/test_rekey.py).
+* ``SLUICE_FAULT_STORE_HOLD_S=<seconds>``: every write of a partition's local store image
+  (:meth:`streams.store.PartitionDB.write`: after the checkpoint's changelog and OLAP
+  rows, before its commit) first waits that long, logging ``fault: image write held``,
+  so a kill -9 can land inside a checkpoint.
 """
 
 from __future__ import annotations
@@ -105,6 +109,27 @@ def legacy_keys() -> None:
     logging.getLogger("sluice").warning("TEST-ONLY legacy keys: every family by tenant_id")
 
 
+@contextlib.contextmanager
+def store_held(seconds: float) -> Iterator[None]:
+    """Every local store image write waits ``seconds`` first (this process)."""
+    from streams.store import PartitionDB
+
+    write = PartitionDB.write
+    log = logging.getLogger("sluice.store")
+
+    def held(self: PartitionDB, *args: Any, **kwargs: Any) -> Any:
+        log.warning("fault: image write held %.1fs (partition %d)", seconds, self.partition)
+        time.sleep(seconds)
+        return write(self, *args, **kwargs)
+
+    PartitionDB.write = held  # type: ignore[method-assign]
+    log.warning("TEST-ONLY store fault injection is on: image writes held %.1fs", seconds)
+    try:
+        yield
+    finally:
+        PartitionDB.write = write  # type: ignore[method-assign]
+
+
 def main() -> None:
     from cli import main as sluice
 
@@ -112,9 +137,12 @@ def main() -> None:
     if os.environ.get(LEGACY_KEYS):
         legacy_keys()
     hooks = FaultHooks()
-    if not hooks.active:
-        sluice()
-    with installed(hooks):
+    hold = float(os.environ.get("SLUICE_FAULT_STORE_HOLD_S") or 0)
+    with contextlib.ExitStack() as stack:
+        if hooks.active:
+            stack.enter_context(installed(hooks))
+        if hold:
+            stack.enter_context(store_held(hold))
         sluice()
 
 

@@ -12,6 +12,12 @@ Three layers, each enough on its own for the fields it knows:
 3. **A last scan** of every string that does leave: anything shaped like an email address
    or an IPv4/IPv6 address is replaced by its pseudonym, whatever the field (a page path
    like ``/leads/ann@example.com`` or a user id that is an email).
+
+What identifies a *lead* (``LEAD``: its id, its emails' ids, its address) is pseudonymized
+under a secret of that lead alone (:func:`lead_pseudonym`), never under the shared key:
+the lead's erasure destroys the secret (:mod:`streams.erasure`), after which nobody can
+recompute the pseudonyms PostHog holds, nor tie them to the lead (docs/erasure.md). Until
+then they are stable, so analysts still count and follow leads.
 """
 
 from __future__ import annotations
@@ -26,26 +32,27 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
-from topics.taxonomy import EVENT_TYPES
+from topics.taxonomy import EVENT_TYPES, LEAD_ERASURE
 
 
 class Treatment(Enum):
     KEEP = "keep"
     HASH = "hash"
     URL_HOST = "url_host"
+    LEAD = "lead"  # a pseudonym under the lead's own secret; removed without one
 
 
-KEEP, HASH, URL_HOST = Treatment.KEEP, Treatment.HASH, Treatment.URL_HOST
+KEEP, HASH, URL_HOST, LEAD = Treatment.KEEP, Treatment.HASH, Treatment.URL_HOST, Treatment.LEAD
 
 # -- allowlists -------------------------------------------------------------------------
 _EMAIL_BASE = {
-    "email_id": KEEP,
+    "email_id": LEAD,  # the tenant's systems could tie an email id to its lead
     "campaign_id": KEEP,
     "mailbox_id": KEEP,
-    "lead_id": KEEP,
+    "lead_id": LEAD,
     "sequence_step_id": KEEP,
     "automated": KEEP,  # machine opens/clicks (security scanners): analysts filter them
-    "recipient_email": HASH,  # distinct recipients, never who
+    "recipient_email": LEAD,  # distinct recipients, never who
 }
 _EMAIL_EXTRA: dict[str, dict[str, Treatment]] = {
     "email_clicked": {"link_url": URL_HOST},
@@ -64,7 +71,8 @@ _ADMIN_UI = {"page": KEEP, "element": KEEP, "session_id": KEEP, "duration_ms": K
 _ADMIN_UI_EXTRA: dict[str, dict[str, Treatment]] = {
     "admin_filter_changed": {"filter_name": KEEP, "filter_value": HASH},  # typed by a person
 }
-_ADMIN_LOW_RISK = {"target_type": KEEP, "target_id": KEEP}  # never before/after/reason/ip
+# never before/after/reason/ip; a target that is a lead: its pseudonym (posthog.to_posthog)
+_ADMIN_LOW_RISK = {"target_type": KEEP, "target_id": KEEP}
 
 
 def _build() -> Mapping[str, Mapping[str, Treatment]]:
@@ -159,6 +167,34 @@ class Pseudonymizer:
         return self(candidate) or "[removed]"
 
 
+LEAD_PREFIX = "l:"
+LEAD_TARGET = "lead"  # an admin action's target_type when it acts on one lead
+
+
+def lead_of(event: Mapping[str, Any]) -> str | None:
+    """The lead an event is about: an email's lead, or the lead an admin action acts on
+    (not an erasure request: it never leaves for product analytics)."""
+    lead = event.get("lead_id")
+    if lead is not None:
+        return lead
+    if event.get("target_type") == LEAD_TARGET and event["event_type"] != LEAD_ERASURE:
+        return event.get("target_id") or None
+    return None
+
+
+def lead_pseudonym(secret: bytes, field: str, value: str) -> str:
+    """The pseudonym of one of a lead's identifiers, under the lead's secret.
+
+    Keyed BLAKE2b with a 128-bit output (a PRF like HMAC, RFC 7693; a third of HMAC-SHA256's
+    cost on the hot path, three per email event). The field is part of the message, so a
+    lead's id and its emails' ids never share a pseudonym; addresses are normalized like
+    :class:`Pseudonymizer` does.
+    """
+    text = value.strip().lower() if field == "recipient_email" else value
+    digest = hashlib.blake2b(f"{field}\x00{text}".encode(), key=secret, digest_size=16)
+    return LEAD_PREFIX + digest.hexdigest()
+
+
 def url_host(value: str) -> str | None:
     """Only the host of a URL (no user info, path, query or fragment)."""
     try:
@@ -169,14 +205,24 @@ def url_host(value: str) -> str | None:
 
 
 def allowed_properties(
-    event: Mapping[str, Any], allow: Mapping[str, Treatment], pseudo: Pseudonymizer
+    event: Mapping[str, Any],
+    allow: Mapping[str, Treatment],
+    pseudo: Pseudonymizer,
+    lead_secret: bytes | None = None,
 ) -> dict[str, Any]:
-    """The event's properties that may leave, treated; ``None`` values are left out."""
+    """The event's properties that may leave, treated; ``None`` values are left out.
+
+    ``lead_secret``: the secret of the lead the event is about (``LEAD`` fields are
+    removed without it)."""
     out: dict[str, Any] = {}
     for name, treatment in allow.items():
         value = event.get(name)
         if value is None:
             continue
+        if treatment is LEAD:
+            if lead_secret is not None:
+                out[name] = lead_pseudonym(lead_secret, name, str(value))
+            continue  # a pseudonym needs no last scan
         if treatment is HASH:
             value = pseudo(str(value))
         elif treatment is URL_HOST:

@@ -40,6 +40,13 @@ PII
     ``distinct_id`` is the user, else ``tenant:<tenant_id>`` with person processing
     off; the tenant is the PostHog group ``tenant``. Sampling (:mod:`sinks.sampling`) is
     recorded in every event as ``sample_rate``.
+Erased leads (docs/erasure.md)
+    A lead's identifiers (``lead_id``, ``email_id``, ``recipient_email``, an admin
+    action's ``target_id`` when its target is a lead) leave as pseudonyms under that
+    lead's own secret (:class:`LeadSecrets`); an event of a lead without one (erased) is
+    not sent at all. With ``POSTHOG_LEAD_PERSONS`` an email event's ``distinct_id`` is
+    the lead's pseudonym, person processing on, so PostHog's person deletion can remove
+    what Sluice sent: :class:`PostHogDeletion` asks it to when the lead is erased.
 """
 
 from __future__ import annotations
@@ -48,10 +55,10 @@ import json
 import math
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 import orjson
@@ -64,7 +71,15 @@ from sinks.base import (
     SinkObserver,
 )
 from sinks.http import in_thread, new_session, post
-from sinks.pii import POSTHOG_PROPERTIES, Pseudonymizer, Treatment, allowed_properties
+from sinks.pii import (
+    LEAD_TARGET,
+    POSTHOG_PROPERTIES,
+    Pseudonymizer,
+    Treatment,
+    allowed_properties,
+    lead_of,
+    lead_pseudonym,
+)
 from sinks.sampling import Sampler, keep
 from sluice import __version__ as SLUICE_VERSION
 
@@ -157,15 +172,37 @@ def iso_ms(epoch_ms: int) -> str:
     return f"{date_part}T{hours:02d}:{minutes:02d}:{seconds:02d}.{milli:03d}+00:00"
 
 
+def lead_distinct_id(secret: bytes, lead: str) -> str:
+    """The lead's PostHog ``distinct_id`` with ``POSTHOG_LEAD_PERSONS`` (= its pseudonym)."""
+    return lead_pseudonym(secret, "lead_id", lead)
+
+
+class LeadSecrets(Protocol):
+    """Where the per-lead secrets live (the worker's state, :mod:`streams.erasure`)."""
+
+    def secret(self, partition: int, tenant: str, lead: str) -> bytes | None:
+        """The lead's secret; None when it has none (erased)."""
+
+
 def to_posthog(
     event: Mapping[str, Any],
     allow: Mapping[str, Treatment],
     pseudo: Pseudonymizer,
     sample_rate: float = 1.0,
+    lead_secret: bytes | None = None,
+    lead_persons: bool = False,
 ) -> dict[str, Any]:
-    """One decoded event → one PostHog batch message (pure)."""
+    """One decoded event → one PostHog batch message (pure).
+
+    ``lead_secret``: the secret of the lead the event is about (without one, the lead's
+    identifiers are left out); ``lead_persons``: an email event's person is its lead."""
     tenant = pseudo.scrub_repeated(event["tenant_id"])
-    props = allowed_properties(event, allow, pseudo)
+    props = allowed_properties(event, allow, pseudo, lead_secret)
+    if event.get("target_type") == LEAD_TARGET and "target_id" in props:  # the lead's id
+        if lead_secret is None:
+            del props["target_id"]
+        else:
+            props["target_id"] = lead_pseudonym(lead_secret, "lead_id", str(event["target_id"]))
     props["tenant_id"] = tenant
     props["source"] = pseudo.scrub_repeated(event["source"])
     props["sample_rate"] = sample_rate
@@ -174,7 +211,9 @@ def to_posthog(
     props["$lib"] = "sluice"
     props["$lib_version"] = SLUICE_VERSION  # the version of $lib, not of PostHog's SDK
     user = event.get("user_id")
-    if user:
+    if lead_persons and lead_secret is not None and event.get("lead_id"):
+        distinct_id = lead_distinct_id(lead_secret, event["lead_id"])
+    elif user:
         distinct_id = pseudo.scrub(user)
     else:
         # No person: a stable per-tenant id, and no person profile created for it.
@@ -204,7 +243,11 @@ class PostHogSink(BatchingSink):
         limits: BatchLimits | None = None,
         policy: RetryPolicy | None = None,
         observer: SinkObserver | None = None,
+        lead_secrets: LeadSecrets | None = None,
+        lead_persons: bool = False,
     ) -> None:
+        """``lead_secrets``: the per-lead secrets (None: a lead's identifiers are left out
+        of every event); ``lead_persons``: see the module docstring."""
         super().__init__(NAME, limits, policy, observer)
         self.api_key = api_key
         self.host = host
@@ -212,6 +255,8 @@ class PostHogSink(BatchingSink):
         self.timeout_s = timeout_s
         self.pseudo = pseudonymizer
         self.sampler = sampler or Sampler()
+        self.lead_secrets = lead_secrets
+        self.lead_persons = lead_persons
         self.url = ingestion_url(host)  # where /batch/ goes (Cloud app hosts mapped)
         self._session = new_session()
 
@@ -226,7 +271,15 @@ class PostHogSink(BatchingSink):
         if not keep(event["event_id"], rate):
             self.observer.skipped(self.name, event_type, "sampled_out")
             return None
-        return to_posthog(event, allow, self.pseudo, rate)
+        secret = None
+        if self.lead_secrets is not None:
+            lead = lead_of(event)
+            if lead is not None:
+                secret = self.lead_secrets.secret(envelope.partition, event["tenant_id"], lead)
+                if secret is None:  # an erased lead: nothing of it leaves any more
+                    self.observer.skipped(self.name, event_type, "erased_lead")
+                    return None
+        return to_posthog(event, allow, self.pseudo, rate, secret, self.lead_persons)
 
     async def send(self, items: list[Any]) -> None:
         await in_thread(self._post, items)
@@ -245,3 +298,50 @@ class PostHogSink(BatchingSink):
             timeout=self.timeout_s,
             gzip=self.gzip,
         )
+
+
+# PostHog Cloud's ingestion hosts → the host of its private API (persons, deletions).
+CLOUD_API: Mapping[str, str] = MappingProxyType(
+    {US_INGESTION: "https://us.posthog.com", EU_INGESTION: "https://eu.posthog.com"}
+)
+
+
+def private_api_host(host: str | None) -> str:
+    """PostHog's private API host for a configured ``POSTHOG_HOST``: Cloud ingests at
+    ``us.i.`` / ``eu.i.posthog.com`` and serves its API at ``us.`` / ``eu.posthog.com``;
+    a self-hosted instance serves both at one address."""
+    base = ingestion_url(host).removesuffix(BATCH_PATH)
+    return CLOUD_API.get(base, base)
+
+
+class PostHogDeletion:
+    """Asks PostHog to delete an erased lead's person and every event Sluice sent for it.
+
+    ``POST /api/projects/<project>/persons/bulk_delete/`` with ``distinct_ids`` and
+    ``delete_events``, authorized by a personal API key with the ``person:write`` scope.
+    PostHog queues the events' deletion (only events captured before the request); the
+    answer says how many persons matched. Blocking: call it from a thread.
+    """
+
+    def __init__(
+        self, personal_api_key: str, project_id: str, api_host: str, timeout_s: float = 10.0
+    ) -> None:
+        self.url = f"{api_host.rstrip('/')}/api/projects/{project_id}/persons/bulk_delete/"
+        self._headers = {
+            **_HEADERS,
+            "Authorization": f"Bearer {personal_api_key}",
+        }
+        self.timeout_s = timeout_s
+        self._session = new_session()
+
+    def delete(self, distinct_ids: Sequence[str]) -> dict[str, Any]:
+        """Request the deletion; the answer as JSON (raises a :mod:`sinks.base` error)."""
+        body = orjson.dumps({"distinct_ids": list(distinct_ids), "delete_events": True})
+        response = post(
+            self._session, self.url, body, headers=self._headers, timeout=self.timeout_s
+        )
+        try:
+            answer = response.json()
+        except ValueError:
+            answer = {}
+        return answer if isinstance(answer, dict) else {}

@@ -11,7 +11,7 @@ import logging
 from sinks.base import BatchLimits, RetryPolicy, Sink, SinkObserver
 from sinks.observability import ObservabilitySink
 from sinks.pii import Pseudonymizer
-from sinks.posthog import PostHogSink
+from sinks.posthog import LeadSecrets, PostHogDeletion, PostHogSink, private_api_host
 from sinks.sampling import Sampler
 from sinks.siem import HecSink, SyslogSink, tls_context
 from sluice.settings import Settings
@@ -29,8 +29,14 @@ def parse_headers(value: str | None) -> dict[str, str]:
     return headers
 
 
-def build_sinks(settings: Settings, observer: SinkObserver | None = None) -> dict[str, list[Sink]]:
-    """Destination name (see :mod:`streams.routing`) → the sinks serving it."""
+def build_sinks(
+    settings: Settings,
+    observer: SinkObserver | None = None,
+    lead_secrets: LeadSecrets | None = None,
+) -> dict[str, list[Sink]]:
+    """Destination name (see :mod:`streams.routing`) → the sinks serving it.
+
+    ``lead_secrets``: the worker's per-lead secrets (PostHog pseudonyms, docs/erasure.md)."""
     s = settings
     policy = RetryPolicy(
         initial_s=s.sink_retry_initial_s,
@@ -63,6 +69,8 @@ def build_sinks(settings: Settings, observer: SinkObserver | None = None) -> dic
                 timeout_s=timeout,
                 policy=policy,
                 observer=observer,
+                lead_secrets=lead_secrets,
+                lead_persons=s.posthog_lead_persons,
             )
         ]
     url = s.otlp_metrics_url()
@@ -113,3 +121,16 @@ def build_sinks(settings: Settings, observer: SinkObserver | None = None) -> dic
     if siem:
         sinks["siem"] = siem
     return sinks
+
+
+def build_deletion(settings: Settings) -> PostHogDeletion | None:
+    """PostHog's person deletion for erased leads, when a personal key and project are set."""
+    s = settings
+    if s.posthog_personal_api_key is None or not s.posthog_project_id:
+        return None
+    return PostHogDeletion(
+        s.posthog_personal_api_key.get_secret_value(),
+        s.posthog_project_id,
+        s.posthog_api_host or private_api_host(s.posthog_host),
+        timeout_s=s.sink_timeout_s,
+    )

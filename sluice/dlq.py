@@ -27,6 +27,7 @@ STILL_FAILING = "still_failing"
 DUPLICATE = "duplicate"
 NO_SOURCE = "no_source_topic"
 FILTERED = "filtered_out"
+ERASED_LEAD = "erased_lead"  # an event of an erased lead: never produced again
 
 
 @dataclass(frozen=True)
@@ -121,14 +122,17 @@ def plan_replay(
     *,
     reason: str | None = None,
     since_ms: int | None = None,
+    erased: Callable[[bytes, str], bool] | None = None,
 ) -> Iterator[tuple[DeadLetter, str]]:
     """Decide each dead letter's outcome.
 
     ``decodes(value, family)`` returns None when the bytes decode now, else the reason
-    they still fail. Outcomes: ``would_replay``, ``still_failing:<reason>``,
-    ``duplicate`` (same source coordinates seen earlier in this run),
-    ``no_source_topic`` (header missing or not an event topic of this deployment),
-    ``filtered_out`` (``--reason`` / ``--since``).
+    they still fail; ``erased(value, family)`` whether bytes that decode are an event of
+    an erased lead (docs/erasure.md). Outcomes: ``would_replay``,
+    ``still_failing:<reason>``, ``erased_lead`` (never produced again: the worker would
+    not count it, but PostHog must not get it either), ``duplicate`` (same source
+    coordinates seen earlier in this run), ``no_source_topic`` (header missing or not an
+    event topic of this deployment), ``filtered_out`` (``--reason`` / ``--since``).
     """
     seen: set[tuple[str | None, str | None, str | None]] = set()
     for letter in letters:
@@ -149,6 +153,9 @@ def plan_replay(
         problem = decodes(letter.value, family)
         if problem is not None:
             yield letter, f"{STILL_FAILING}:{problem}"
+            continue
+        if erased is not None and erased(letter.value, family):
+            yield letter, ERASED_LEAD
             continue
         seen.add(letter.source)
         yield letter, WOULD_REPLAY

@@ -169,6 +169,33 @@ def read_ranges(
         consumer.close()
 
 
+def create_missing(conf: dict[str, Any], specs: Iterable[Any], timeout: float = 30.0) -> list[str]:
+    """Create the topics of ``specs`` (:class:`topics.catalog.TopicSpec`) that do not
+    exist yet, as ``sluice topics create`` would; return their names."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient(conf)
+    existing = set(admin.list_topics(timeout=timeout).topics)
+    wanted = [
+        NewTopic(
+            s.name, num_partitions=s.partitions, replication_factor=-1, config=s.topic_config()
+        )
+        for s in specs
+        if s.name not in existing
+    ]
+    created = []
+    for name, future in (
+        admin.create_topics(wanted, request_timeout=timeout).items() if wanted else []
+    ):
+        try:
+            future.result()
+            created.append(name)
+        except Exception as exc:
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise
+    return created
+
+
 def group_lag(
     conf: dict[str, Any], group: str, topics: list[str], timeout: float = 15.0
 ) -> list[dict[str, Any]]:

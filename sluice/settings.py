@@ -22,6 +22,7 @@ from topics.taxonomy import FAMILY_OF
 STATUS_PATH = "/sluice/status/"
 QUERY_PATH = "/sluice/query/"
 ROWS_PATH = "/sluice/olap/rows/"
+PRIVACY_VERIFY_PATH = "/sluice/privacy/verify/"
 METRICS_PATH = "/metrics"
 
 #: The sinks' names (``sinks/registry.py`` builds them; a unit test keeps the two in step).
@@ -126,6 +127,29 @@ class Settings(BaseSettings):
     )
     posthog_api_key: SecretStr | None = Field(None, description="PostHog project API key.")
     posthog_host: str = Field("https://us.i.posthog.com", description="PostHog host.")
+    posthog_lead_persons: bool = Field(
+        False,
+        description="Send email events under their lead's pseudonym as distinct_id, with "
+        "person processing on, so that erasing the lead can delete them through PostHog's "
+        "person deletion (PostHog then keeps one person per lead). Off: email events stay on "
+        "the tenant without a person, and an erasure relies on unlinkability alone "
+        "(docs/erasure.md).",
+    )
+    posthog_personal_api_key: SecretStr | None = Field(
+        None,
+        description="PostHog personal API key with the person:write scope: with "
+        "POSTHOG_PROJECT_ID, an erased lead's person and events are deleted through "
+        "PostHog's API (with POSTHOG_LEAD_PERSONS), the answer recorded in the erasure "
+        "registry.",
+    )
+    posthog_project_id: str | None = Field(
+        None, description="PostHog project id (the deletion API's /api/projects/<id>/)."
+    )
+    posthog_api_host: str | None = Field(
+        None,
+        description="PostHog private API host for deletions. Unset: POSTHOG_HOST, with Cloud's "
+        "ingestion host mapped to its API host (us.i.posthog.com → us.posthog.com).",
+    )
     # -- sinks (docs/sinks.md). A sink is enabled when its endpoint (and key) is set.
     posthog_batch_max: int = Field(
         1000, gt=0, le=10_000, description="Most events in one PostHog /batch/ request."
@@ -215,10 +239,12 @@ class Settings(BaseSettings):
     )
     sluice_state_store: Literal["rocksdb", "memory"] = Field(
         "rocksdb",
-        description="Where the attribution state lives: 'rocksdb' keeps at most "
-        "SLUICE_STATE_MEMORY_ITEMS entries in memory and the rest in RocksDB under "
-        "SLUICE_DATA_DIR/spill (a cache: the changelog topic stays the durable copy); "
-        "'memory' keeps all of it in memory (no disk, unbounded).",
+        description="Where the state lives: 'rocksdb' in one RocksDB store per partition "
+        "under SLUICE_DATA_DIR/state/<app id>/<partition>, kept across restarts (a restart "
+        "on the same data dir reads only the changelog written after the store's last "
+        "checkpoint), at most SLUICE_STATE_MEMORY_ITEMS entries in memory; 'memory' keeps "
+        "all of it in memory (no disk, unbounded; every start rebuilds it from the "
+        "changelog).",
     )
     sluice_state_memory_items: int = Field(
         1_000_000,
@@ -227,8 +253,24 @@ class Settings(BaseSettings):
         "attribution record, a lead's row, ...; about 0.6 KB each) held in memory; the oldest "
         "go to disk beyond it.",
     )
+    sluice_restore_processes: int | None = Field(
+        None,
+        ge=0,
+        description="With SLUICE_STATE_STORE=rocksdb: how many partitions without a usable "
+        "local store are rebuilt from the changelog at once, each in a process of its own "
+        "(sharing SLUICE_STATE_MEMORY_ITEMS), when they hold more than 200,000 changelog "
+        "entries; smaller ones are rebuilt inside the worker. Unset: one per CPU; 0: always "
+        "inside the worker.",
+    )
     sluice_flush_interval_s: float = Field(
         5.0, gt=0, description="Seconds between checkpoints (OLAP flush + offset commit)."
+    )
+    kafka_timeout_s: float = Field(
+        15.0,
+        gt=0,
+        le=300,
+        description="How long a CLI command waits for Kafka to answer (topics, status, "
+        "dead letters, backfill) before it reports it unreachable.",
     )
     kafka_session_timeout_s: float = Field(
         45.0,
@@ -237,15 +279,49 @@ class Settings(BaseSettings):
         "keeps its partitions before the group hands them to the others (heartbeats every "
         "tenth of it, at most 3 s).",
     )
+    kafka_max_poll_interval_s: float = Field(
+        1000.0,
+        ge=1,
+        description="How long the worker's hot loop may stall (no batch fetched or "
+        "checkpoint retried) before it leaves its consumer group as a stuck member; also the "
+        "time a rebalance waits for members to rejoin.",
+    )
     sluice_app_id: str = Field(
         "sluice", description="Faust app id = Kafka consumer group of the worker."
     )
+    sluice_instance_id: str | None = Field(
+        None,
+        description="Static group membership: a name unique to this worker within "
+        "SLUICE_APP_ID and stable across its restarts (a StatefulSet pod name, a host name). "
+        "A worker restarted within KAFKA_SESSION_TIMEOUT_S then gets its partitions back "
+        "at once, without a rebalance; but it never leaves the group on shutdown, so a "
+        "worker that stops for good (or crashes and is not restarted) holds its partitions "
+        "idle for one session timeout. Unset: dynamic membership (SIGTERM leaves the group, "
+        "a restart waits for a rebalance).",
+    )
     sluice_data_dir: str = Field(
-        "./var", description="Directory for the worker's local state (Faust tablesdir)."
+        "./var",
+        description="Directory for the worker's local state: the per-partition state stores "
+        "(state/), Faust's data, the API token. Keep it on a persistent volume for fast "
+        "restarts (see docs/operations.md).",
     )
     sluice_web_port: int = Field(6066, description="Port of the worker's HTTP endpoint.")
     sluice_web_host: str = Field(
         "127.0.0.1", description="Bind address of the worker's HTTP endpoint."
+    )
+    sluice_web_tls_cert_file: str | None = Field(
+        None,
+        description="PEM certificate (chain) of the worker's HTTP endpoint: with "
+        "SLUICE_WEB_TLS_KEY_FILE it serves HTTPS (the bearer token then never travels in "
+        "clear). The production profile requires it on a non-loopback address.",
+    )
+    sluice_web_tls_key_file: str | None = Field(
+        None, description="PEM private key of SLUICE_WEB_TLS_CERT_FILE."
+    )
+    sluice_web_tls_ca_file: str | None = Field(
+        None,
+        description="For clients of the worker (the CLI): the CA bundle that signed its "
+        "certificate (system CAs if unset).",
     )
     sluice_api_token: SecretStr | None = Field(
         None,
@@ -305,7 +381,8 @@ class Settings(BaseSettings):
             host = "127.0.0.1"  # bound to every address: this host reaches it on loopback
         if ":" in host and not host.startswith("["):
             host = f"[{host}]"
-        return f"http://{host}:{self.sluice_web_port}{path}"
+        scheme = "https" if self.sluice_web_tls_cert_file else "http"
+        return f"{scheme}://{host}:{self.sluice_web_port}{path}"
 
     @property
     def api_token_file(self) -> Path:
@@ -348,6 +425,7 @@ class Settings(BaseSettings):
             v.get_secret_value()
             for v in (
                 self.posthog_api_key,
+                self.posthog_personal_api_key,
                 self.pii_hmac_key,
                 self.kafka_sasl_password,
                 self.kafka_ssl_key_password,
@@ -362,6 +440,11 @@ class Settings(BaseSettings):
         if password:
             found.append(password)
         return [v for v in found if v]
+
+    @property
+    def posthog_enabled(self) -> bool:
+        """Whether events go to PostHog (a project API key is set)."""
+        return self.posthog_api_key is not None and bool(self.posthog_api_key.get_secret_value())
 
     def otlp_metrics_url(self) -> str | None:
         """Where OTLP metrics go, or None when the observability sink is off."""
@@ -389,6 +472,8 @@ class Settings(BaseSettings):
             )
         if bool(self.kafka_ssl_cert_file) != bool(self.kafka_ssl_key_file):
             problems.append("KAFKA_SSL_CERT_FILE and KAFKA_SSL_KEY_FILE go together (mTLS)")
+        if bool(self.sluice_web_tls_cert_file) != bool(self.sluice_web_tls_key_file):
+            problems.append("SLUICE_WEB_TLS_CERT_FILE and SLUICE_WEB_TLS_KEY_FILE go together")
         if self.sluice_profile != "production":
             return problems
         url = urlparse(self.clickhouse_url)
@@ -403,15 +488,28 @@ class Settings(BaseSettings):
             problems.append(
                 "production profile refuses ClickHouse credentials over http:// (use https://)"
             )
-        if self.sluice_api_token is None and not is_loopback(self.sluice_web_host):
-            problems.append(
-                f"production profile refuses the query and rows endpoints on "
-                f"{self.sluice_web_host} without SLUICE_API_TOKEN"
-            )
+        if not is_loopback(self.sluice_web_host):
+            if self.sluice_api_token is None:
+                problems.append(
+                    f"production profile refuses the query and rows endpoints on "
+                    f"{self.sluice_web_host} without SLUICE_API_TOKEN"
+                )
+            if not self.sluice_web_tls_cert_file:
+                problems.append(
+                    f"production profile refuses the worker's HTTP endpoint on "
+                    f"{self.sluice_web_host} without TLS (SLUICE_WEB_TLS_CERT_FILE); bind "
+                    "127.0.0.1 behind a TLS-terminating proxy instead"
+                )
         if url.scheme == "https" and not self.clickhouse_verify:
             problems.append("production profile refuses CLICKHOUSE_VERIFY=false")
         for name, value in (
             ("POSTHOG_HOST", self.posthog_host if self.posthog_api_key else None),
+            (
+                "POSTHOG_API_HOST",
+                (self.posthog_api_host or self.posthog_host)
+                if self.posthog_personal_api_key
+                else None,
+            ),
             ("SIEM_HEC_URL", self.siem_hec_url if self.siem_hec_token else None),
         ):
             if value and urlparse(value).scheme == "http":

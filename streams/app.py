@@ -1,21 +1,38 @@
 """The Faust application: configuration and wiring, nothing else.
 
 Faust runs the application around the hot path (:mod:`streams.worker`): the consumer
-group (assignment, rebalancing, static membership), the state table's recovery from its
-changelog, the checkpoint timer, the web server (:mod:`streams.web`). The private hooks
-this wiring needs live in :mod:`streams.seam`.
+group (assignment, rebalancing, static membership), the checkpoint timer, the web server
+(:mod:`streams.web`). It has no table: Sluice writes the state's changelog and restores
+the state itself (:mod:`streams.restore`), from each partition's local store and the
+changelog after its marker. The private hooks this wiring needs live in
+:mod:`streams.seam`.
+
+Static membership (``SLUICE_INSTANCE_ID``, aiokafka's ``group_instance_id``): a worker that
+restarts within the session timeout gets its partitions back from the broker at once,
+without a rebalance, instead of waiting until the session of its previous incarnation
+expires. The price: a static member never leaves the group on shutdown (aiokafka sends no
+LeaveGroup for it), so the partitions of a worker that stops for good, or crashes and
+does not come back, wait a whole session timeout before the group hands them on.
 """
 
 from __future__ import annotations
 
 import logging
+import ssl
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sluice.kafka import kafka_ssl_context
-from sluice.settings import METRICS_PATH, QUERY_PATH, ROWS_PATH, STATUS_PATH, Settings
+from sluice.kafka import kafka_config, kafka_ssl_context
+from sluice.settings import (
+    METRICS_PATH,
+    PRIVACY_VERIFY_PATH,
+    QUERY_PATH,
+    ROWS_PATH,
+    STATUS_PATH,
+    Settings,
+)
 from streams import seam, web
-from topics.catalog import STATE_TABLE
+from topics.catalog import Catalog
 
 if TYPE_CHECKING:
     from streams.worker import Worker
@@ -41,6 +58,16 @@ def faust_credentials(settings: Settings) -> Any:
     )
 
 
+def web_tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """The HTTPS context of the worker's endpoint, when a certificate is configured."""
+    if not settings.sluice_web_tls_cert_file:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(settings.sluice_web_tls_cert_file, settings.sluice_web_tls_key_file)
+    return context
+
+
 def build_app(settings: Settings, worker: Worker) -> seam.SeamApp:
     """The Faust app that drives ``worker``."""
     s = settings
@@ -56,8 +83,8 @@ def build_app(settings: Settings, worker: Worker) -> seam.SeamApp:
         topic_partitions=s.sluice_topic_partitions,
         topic_allow_declare=True,
         topic_disable_leader=True,
-        table_standby_replicas=0,
         consumer_auto_offset_reset="earliest",
+        consumer_group_instance_id=s.sluice_instance_id or None,
         stream_wait_empty=True,
         producer_linger=0.05,
         producer_max_request_size=16 * 1024 * 1024,
@@ -65,13 +92,14 @@ def build_app(settings: Settings, worker: Worker) -> seam.SeamApp:
         producer_acks=-1,
         broker_commit_every=1_000_000_000,  # commits happen after our checkpoints
         broker_session_timeout=s.kafka_session_timeout_s,
+        broker_max_poll_interval=s.kafka_max_poll_interval_s,
         broker_heartbeat_interval=min(3.0, s.kafka_session_timeout_s / 10),
         web_enabled=True,
+        web_ssl_context=web_tls_context(s),
         web_port=s.sluice_web_port,
         web_bind=s.sluice_web_host,
         web_host=s.sluice_web_host,
         datadir=str(data_dir / "faust"),
-        tabledir=str(data_dir / "tables"),
         logging_config=None,
     )
     worker.bind(app)
@@ -89,17 +117,6 @@ def build_app(settings: Settings, worker: Worker) -> seam.SeamApp:
     app.dlq = app.topic(  # type: ignore[attr-defined]
         worker.catalog.dlq.name, key_serializer="raw", value_serializer="raw", internal=False
     )
-    # The state's changelog. Keys and values are JSON made by the engine; the table itself
-    # stays empty: recovery hands each batch of changelog entries straight to the engine
-    # (whose maps spill to disk beyond the memory budget).
-    table = app.Table(STATE_TABLE, default=None, partitions=s.sluice_topic_partitions)
-    if table.changelog_topic.get_topic_name() != worker.catalog.changelog.name:
-        raise seam.SeamError(
-            f"Faust names the changelog {table.changelog_topic.get_topic_name()!r}, "
-            f"the topic catalog {worker.catalog.changelog.name!r}"
-        )
-    seam.divert_recovery(table, worker.apply_changelog_batch)
-    table.on_recover(worker.on_recovered)
     app.on_partitions_revoked.connect(worker.on_revoked)
     app.on_partitions_assigned.connect(_assigned_handler(worker))
     app.agent(source, name="sluice-events")(worker.agent)
@@ -108,8 +125,10 @@ def build_app(settings: Settings, worker: Worker) -> seam.SeamApp:
     app.page(QUERY_PATH)(web.QueryView)
     app.page(ROWS_PATH)(web.RowsView)
     app.page(METRICS_PATH)(web.MetricsView)
+    app.page(PRIVACY_VERIFY_PATH)(web.PrivacyVerifyView)
     app.task(worker.router.start)
     app.task(worker.hot_loop)
+    app.task(worker.follow_registry)
     return app
 
 
@@ -135,11 +154,36 @@ def create_worker(settings: Settings) -> Worker:
     return worker
 
 
+def ensure_changelog(settings: Settings) -> None:
+    """Create the state changelog as the topic catalog describes it, if it is missing
+    (``sluice topics create`` makes it too; Faust's table used to declare it)."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    spec = Catalog.from_settings(settings).changelog
+    admin = AdminClient(kafka_config(settings))
+    try:
+        if spec.name in admin.list_topics(timeout=30).topics:
+            return
+    except Exception as exc:  # Kafka not there yet: Faust waits for it; restores retry
+        log.warning("could not check the state changelog %s (%s)", spec.name, exc)
+        return
+    topic = NewTopic(spec.name, spec.partitions, replication_factor=-1, config=spec.topic_config())
+    for name, future in admin.create_topics([topic], request_timeout=30).items():
+        try:
+            future.result()
+            log.info("created the state changelog %s", name)
+        except Exception as exc:
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise RuntimeError(f"cannot create the state changelog {name}: {exc}") from None
+
+
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
     """``sluice worker``: check the seam, open the OLAP store, run until SIGTERM."""
     import faust
 
     seam.check()
+    ensure_changelog(settings)
     worker = create_worker(settings)
     worker.olap  # open and migrate the OLAP store before taking any event  # noqa: B018
+    worker.load_registry()  # the erased leads, before any state is restored
     faust.Worker(worker.app, loglevel=loglevel, quiet=True).execute_from_commandline()

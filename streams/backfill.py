@@ -36,6 +36,10 @@ at that month if it is earlier (every partition's rows of it, so its sums stay w
 
 Only the rollup tables are recomputed. The audit log, the sensitive-access record and
 the system events are compliance facts written once; backfill never touches them.
+
+Erased leads (docs/erasure.md): the engine is given the erasure registry read before the
+run, so an erased lead's events count in every table but ``lead_analytics``, whose rows
+it never recreates; a lead erased while the backfill runs is purged after it (the CLI).
 """
 
 from __future__ import annotations
@@ -198,13 +202,14 @@ def run(
         )
         updated = datetime.fromtimestamp(newest_ms / 1000, tz=UTC)
         ckpt = engine.snapshot(now=updated)
+        rows = engine.scrub_rows(ckpt.rows)  # never a row of an erased lead
     finally:
         engine.close()  # its disk tier, if any: the rows are in ckpt now
     for part in parts.values():
         part.complete_from = complete_from
     for table in tables:
         columns = engine.columns(table)
-        table_rows = ckpt.rows.get(table, [])
+        table_rows = rows.get(table, [])
         # a view row combines every shard's row of its key: all of them are written, or
         # none (a lead is in the range if any shard saw a send of it in the range)
         width = len(engine.layouts[table].key_columns)

@@ -14,21 +14,36 @@ what it applied since the last checkpoint, then commits the offsets that covers:
 2. **sinks flushed**: every routed event durable at its destination; events a
    destination refused for good are dead-lettered (stage = the sink);
 3. **changelog** written and flushed (the state survives a crash from here on), and the
-   records read at a partition that is not their home forwarded there
+   erasure requests applied since the last checkpoint written to the erasure registry,
+   and records read at a partition that is not their home forwarded there
    (:class:`streams.engine.Forward`; produced again at a new offset, a replay of them is
    a redelivery);
 4. **dead letters** flushed (decode failures and refused events are durable);
-5. **OLAP rows** written (absolute values, idempotent: a replay changes nothing);
-6. **offsets committed**, only if the consumer group's generation is the one of the
+5. **OLAP rows** written (absolute values, idempotent: a replay changes nothing), never a
+   row of an erased lead (:meth:`streams.engine.Engine.scrub_rows`);
+5b. **erasures settled** (docs/erasure.md): the rows of leads erased since are purged
+   from the OLAP, after this checkpoint's rows (so nothing written before the erasure
+   reached this worker survives it), and the destinations are asked to delete what they
+   hold under an erased lead's pseudonym, their answers recorded in the registry before
+   the lead's secret is destroyed. A failure here fails nothing: what is not settled is
+   tried again at a later checkpoint (and the purge at every start-up);
+6. **local state stored**: each partition's local store gets the snapshot's changes and a
+   marker (the changelog offset after the entries step 3 wrote) in one atomic write
+   (:meth:`streams.engine.Engine.persist`). Only now: an image must never hold state whose
+   changelog entries or rows are not durable, or a restart that reuses it would skip
+   them (the replayed events change nothing in it). A failure here fails nothing: the
+   store stays at its previous image, which the changelog after its marker completes;
+7. **offsets committed**, only if the consumer group's generation is the one of the
    snapshot and only for partitions still assigned (after a rebalance the new owner
    replays from the last commit). A refused or failed commit fails nothing: the state is
    durable, and the next checkpoint commits the same offsets.
 
 A failure at any step commits nothing: the snapshot is handed back to the engine
 (:meth:`streams.engine.Engine.requeue`), or, if the changelog was already durable, only
-its rows are kept for step 0. Every step talks to the world through one small port
-(:class:`Ports`), so the whole sequence and each of its failure paths run in tests with
-fakes (``tests/unit/test_checkpoint.py``) — the worker wires the real ones.
+its rows are kept for step 0 (and the local stores wait for the next checkpoint). Every
+step talks to the world through one small port (:class:`Ports`), so the whole sequence
+and each of its failure paths run in tests with fakes (``tests/unit/test_checkpoint.py``)
+— the worker wires the real ones.
 """
 
 from __future__ import annotations
@@ -41,7 +56,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from sinks.base import Rejected
-from streams.engine import Checkpoint, Engine, Forward
+from sluice.privacy import Erasure
+from streams.engine import Checkpoint, Engine, ErasureWork, Forward
+from streams.erasure import Forget
 
 log = logging.getLogger("sluice.checkpoint")
 
@@ -78,6 +95,9 @@ class Changelog(Protocol):
 
     def flush(self) -> None: ...
 
+    def ends(self) -> Mapping[int, int]:
+        """Per partition, the offset after the last entry written and acknowledged."""
+
 
 class Forwarder(Protocol):
     """Produces records read at the wrong partition to their home (blocking: a thread)."""
@@ -105,6 +125,17 @@ class Group(Protocol):
         """Commit under the current generation; False when the group refused (rebalancing)."""
 
 
+class Erasures(Protocol):
+    """The erasure registry and what erasures must reach outside (blocking: in a thread)."""
+
+    def publish(self, entries: Sequence[Erasure]) -> None:
+        """Write registry records and wait for their acknowledgement (raises if not)."""
+
+    def settle(self, work: ErasureWork) -> tuple[dict[str, set[str]], list[tuple[Forget, bool]]]:
+        """Purge and ask what ``work`` says; return the references purged and, per secret
+        asked about, whether its outcome is durable. Never raises."""
+
+
 @dataclass
 class Ports:
     """Everything a checkpoint talks to."""
@@ -114,6 +145,7 @@ class Ports:
     changelog: Changelog
     warehouse: Warehouse
     group: Group
+    erasures: Erasures | None = None  # None: erasure requests go nowhere (tests)
     #: needed only by a worker that may read records of another partition's state
     forwarder: Forwarder | None = None
 
@@ -192,7 +224,10 @@ class Checkpointer:
         step = "0 leftover rows"
         if self.leftover:
             try:
-                await self.run_blocking(ports.warehouse.write, self.leftover)
+                # a lead may have been erased since these rows were computed
+                rows = self.engine.scrub_rows(self.leftover)
+                if rows:
+                    await self.run_blocking(ports.warehouse.write, rows)
             except Exception as exc:
                 return _failed(step, exc)
             self.leftover = {}
@@ -211,6 +246,9 @@ class Checkpointer:
         if late:
             self.on_late(late)
         if ckpt.empty() and not offsets and not events:
+            self.engine.unpersisted(ckpt)  # nothing worth an image yet
+            if ports.erasures is not None:  # an erasure may need settling while idle
+                await self._settle_erasures(ports.erasures)
             return Outcome(ok=True)
 
         rejected: list[Rejected] = []
@@ -229,18 +267,25 @@ class Checkpointer:
                     raise RuntimeError("records to forward and no forwarder port")
                 ports.forwarder.write(ckpt.forwards)
                 await self.run_blocking(ports.forwarder.flush)
+            if ckpt.registry and ports.erasures is not None:
+                await self.run_blocking(ports.erasures.publish, ckpt.registry)
             step = "4 dead letters"
             await ports.dead_letters.flush()
             rejected = []  # their dead letters are durable: never send them twice
             changelog_durable = True
             step = "5 OLAP rows"
+            ckpt.rows = self.engine.scrub_rows(ckpt.rows)
             if ckpt.rows:
                 await self.run_blocking(ports.warehouse.write, ckpt.rows)
         except Exception as exc:  # nothing committed; everything is retried
             await self._hand_back(ckpt, rejected, changelog_durable, events)
             return _failed(step, exc)
 
-        step = "6 commit"
+        if ports.erasures is not None:
+            await self._settle_erasures(ports.erasures)
+        if ckpt.cuts:
+            await self._store(ckpt)
+        step = "7 commit"
         committed = await self._commit(generation, offsets)
         return Outcome(
             ok=True,
@@ -250,12 +295,36 @@ class Checkpointer:
             committed=committed,
         )
 
+    async def _settle_erasures(self, port: Erasures) -> None:
+        """Step 5b (see the module docstring): never fails the checkpoint."""
+        async with self.state_lock:
+            work = self.engine.erasure_work()
+        if work.empty():
+            return
+        purged, forgotten = await self.run_blocking(port.settle, work)
+        async with self.state_lock:
+            self.engine.erasure_settled(purged, forgotten)
+
+    async def _store(self, ckpt: Checkpoint) -> None:
+        """Step 6: the local stores' images (a failure only logs: see the module doc)."""
+        try:
+            await self.run_blocking(self.engine.persist, ckpt, dict(self.ports.changelog.ends()))
+        except Exception as exc:
+            log.warning("local state store not written (%s); the next checkpoint retries", exc)
+            async with self.state_lock:
+                self.engine.unpersisted(ckpt)
+            return
+        async with self.state_lock:
+            self.engine.persisted(ckpt)
+
     async def _hand_back(
         self, ckpt: Checkpoint, rejected: list[Rejected], changelog_durable: bool, events: int
     ) -> None:
         self.ports.sinks.restore_rejected(rejected)
         if changelog_durable:
             self.leftover = ckpt.rows  # only the rows are missing
+            async with self.state_lock:
+                self.engine.unpersisted(ckpt)  # no image before they are in
         else:
             async with self.state_lock:
                 self.engine.requeue(ckpt)

@@ -20,13 +20,27 @@ The caller hands a failed checkpoint back with :meth:`Engine.requeue` *before* t
 next snapshot; a snapshot taken without a requeue tells the components the previous one
 succeeded (the audit chain marks its rows written then).
 
+Local state (``SLUICE_STATE_STORE=rocksdb``): each partition's maps live in its own
+RocksDB database (:mod:`streams.store`), which outlives the process. A snapshot also cuts
+what changed since the last image (:meth:`PartitionDB.cut`); once the checkpoint made the
+changelog and the OLAP rows durable, :meth:`Engine.persist` writes the cut and its marker
+in one batch. A restart then opens the image (:meth:`Engine.open`) and joins only the
+changelog written after the marker (:mod:`streams.restore`).
+Erasure (docs/erasure.md): the engine holds the erasure registry (:mod:`sluice.privacy`),
+which the worker fills before any partition is restored and follows while it runs.
+:meth:`Engine.erase` hands newly erased leads to every partition's components; rows a
+checkpoint writes are filtered against the registry (:meth:`Engine.scrub_rows`), and
+:meth:`Engine.erasure_work` hands the checkpoint what must leave the world outside: the
+erased leads' OLAP rows, and the per-lead secrets to forget once PostHog was asked.
+
 Changelog format: keys are JSON lists — ``[tenant, email_id]`` for email states (the
 first release's format), ``["\\x00pos", topic, partition]`` for positions, and
 ``[component tag, ...]`` for every other component. Values are lists whose first element
 is the partition. Entries with a tag this version does not know are ignored. A tombstone
-(no value) removes the entry from the partition it is on: ``sluice topics rekey`` leaves
-one where it moved a state to the partition its new key maps to (:mod:`streams.rekey`);
-restores read a partition in order, so what came before the tombstone is forgotten.
+(no value) removes the entry from the partition it is on (:meth:`Component.forget`):
+``sluice topics rekey`` leaves one where it moved a state to the partition its new key
+maps to (:mod:`streams.rekey`), an erasure where it destroyed a lead's secret; restores
+read a partition in order, so what came before the tombstone is forgotten.
 
 Where an event's state lives
 ----------------------------
@@ -40,38 +54,65 @@ partition it was read from.
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
+import threading
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence, Set
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import orjson
+
+from sluice.privacy import Erasure, Registry
 from streams.compliance import AuditLog, SensitiveAccess
+from streams.erasure import ErasureRequests, Forget, LeadKeys
 from streams.incidents import SystemEvents
-from streams.rollups import DAY_MS, BillingPlans, EmailRollups, WarmupRollups
-from streams.state import Component, Taken, sort_key
+from streams.rollups import (
+    DAY_MS,
+    ERASABLE_TABLES,
+    BillingPlans,
+    EmailRollups,
+    WarmupRollups,
+)
+from streams.state import Component, MapFactory, Taken, memory_map, sort_key
 
 if TYPE_CHECKING:
     from sluice.settings import Settings
-    from streams.spill import SpillStore
+    from streams.store import Changelog, Opened, PartitionDB, StateStore, StoreCut
 
 POSITION_TAG = "\x00pos"
+#: the local store's map of the erasures a partition's state was scrubbed of
+ERASED_HERE = "erasure/applied"
 VERSION_COLUMNS = ("updated", "_version")
 SHARD_COLUMN = "shard"  # sluice.olap.catalog.SHARD_COLUMN (a test checks they agree)
 
+#: The version of the state's meaning. Bump it when a component's state changes shape or
+#: meaning: a local store of another schema is then rebuilt from the changelog (which
+#: every version reads). The fingerprint also covers the components' tags and map names
+#: and the attribution window (:func:`state_schema`).
+STATE_SCHEMA = 1
+
 
 def default_components(
-    window_ms: int | None = None, new_map: Callable[[], MutableMapping] = dict
+    window_ms: int | None = None,
+    new_map: MapFactory = memory_map,
+    registry: Registry | None = None,
+    lead_keys: bool = False,
 ) -> list[Component]:
     """Every component of one partition, wired together (the worker's configuration).
 
     ``window_ms``: the attribution window of email engagement (None: unbounded);
-    ``new_map``: the maps that grow with emails and leads (see :mod:`streams.spill`).
+    ``new_map``: the maps that grow with emails and leads (:data:`streams.state.MapFactory`);
+    ``registry``: the erased leads (None: no erasure is ever consulted);
+    ``lead_keys``: mint a secret per lead (only worth it when PostHog is on; secrets
+    restored from the changelog are erased either way).
     """
+    erased = registry.erased if registry is not None else None
     return [
-        EmailRollups(window_ms=window_ms, new_map=new_map),
+        EmailRollups(window_ms=window_ms, new_map=new_map, erased=erased),
         WarmupRollups(new_map=new_map),
         # plan columns are set on months with plan events only; the billing view carries
         # them to the months after (sends of any partition), so no send row waits on them
@@ -79,6 +120,8 @@ def default_components(
         AuditLog(),
         SensitiveAccess(),
         SystemEvents(),
+        ErasureRequests(),
+        LeadKeys(registry, new_map=new_map, minting=lead_keys),
     ]
 
 
@@ -132,6 +175,23 @@ def layouts(components: Iterable[Component]) -> dict[str, TableLayout]:
     return found
 
 
+def state_schema(components: Callable[..., Sequence[Component]], extra: str = "") -> str:
+    """The fingerprint of the state ``components`` keep: :data:`STATE_SCHEMA`, their tags
+    and map names, and ``extra`` (settings that change the state, e.g. the window)."""
+    names: list[str] = []
+
+    def recording(name: str = "") -> dict:
+        names.append(name)
+        return {}
+
+    probe = components(new_map=recording)
+    tags = [c.tag for c in probe]
+    for component in probe:
+        component.close()
+    digest = hashlib.sha256(json.dumps([tags, names, extra]).encode()).hexdigest()[:12]
+    return f"{STATE_SCHEMA}-{digest}"
+
+
 @dataclass
 class PartitionState:
     """Everything the worker knows about one partition number (all event topics)."""
@@ -141,6 +201,13 @@ class PartitionState:
     # next offset to apply, per source topic (monotonic; restored from the changelog)
     positions: dict[str, int] = field(default_factory=dict)
     positions_dirty: bool = False
+    # the partition's local store (None: state in memory only)
+    db: PartitionDB | None = None
+    # every changelog entry of this partition before this offset is in the state
+    changelog_position: int = 0
+    # with a local store: the erasures (tenant, lead ref) its state was scrubbed of, kept
+    # in the store (a reopened image is scrubbed of those erased since: Engine.restored)
+    erased_here: MutableMapping | None = None
 
     def __post_init__(self) -> None:
         self.by_tag: dict[str, Component] = {c.tag: c for c in self.components}
@@ -148,6 +215,10 @@ class PartitionState:
         for component in self.components:
             for family in component.families:
                 self.by_family.setdefault(family, []).append(component)
+        # components whose changelog entries the store keeps (their state is not in maps)
+        self.logged: frozenset[str] = frozenset(
+            c.tag for c in self.components if not c.keeps_state_in_store()
+        )
 
     @property
     def email(self) -> EmailRollups:
@@ -177,16 +248,33 @@ class Forward:
 class Checkpoint:
     """What one checkpoint must persist; handed back to :meth:`Engine.requeue` on failure."""
 
-    changelog: list[tuple[int, str, list]] = field(default_factory=list)
+    changelog: list[tuple[int, str, list | None]] = field(default_factory=list)  # None: tombstone
     rows: dict[str, list[list]] = field(default_factory=dict)
     # partition -> component tag -> what the component handed out
     taken: dict[int, dict[str, Taken]] = field(default_factory=dict)
     positions: set[int] = field(default_factory=set)
     # records to produce to their home partition before the offsets are committed
     forwards: list[Forward] = field(default_factory=list)
+    # partition -> what its local store must write once the rest is durable
+    cuts: dict[int, StoreCut] = field(default_factory=dict)
+    #: erasure requests for the registry topic (durable before the commit)
+    registry: list[Erasure] = field(default_factory=list)
 
     def empty(self) -> bool:
-        return not self.changelog and not self.rows and not self.forwards
+        return not self.changelog and not self.rows and not self.forwards and not self.registry
+
+
+@dataclass
+class ErasureWork:
+    """What the world outside must still forget of erased leads (checkpoint step 5b)."""
+
+    #: tenant -> references whose OLAP rows must go (checked, then deleted)
+    purge: dict[str, set[str]] = field(default_factory=dict)
+    #: per-lead secrets to forget once the destinations were asked to delete
+    forget: list[Forget] = field(default_factory=list)
+
+    def empty(self) -> bool:
+        return not self.purge and not self.forget
 
 
 class Engine:
@@ -194,24 +282,89 @@ class Engine:
 
     def __init__(
         self,
-        components: Callable[[], Sequence[Component]] = default_components,
-        spill: SpillStore | None = None,
+        components: Callable[..., Sequence[Component]] | None = None,
+        store: StateStore | None = None,
+        registry: Registry | None = None,
     ) -> None:
-        """``spill``: the disk tier ``components`` put their maps in (closed by :meth:`close`)."""
+        """``store``: the local store whose per-partition databases hold the maps
+        ``components`` make (called with ``new_map=``); closed by :meth:`close`.
+        ``registry``: the erased leads ``components`` consult (default: the components
+        made here get this engine's registry)."""
+        self.erasures = registry if registry is not None else Registry()
+        if components is None:
+            components = partial(default_components, registry=self.erasures)
         self.factory = components
         probe = components()
         self.layouts = layouts(probe)
         for component in probe:
-            component.close()  # its maps, if they live in a spill store
+            component.close()
         self.partitions: dict[int, PartitionState] = {}
-        self.spill = spill
+        self.store = store
+        self._io = threading.Lock()  # a store write vs closing its database
+        # tenant -> references whose OLAP rows are still to be purged
+        self.pending_purge: dict[str, set[str]] = {}
+        # records read away from their home, for the next checkpoint to forward
         self.forwards: list[Forward] = []
 
+    def _new_state(self, partition: int, db: PartitionDB | None) -> PartitionState:
+        components = self.factory() if db is None else self.factory(new_map=db.map)
+        ps = self.partitions[partition] = PartitionState(partition, components, db=db)
+        if db is not None:
+            ps.erased_here = db.map(ERASED_HERE)
+        return ps
+
     def state(self, partition: int) -> PartitionState:
+        """The partition's state; one not open yet starts empty (a worker's partitions are
+        opened with :meth:`open` first)."""
         ps = self.partitions.get(partition)
         if ps is None:
-            ps = self.partitions[partition] = PartitionState(partition, self.factory())
+            if self.store is not None and not self.store.scratch:
+                raise KeyError(f"partition {partition} is not open (Engine.open)")
+            db = None if self.store is None else self.store.scratch_db(partition)
+            ps = self._new_state(partition, db)
         return ps
+
+    # -- opening a partition ----------------------------------------------------------
+    def open(self, partition: int, changelog: Changelog | None = None) -> Opened | None:
+        """Bring partition ``partition`` into memory: its local store reopened when it
+        holds up (:func:`streams.store.check`), else emptied for a rebuild; None without a
+        store (a rebuild into memory). Join the changelog after
+        ``ps.changelog_position`` next, then call :meth:`restored` (or :meth:`rebuilt`)."""
+        self.drop([partition])
+        if self.store is None:
+            self._new_state(partition, None)
+            return None
+        opened = self.store.open(partition, changelog)
+        ps = self._new_state(partition, opened.db)
+        if opened.reused:
+            marker = opened.db.marker
+            assert marker is not None
+            ps.positions.update(marker.positions)
+            ps.changelog_position = marker.offset
+            if not marker.rewrite:
+                self.begin(partition)
+            # the small components' state: their entries, as from the changelog
+            self.join(opened.db.log_entries(), partition, from_store=True)
+        return opened
+
+    def begin(self, partition: int) -> None:
+        """The partition's state is complete up to ``changelog_position`` and its rows are
+        in the OLAP: what :meth:`join` adds until :meth:`restored` marks only the rows it
+        changes (:meth:`Component.reopened`)."""
+        for component in self.partitions[partition].components:
+            component.reopened()
+
+    def rebuilt(self, partition: int, offset: int) -> None:
+        """A rebuild joined the whole changelog up to ``offset``: reconcile (every row is
+        rewritten over the next checkpoints), and let the local store become the image at
+        the next checkpoint (its marker is written then; until then a restart rebuilds)."""
+        ps = self.partitions[partition]
+        ps.changelog_position = max(ps.changelog_position, offset)
+        self.restored([partition])
+        if ps.db is not None and ps.db.direct and not ps.db.scratch:
+            # a marker may only follow entries written without the WAL once they are in files
+            assert not ps.db.unflushed, "PartitionDB.flush() first, under the state lock"
+            ps.db.direct = False
 
     # -- the hot path -----------------------------------------------------------------
     def apply(
@@ -259,8 +412,13 @@ class Engine:
             for tag, t in taken.items():
                 for key, value in t.changelog:
                     ckpt.changelog.append(
-                        (partition, changelog_key(*key, tag=tag), [partition, *value])
+                        (
+                            partition,
+                            changelog_key(*key, tag=tag),
+                            None if value is None else [partition, *value],
+                        )
                     )
+                ckpt.registry.extend(t.registry)
             if ps.positions_dirty:
                 ckpt.positions.add(partition)
                 for topic, pos in ps.positions.items():
@@ -277,7 +435,73 @@ class Engine:
                         width = len(layout.key_columns)
                         rows = [[*r[:width], partition, *r[width:]] for r in rows]
                     ckpt.rows.setdefault(layout.name, []).extend(r + suffix for r in rows)
+            if ps.db is not None and not ps.db.direct:
+                logged = ps.logged
+                log = [
+                    (
+                        changelog_key(*key, tag=tag),
+                        [partition, *value] if value is not None else None,
+                    )
+                    for tag, t in taken.items()
+                    if tag in logged
+                    for key, value in t.changelog
+                ]
+                rewrite = any(c.rewrite_pending() for c in ps.components)
+                ckpt.cuts[partition] = ps.db.cut(log, ps.positions, rewrite)
         return ckpt
+
+    # -- the local store ----------------------------------------------------------------
+    def persist(self, ckpt: Checkpoint, ends: Mapping[int, int]) -> None:
+        """Write each partition's cut and marker (blocking: run in a thread), once the
+        checkpoint's changelog is flushed and its OLAP rows are written. ``ends``: per
+        changelog partition, the offset after the last entry this worker wrote and had
+        acknowledged. Then :meth:`persisted` (or, if this raised, :meth:`unpersisted`)."""
+        assert self.store is not None and self.store.identity is not None
+        for partition, cut in ckpt.cuts.items():
+            with self._io:
+                ps = self.partitions.get(partition)
+                db = ps.db if ps is not None else None
+                if ps is None or db is None or db is not cut.db or db.db is None:
+                    continue  # moved away meanwhile: its next open checks the old image
+                offset = max(ps.changelog_position, ends.get(partition, 0))
+                db.write(cut, self.store.identity, offset)
+
+    def write_image(self, partition: int) -> None:
+        """Write the partition's whole state as its image now (blocking): a rebuild in a
+        process of its own, which takes no checkpoints (streams/restore.py). Call after
+        :meth:`rebuilt`."""
+        assert self.store is not None and self.store.identity is not None
+        ps = self.partitions[partition]
+        assert ps.db is not None and not ps.db.direct
+        rewrite = any(c.rewrite_pending() for c in ps.components)
+        cut = ps.db.cut([], ps.positions, rewrite)
+        try:
+            ps.db.write(cut, self.store.identity, ps.changelog_position)
+        except BaseException:
+            ps.db.abandoned()
+            raise
+        ps.db.stored(cut)
+        ps.db.flush()
+
+    def persisted(self, ckpt: Checkpoint) -> None:
+        """The cuts :meth:`persist` wrote are the images now."""
+        for partition, cut in ckpt.cuts.items():
+            ps = self.partitions.get(partition)
+            if ps is None or ps.db is None or ps.db is not cut.db:
+                continue
+            if cut.marker is None:
+                ps.db.abandoned()
+                continue
+            ps.db.stored(cut)
+            ps.changelog_position = max(ps.changelog_position, cut.marker.offset)
+
+    def unpersisted(self, ckpt: Checkpoint) -> None:
+        """The cuts were not written: what they carried is changed again."""
+        for partition, cut in ckpt.cuts.items():
+            ps = self.partitions.get(partition)
+            if ps is not None and ps.db is not None and ps.db is cut.db:
+                ps.db.abandoned()
+        ckpt.cuts = {}
 
     def _assemble(
         self, ps: PartitionState, layout: TableLayout, taken: Mapping[str, Taken]
@@ -299,6 +523,7 @@ class Engine:
     def requeue(self, ckpt: Checkpoint) -> None:
         """A checkpoint failed: mark what it carried dirty again (current values win)."""
         self.forwards[:0] = ckpt.forwards
+        self.unpersisted(ckpt)
         for partition, taken in ckpt.taken.items():
             ps = self.partitions.get(partition)
             if ps is None:
@@ -319,24 +544,149 @@ class Engine:
         return total
 
     @classmethod
-    def for_settings(cls, settings: Settings) -> Engine:
-        """The engine the worker runs with these settings (backfill uses the same)."""
+    def for_settings(
+        cls, settings: Settings, registry: Registry | None = None, persistent: bool = False
+    ) -> Engine:
+        """The engine these settings describe, consulting ``registry``'s erased leads.
+        ``persistent``: the worker's, whose partitions' stores outlive it
+        (``SLUICE_DATA_DIR/state``); otherwise (backfill) a scratch store under
+        ``SLUICE_DATA_DIR/scratch``, removed at :meth:`close`."""
+        from streams.store import Identity, StateStore
+
         days = settings.sluice_attribution_window_days
         window_ms = None if days is None else int(days * DAY_MS)
-        if settings.sluice_state_store == "memory":
-            return cls(partial(default_components, window_ms=window_ms))
-        from streams.spill import SpillStore
-
-        spill = SpillStore(
-            Path(settings.sluice_data_dir) / "spill", settings.sluice_state_memory_items
+        registry = registry if registry is not None else Registry()
+        components = partial(
+            default_components,
+            window_ms=window_ms,
+            registry=registry,
+            lead_keys=settings.posthog_enabled,
         )
-        return cls(partial(default_components, window_ms=window_ms, new_map=spill.map), spill)
+        if settings.sluice_state_store == "memory":
+            return cls(components, registry=registry)
+        memory_items = settings.sluice_state_memory_items
+        if not persistent:
+            store = StateStore(
+                Path(settings.sluice_data_dir) / "scratch", memory_items, scratch=True
+            )
+            return cls(components, store, registry=registry)
+        from topics.catalog import Catalog
+
+        identity = Identity(
+            app_id=settings.sluice_app_id,
+            partitions=settings.sluice_topic_partitions,
+            schema=state_schema(components, f"window_ms={window_ms}"),
+            changelog=Catalog.from_settings(settings).changelog.name,
+        )
+        return cls(
+            components,
+            StateStore.for_app(settings.sluice_data_dir, identity, memory_items),
+            registry=registry,
+        )
+
+    @property
+    def schema(self) -> str | None:
+        """The state schema this engine's store checks (None without a store)."""
+        identity = self.store.identity if self.store is not None else None
+        return identity.schema if identity is not None else None
+
+    # -- erasure ----------------------------------------------------------------------
+    def erase(self, entries: Iterable[Erasure]) -> int:
+        """Leads the registry newly names erased: every partition forgets them, and their
+        OLAP rows are purged at the next checkpoint. Return how many were new."""
+        new: dict[str, set[str]] = {}
+        for entry in entries:
+            if self.erasures.add(entry):
+                new.setdefault(entry.tenant, set()).add(entry.ref)
+        if new:
+            for ps in self.partitions.values():
+                self._erase_in(ps, new)
+        for tenant, refs in new.items():
+            self.pending_purge.setdefault(tenant, set()).update(refs)
+        return sum(len(refs) for refs in new.values())
+
+    def _erase_in(self, ps: PartitionState, by_tenant: Mapping[str, Set[str]]) -> None:
+        """Scrub one partition's state of ``by_tenant``'s erased leads (one pass per
+        component), and note in its store that it was."""
+        for component in ps.components:
+            component.erase_many(by_tenant)
+        if ps.erased_here is not None:
+            for tenant, refs in by_tenant.items():
+                for ref in refs:
+                    ps.erased_here[(tenant, ref)] = 1
+
+    def _scrub_stored(self, ps: PartitionState) -> None:
+        """A partition whose state came from its local store: scrub it of the leads erased
+        since that image was written (a restore from the changelog alone is scrubbed as it
+        is joined; an image may predate erasures this worker learnt from the registry)."""
+        if ps.erased_here is None or not len(self.erasures):
+            return
+        done = ps.erased_here
+        todo: dict[str, set[str]] = {}
+        for entry in self.erasures:
+            if (entry.tenant, entry.ref) not in done:
+                todo.setdefault(entry.tenant, set()).add(entry.ref)
+        if todo:
+            self._erase_in(ps, todo)
+
+    def purge_all(self) -> None:
+        """Check every erased lead's OLAP rows at the next checkpoint (start-up: a crash
+        may have come between an erasure and its purge)."""
+        for entry in self.erasures:
+            self.pending_purge.setdefault(entry.tenant, set()).add(entry.ref)
+
+    def scrub_rows(self, rows: dict[str, list[list]]) -> dict[str, list[list]]:
+        """``rows`` without those of erased leads (the last guard before the OLAP: rows of
+        a failed checkpoint retried after an erasure, rows recomputed by a backfill)."""
+        out = {}
+        for table, table_rows in rows.items():
+            if table in ERASABLE_TABLES and len(self.erasures):
+                erased = self.erasures.erased
+                table_rows = [r for r in table_rows if not erased(r[0], r[1])]
+            if table_rows:
+                out[table] = table_rows
+        return out
+
+    def erasure_work(self) -> ErasureWork:
+        """What checkpoint step 5b must do (the purges stay pending until settled)."""
+        work = ErasureWork({t: set(refs) for t, refs in self.pending_purge.items() if refs})
+        for partition, ps in self.partitions.items():
+            keys = ps.by_tag.get(LeadKeys.tag)
+            if isinstance(keys, LeadKeys):
+                work.forget.extend(keys.to_forget(partition))
+        return work
+
+    def erasure_settled(self, purged: Mapping[str, Iterable[str]], forgotten: Any) -> None:
+        """Step 5b's result: ``purged`` references are gone from the OLAP; ``forgotten``
+        maps each asked :class:`Forget` to True once its outcome is durable."""
+        for tenant, refs in purged.items():
+            left = self.pending_purge.get(tenant)
+            if left is not None:
+                left.difference_update(refs)
+                if not left:
+                    del self.pending_purge[tenant]
+        for forget, done in forgotten:
+            ps = self.partitions.get(forget.partition)
+            keys = ps.by_tag.get(LeadKeys.tag) if ps is not None else None
+            if isinstance(keys, LeadKeys):
+                keys.forgotten((forget.tenant, forget.lead), done)
+
+    def holds(self, tenant: str, lead: str) -> dict[int, dict[str, int]]:
+        """Per partition, what its state still holds that names the lead (verify)."""
+        out = {}
+        for partition, ps in sorted(self.partitions.items()):
+            found: dict[str, int] = {}
+            for component in ps.components:
+                found.update(component.holds(tenant, lead))
+            if found:
+                out[partition] = found
+        return out
 
     def close(self) -> None:
-        """Release the disk tier, if any (the worker's shutdown)."""
+        """Release the local store, if any (the worker's shutdown; its files stay)."""
         self.drop(list(self.partitions))
-        if self.spill is not None:
-            self.spill.close()
+        if self.store is not None:
+            self.store.close()
 
     def columns(self, table: str) -> list[str]:
         """Column names of the rows :meth:`snapshot` hands out for ``table``."""
@@ -344,12 +694,18 @@ class Engine:
 
     # -- rebalancing ------------------------------------------------------------------
     def drop(self, partitions: Iterable[int]) -> None:
-        """Forget partitions this worker no longer owns (their state lives in the changelog)."""
-        for partition in partitions:
+        """Forget partitions this worker no longer owns (their state lives in the changelog,
+        and in their local store, which stays on disk for a return)."""
+        for partition in list(partitions):
             ps = self.partitions.pop(partition, None)
             if ps is not None:
-                for component in ps.components:
-                    component.close()
+                with self._io:
+                    for component in ps.components:
+                        component.close()
+                    if ps.db is not None and ps.erased_here is not None:
+                        ps.db.forget(ps.erased_here)
+                    if self.store is not None and ps.db is not None:
+                        self.store.close_partition(partition)
 
     def restore(self, entries: Iterable[tuple[str, list]]) -> set[int]:
         """Join changelog entries (key, value) into state; return the partitions touched.
@@ -364,52 +720,83 @@ class Engine:
         """After :meth:`join` of every entry: reconcile, and rewrite the partitions' rows
         over the next snapshots."""
         for partition in partitions:
-            for component in self.partitions[partition].components:
+            ps = self.partitions[partition]
+            for component in ps.components:
                 component.restored()
+            self._scrub_stored(ps)
 
-    def join(self, entries: Iterable[tuple[str, list] | tuple[str, list | None, int]]) -> set[int]:
-        """Join changelog entries into state, a batch at a time (call :meth:`restored`
-        once all are in); return the partitions touched.
+    def join(
+        self,
+        entries: Iterable[tuple[str, list | None]],
+        partition: int | None = None,
+        from_store: bool = False,
+    ) -> set[int]:
+        """Join changelog entries ``(key, value)`` into state, a batch at a time, in
+        changelog order (call :meth:`restored` once all are in); return the partitions
+        touched. A value None is a tombstone of changelog partition ``partition`` (the
+        state under its key is forgotten); without ``partition`` tombstones are skipped.
 
-        An entry is ``(key, value)`` or ``(key, value, changelog partition)``; a tombstone
-        (value None) needs the partition (its value cannot say) and removes the entry
-        there (see the module docstring).
-        """
+        Entries of components whose state is not in store maps also go to the
+        partition's local store at its next image (``from_store``: they come from it)."""
         touched: set[int] = set()
-        for entry in entries:
-            key, value = entry[0], entry[1]
-            if value is None:
-                if len(entry) > 2:
-                    touched |= self._tombstone(entry[2], key)  # type: ignore[misc]
-                continue
-            partition = value[0]
-            ps = self.state(partition)
-            touched.add(partition)
-            parsed = json.loads(key)
+        # consecutive entries per component, handed over together (Component.restore_many)
+        pending: dict[tuple[int, str], list[tuple[list, list]]] = {}
+        loads = orjson.loads
+        for key, value in entries:
+            parsed = loads(key)
             head = parsed[0]
+            if value is None:
+                if partition is None or head == POSITION_TAG:
+                    continue
+                ps = self.partitions.get(partition)
+                if ps is None:
+                    continue  # nothing restored there yet: nothing to forget
+                self._flush_joins(pending)
+                tag = head if head in ps.by_tag and head else ""
+                if tag:
+                    ps.by_tag[head].forget(parsed[1:])
+                elif not head.startswith("\x00"):
+                    ps.email.forget(parsed)
+                if ps.db is not None and tag in ps.logged and not from_store:
+                    ps.db.log_pending[key] = None
+                touched.add(partition)
+                continue
+            p = value[0]
+            ps = self.partitions.get(p) or self.state(p)
+            touched.add(p)
             if head == POSITION_TAG:
                 topic = parsed[1]
                 ps.positions[topic] = max(ps.positions.get(topic, 0), value[1])
-            elif head in ps.by_tag and head:
-                ps.by_tag[head].restore(parsed[1:], value[1:])
+                continue
+            if head in ps.by_tag and head:
+                tag = head
+                pending.setdefault((p, head), []).append((parsed[1:], value[1:]))
             elif not head.startswith("\x00"):
-                ps.email.restore(parsed, value[1:])
-            # else: a tag from a newer version; its owner will rebuild it
+                tag = ""
+                pending.setdefault((p, ""), []).append((parsed, value[1:]))
+            else:
+                continue  # a tag from a newer version; its owner will rebuild it
+            if ps.db is not None and tag in ps.logged and not from_store:
+                ps.db.log_pending[key] = value
+        self._flush_joins(pending)
         return touched
 
-    def _tombstone(self, partition: int, key: str) -> set[int]:
-        ps = self.partitions.get(partition)
-        if ps is None:
-            return set()  # nothing restored there yet: nothing to forget
-        parsed = json.loads(key)
-        head = parsed[0]
-        if head == POSITION_TAG:
-            return set()  # positions only grow; never tombstoned
-        if head in ps.by_tag and head:
-            ps.by_tag[head].remove(parsed[1:])
-        elif not head.startswith("\x00"):
-            ps.email.remove(parsed)
-        return {partition}
+    def _flush_joins(self, pending: dict[tuple[int, str], list[tuple[list, list]]]) -> None:
+        for (p, tag), items in pending.items():
+            self.partitions[p].by_tag[tag].restore_many(items)
+        pending.clear()
+
+    def stats(self) -> dict[str, Any]:
+        """Where the state entries are (``sluice status``)."""
+        if self.store is None:
+            return {"kind": "memory"}
+        return {"kind": "rocksdb", **self.store.stats()}
+
+
+def decode_entry(key: bytes, value: bytes | None) -> tuple[str, list | None]:
+    """A changelog record as :meth:`Engine.join` takes it (the bytes ChangelogWriter
+    writes: JSON of the key's JSON string, JSON of the value; no value: a tombstone)."""
+    return orjson.loads(key), (None if value is None else orjson.loads(value))
 
 
 def changelog_key(*parts: object, tag: str = "") -> str:

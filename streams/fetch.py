@@ -1,17 +1,18 @@
 """The hot path's reader: a confluent-kafka consumer fed by Faust's assignment.
 
 Faust stays the application: its consumer group decides which partitions this worker
-owns (rebalancing), its tables recover the state from changelogs, its timers checkpoint,
-its web server answers. What it does not do is hand events to an agent one by one:
-measured, Faust's per-event machinery costs ~90 µs of CPU per event, which caps a
-worker near 11,000 events/s before any work is done. So the event topics' partitions
-are *handed off*: Faust's fetcher skips them, and this reader — librdkafka, in C —
-fetches them in batches of thousands for :meth:`streams.worker.Worker.process`.
+owns (rebalancing), its timers checkpoint, its web server answers. What it does not do
+is hand events to an agent one by one: measured, Faust's per-event machinery costs
+~90 µs of CPU per event, which caps a worker near 11,000 events/s before any work is
+done. So the event topics' partitions are *handed off*: Faust's fetcher skips them, and
+this reader — librdkafka, in C — fetches them in batches of thousands for
+:meth:`streams.worker.Worker.process`.
 
 The reader never joins the group (``assign()``, never ``subscribe()``): it is told what
-to read after Faust's rebalance and table recovery, starts at the group's committed
-offsets (the offsets Sluice commits through Faust after each checkpoint), and drops its
-partitions when Faust revokes them. Assignment changes and fetches never overlap (one
+to read after Faust's rebalance and the state's restore (:mod:`streams.restore`), starts
+at the group's committed offsets (the offsets Sluice commits through Faust after each
+checkpoint), and drops its partitions when Faust revokes them. Assignment changes and
+fetches never overlap (one
 lock), so no batch read under an old assignment is ever applied.
 """
 
@@ -107,11 +108,12 @@ class Reader:
 
 
 class ChangelogWriter:
-    """Writes the state changelog with librdkafka, in the bytes Faust's table reads back.
+    """Writes the state changelog with librdkafka (JSON key and value: the bytes
+    :func:`streams.engine.decode_entry` reads back); Faust's producer would add its
+    per-message machinery to tens of thousands of entries per checkpoint.
 
-    Faust's table recovery (JSON key and value serializers) restores what this writes;
-    Faust's own producer would add its per-message machinery (futures, callbacks, one
-    more JSON encoding) to tens of thousands of entries per checkpoint.
+    It remembers, per partition, the offset after the last entry Kafka acknowledged
+    (:meth:`ends`): the marker a local store's image gets (:mod:`streams.store`).
     """
 
     def __init__(self, conf: dict[str, Any], topic: str) -> None:
@@ -132,18 +134,28 @@ class ChangelogWriter:
             }
         )
         self._errors: list[str] = []
+        self._ends: dict[int, int] = {}
 
-    def _delivered(self, err: Any, _msg: Any) -> None:
+    def _delivered(self, err: Any, msg: Any) -> None:
         if err is not None:
             self._errors.append(str(err))
+            return
+        partition, offset = msg.partition(), msg.offset()
+        if offset is not None and offset >= 0 and offset + 1 > self._ends.get(partition, 0):
+            self._ends[partition] = offset + 1
 
-    def write(self, entries: Iterable[tuple[int, str, list]]) -> None:
-        """Queue ``(partition, key, value)`` entries (key: the engine's JSON string)."""
+    def ends(self) -> dict[int, int]:
+        """Per partition, the offset after the last entry acknowledged so far."""
+        return dict(self._ends)
+
+    def write(self, entries: Iterable[tuple[int, str, list | None]]) -> None:
+        """Queue ``(partition, key, value)`` entries (key: the engine's JSON string; value
+        None: a tombstone, so compaction removes the key for good)."""
         topic = self.topic
         produce = self.producer.produce
         dumps = orjson.dumps
         for partition, key, value in entries:
-            k, v = dumps(key), dumps(value)
+            k, v = dumps(key), (None if value is None else dumps(value))
             while True:
                 try:
                     produce(topic, v, k, partition=partition, on_delivery=self._delivered)

@@ -18,6 +18,7 @@ from topics.taxonomy import FAMILY_OF
 __all__ = ["CONTENT_TYPE_LATEST", "HealthMetrics"]
 
 _FLUSH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_RESTORE_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900)
 
 
 def _bounded(value: str, allowed: Container[str]) -> str:
@@ -131,6 +132,55 @@ class HealthMetrics:
             "sluice_consumer_lag",
             "Events not yet committed, per source topic and partition.",
             ["topic", "partition"],
+            registry=r,
+        )
+        self.restores = Counter(
+            "sluice_state_restores",
+            "Partitions whose state came back before their events were read, per mode "
+            "(kept, reused: the local store; rebuilt: from the whole changelog) and, for a "
+            "rebuild, why (streams/store.py REASONS).",
+            ["mode", "reason"],
+            registry=r,
+        )
+        self.restore_seconds = Histogram(
+            "sluice_state_restore_seconds",
+            "Time from a partition's assignment to its state restored, per mode.",
+            ["mode"],
+            buckets=_RESTORE_BUCKETS,
+            registry=r,
+        )
+        self.restore_entries = Counter(
+            "sluice_state_restore_entries",
+            "Changelog entries joined into restored state, per mode.",
+            ["mode"],
+            registry=r,
+        )
+        self.restoring = Gauge(
+            "sluice_state_restoring",
+            "Partitions assigned whose state is being restored (their events wait).",
+            registry=r,
+        )
+
+        # erasure (docs/erasure.md): no tenant or lead ever becomes a label value
+        self.erasures = Counter(
+            "sluice_erasures_applied",
+            "Leads newly erased in this worker's state, as the erasure registry named them.",
+            registry=r,
+        )
+        self.erasure_purged_rows = Counter(
+            "sluice_erasure_purged_rows",
+            "OLAP rows of erased leads deleted (ALTER TABLE ... DELETE).",
+            registry=r,
+        )
+        self.erasure_purge_failures = Counter(
+            "sluice_erasure_purge_failures",
+            "OLAP purges of erased leads that failed (retried; a missing ALTER DELETE grant?).",
+            registry=r,
+        )
+        self.erasure_deletions = Counter(
+            "sluice_erasure_deletion_requests",
+            "Deletion requests for erased leads, per destination and outcome status.",
+            ["destination", "status"],
             registry=r,
         )
 

@@ -229,15 +229,15 @@ def move(
 
 def restore(records: Iterable[Record], partition: int, engine: Engine) -> None:
     """Join one changelog partition into ``engine`` as a worker's restore would."""
-    batch: list[tuple[str, list | None, int]] = []
+    batch: list[tuple[str, list | None]] = []
     for _, raw, value in records:
         if raw is None:
             continue
-        batch.append((orjson.loads(raw), None if value is None else orjson.loads(value), partition))
+        batch.append((orjson.loads(raw), None if value is None else orjson.loads(value)))
         if len(batch) >= 5_000:
-            engine.join(batch)
+            engine.join(batch, partition)
             batch = []
-    engine.join(batch)
+    engine.join(batch, partition)
     if partition in engine.partitions:
         engine.restored([partition])
 

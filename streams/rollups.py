@@ -46,6 +46,7 @@ from collections.abc import (
     Mapping,
     MutableMapping,
     Sequence,
+    Set,
 )
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -54,7 +55,19 @@ from sys import intern
 from typing import Any
 
 from sluice.olap.catalog import LEAD_STATUS_ORDER
-from streams.state import Component, DirtyRows, RowKey, TablePart, Taken
+from sluice.privacy import lead_ref
+from streams.state import (
+    Component,
+    DirtyRows,
+    MapFactory,
+    RowKey,
+    TablePart,
+    Taken,
+    get_many,
+    insert_new,
+    memory_map,
+    peek,
+)
 
 DAY_MS = 86_400_000
 # rows a checkpoint rewrites per component after a restore (the rest in the next ones)
@@ -104,7 +117,8 @@ def merge_event(state: EmailState, event: Mapping) -> bool:
         # interned: millions of states share a few campaigns, mailboxes, steps and leads
         state[CAMPAIGN] = intern(event["campaign_id"])
         state[MAILBOX] = intern(event["mailbox_id"])
-        state[LEAD] = intern(event["lead_id"])
+        lead = event["lead_id"]  # None: the lead is erased (EmailRollups.apply)
+        state[LEAD] = intern(lead) if lead is not None else None
         step = event.get("sequence_step_id")
         state[STEP] = intern(step) if step is not None else None
         return True
@@ -498,7 +512,8 @@ SEQUENCE_STEP_ANALYTICS = Rollup(
 LEAD_ANALYTICS = Rollup(
     table="lead_analytics",
     key_columns=("company_id", "lead_id"),
-    key=lambda tenant, s: (tenant, s[LEAD]),
+    # an erased lead's emails (LEAD None) count in every table but this one
+    key=lambda tenant, s: None if s[LEAD] is None else (tenant, s[LEAD]),
     metrics=LEAD_METRICS,
     tallies=(("send_day", send_day), ("campaign", lambda s: s[CAMPAIGN])),
     derived=(
@@ -522,6 +537,9 @@ BILLING_SENDS = Rollup(
         ("mailbox_ids", lambda m, t: sorted(t["mailbox"])),
     ),
 )
+
+#: Tables whose rows are keyed by the lead: an erasure removes the lead's row.
+ERASABLE_TABLES: tuple[str, ...] = (LEAD_ANALYTICS.table,)
 
 EMAIL_ROLLUPS: tuple[Rollup, ...] = (
     CAMPAIGN_ANALYTICS,
@@ -559,6 +577,14 @@ WARMUP_ROLLUPS: tuple[Rollup, ...] = (WARMUP_ANALYTICS,)
 # --------------------------------------------------------------------------------------
 
 
+def _tally(value: Hashable, n: int) -> Counter:
+    """``Counter({value: n})`` at a third of the cost: a rebuild makes millions. (A
+    Counter's ``__init__`` only fills the dict it is; Counter adds no state of its own.)"""
+    tally: Counter = Counter.__new__(Counter)
+    dict.__setitem__(tally, value, n)
+    return tally
+
+
 class AttributionRollups(Component):
     """Attribution states and rollup rows of one Kafka partition (so: of a set of tenants).
 
@@ -570,21 +596,23 @@ class AttributionRollups(Component):
         attribution: Attribution,
         rollups: Iterable[Rollup],
         tag: str,
-        new_map: Callable[[], MutableMapping] = dict,
+        new_map: MapFactory = memory_map,
     ) -> None:
-        """``new_map`` makes the maps that grow with the emails and leads in flight
-        (``dict``, or :meth:`streams.spill.SpillStore.map` for state beyond memory)."""
+        """``new_map`` makes the maps that grow with the emails and leads in flight (plain
+        dicts, or maps of the partition's local store: :meth:`streams.store.PartitionDB.map`),
+        each under a name stable across processes."""
         self.attribution = attribution
         self.tag = tag
         self.rollups = tuple(rollups)
         self._by_table = {r.table: r for r in self.rollups}
-        self.states: MutableMapping[tuple[str, str], list] = new_map()
+        name = tag.lstrip("\x00") or "email"
+        self.states: MutableMapping[tuple[str, str], list] = new_map(f"{name}/states")
         # table -> row key -> counters; tallies only for rollups that have some
         self.rows: dict[str, MutableMapping[RowKey, list[int]]] = {
-            r.table: new_map() for r in self.rollups
+            r.table: new_map(f"{name}/rows/{r.table}") for r in self.rollups
         }
         self.tallies: dict[str, MutableMapping[RowKey, list[Counter]]] = {
-            r.table: new_map() for r in self.rollups if r.tallies
+            r.table: new_map(f"{name}/tallies/{r.table}") for r in self.rollups if r.tallies
         }
         self._maps = [self.states, *self.rows.values(), *self.tallies.values()]
         self.dirty = DirtyRows(self._by_table)
@@ -593,6 +621,8 @@ class AttributionRollups(Component):
         self.late: Counter[str] = Counter()
         # after a restore: the row keys still to rewrite (see restored())
         self._rewrite: Iterator[tuple[str, RowKey]] | None = None
+        # after reopened(): restores mark the rows they change (the rest are in the OLAP)
+        self._incremental = False
 
     def parts(self) -> tuple[TablePart, ...]:
         return tuple(
@@ -623,45 +653,146 @@ class AttributionRollups(Component):
         """Join a state read back from the changelog into this partition's state."""
         tenant, message_id = intern(key[0]), key[1]
         state = self.states.get((tenant, message_id))
+        mark = self._incremental
         if state is None:
             value = [
                 intern(v) if type(v) is str and i > SENT_EVENT_ID else v
                 for i, v in enumerate(value)
             ]
             state = self.states[(tenant, message_id)] = self.attribution.adopt(value)
-            self._account(tenant, None, state, mark=False)
+            self._account(tenant, None, state, mark=mark)
             return
         before = state.copy()
         if self.attribution.merge_states(state, value):
-            self._account(tenant, before, state, mark=False)
+            self._account(tenant, before, state, mark=mark)
 
-    def remove(self, key: list) -> None:
-        """A tombstone: the message's state moved to another partition (see Component)."""
-        state = self.states.pop((key[0], key[1]), None)
-        if state is None or state[SENT_AT] is None:
+    def restore_many(self, entries: Sequence[tuple[list, list]]) -> None:
+        """Join many changelog states at once: a rebuild's hot path.
+
+        States of emails this partition does not hold yet (all of them in a rebuild from
+        an empty store) are added together: their contributions are counted per row key
+        and combination of flags first, so each row and tally is touched once per batch
+        instead of once per email. Known emails go through :meth:`restore`.
+        """
+        batch: dict[tuple[str, str], list] = {}
+        merge = self.attribution.merge_states
+        adopt = self.attribution.adopt
+        for key, value in entries:
+            k = (key[0], key[1])
+            prev = batch.get(k)
+            if prev is None:
+                batch[k] = adopt(value)
+            else:
+                merge(prev, value)
+        states = self.states
+        fresh: list[tuple[str, list]] = []
+        new: list[tuple[tuple[str, str], list]] = []
+        known = get_many(states, list(batch))
+        for ((tenant, message_id), value), state in zip(batch.items(), known, strict=True):
+            if state is not None:
+                self.restore([tenant, message_id], value)
+                continue
+            tenant = intern(tenant)
+            state = [
+                intern(v) if type(v) is str and SENT_EVENT_ID < i < FLAGS else v
+                for i, v in enumerate(value)
+            ]
+            new.append(((tenant, message_id), state))
+            if state[SENT_AT] is not None:
+                fresh.append((tenant, state))
+        insert_new(states, new)
+        if fresh:
+            self._account_many(fresh)
+
+    def _account_many(self, fresh: list[tuple[str, list]]) -> None:
+        """Add the contributions of new (sent) states: :meth:`_account` for many at once."""
+        mark = self._incremental
+        for rollup in self.rollups:
+            keyf, mask, bits_list = rollup.key, rollup.all_bits, rollup._metric_bits
+            table = rollup.table
+            keys = [keyf(tenant, state) for tenant, state in fresh]
+            rows = self.rows[table]
+            counted = Counter(zip(keys, [state[FLAGS] & mask for _, state in fresh], strict=True))
+            distinct = list({key for key, _ in counted if key is not None})
+            held = dict(zip(distinct, get_many(rows, distinct), strict=True))
+            new_rows: dict[RowKey, list[int]] = {}
+            for (key, flags), n in counted.items():
+                if key is None:
+                    continue
+                row = new_rows.get(key) or held[key]
+                if row is None:
+                    new_rows[key] = [n if bits is None or flags & bits else 0 for bits in bits_list]
+                else:
+                    for i, bits in enumerate(bits_list):
+                        if bits is None or flags & bits:
+                            row[i] += n
+                if mark:
+                    self.dirty.add(table, key)
+            insert_new(rows, list(new_rows.items()))
+            if not rollup.tallies:
+                continue
+            fns = [fn for _, fn in rollup.tallies]
+            tallies = self.tallies[table]
+            values = [tuple([fn(state) for fn in fns]) for _, state in fresh]
+            held = dict(zip(distinct, get_many(tallies, distinct), strict=True))
+            new_tallies: dict[RowKey, list[Counter]] = {}
+            for (key, vals), n in Counter(zip(keys, values, strict=True)).items():
+                if key is None:
+                    continue
+                kept = new_tallies.get(key) or held[key]
+                if kept is None:
+                    new_tallies[key] = [_tally(v, n) for v in vals]
+                else:
+                    for tally, v in zip(kept, vals, strict=True):
+                        tally[v] += n
+            insert_new(tallies, list(new_tallies.items()))
+
+    def forget(self, key: list) -> None:
+        """A changelog tombstone: the message's state goes, and its contribution with it."""
+        tenant, message_id = key[0], key[1]
+        state = self.states.get((tenant, message_id))
+        if state is None:
             return
-        for rollup in self.rollups:  # retract what it contributed (rows are rewritten)
-            old = rollup.contribution(key[0], state)
+        self._retract(tenant, state)
+        del self.states[(tenant, message_id)]
+        self.dirty_states.discard((tenant, message_id))
+
+    def _retract(self, tenant: str, state: list) -> None:
+        """Take one message's contribution out of every row (its rows become dirty)."""
+        for rollup in self.rollups:
+            old = rollup.contribution(tenant, state)
             if old is None:
                 continue
-            row_key, counts, values = old
-            row = self.rows[rollup.table][row_key]
+            key, counts, values = old
+            row = self.rows[rollup.table][key]
             for i, v in enumerate(counts):
                 row[i] -= v
             tallies = self.tallies.get(rollup.table)
             if tallies is not None:
-                kept = tallies[row_key]
-                for tally, value in zip(kept, values, strict=True):
+                for tally, value in zip(tallies[key], values, strict=True):
                     tally[value] -= 1
                     if not tally[value]:
                         del tally[value]
+            self.dirty.add(rollup.table, key)
+
+    def keeps_state_in_store(self) -> bool:
+        return not isinstance(self.states, dict)
+
+    def reopened(self) -> None:
+        self._incremental = True
 
     def restored(self) -> None:
+        # don't resend the restored states to the changelog they came from
+        self.dirty_states.clear()
+        if self._incremental:
+            self._incremental = False  # the rows the restores changed are marked already
+            return
         # Every row is rewritten (the OLAP may lag the changelog), REWRITE_BATCH per
         # checkpoint: a state far beyond memory is never all in one checkpoint.
         self._rewrite = self._all_row_keys()
-        # don't resend the restored states to the changelog they came from
-        self.dirty_states.clear()
+
+    def rewrite_pending(self) -> bool:
+        return self._rewrite is not None
 
     def _all_row_keys(self) -> Iterator[tuple[str, RowKey]]:
         for table, rows in self.rows.items():
@@ -736,8 +867,8 @@ class AttributionRollups(Component):
     # -- rows ----------------------------------------------------------------------------
     def value(self, table: str, key: RowKey) -> tuple:
         rollup = self._by_table[table]
-        counters = self.rows[table].get(key) or [0] * len(rollup.metrics)
-        tallies = self.tallies[table].get(key) if table in self.tallies else None
+        counters = peek(self.rows[table], key) or [0] * len(rollup.metrics)
+        tallies = peek(self.tallies[table], key) if table in self.tallies else None
         return rollup.values(counters, tallies)
 
     def _take_rewrites(self) -> None:
@@ -751,11 +882,17 @@ class AttributionRollups(Component):
         self._rewrite = None
 
     def take_dirty_rows(self) -> dict[str, list[tuple[RowKey, tuple]]]:
-        """Snapshot and clear the dirty rows: table -> [(key, value columns)]."""
-        return {
-            table: [(k, self.value(table, k)) for k in keys]
-            for table, keys in self.dirty.take().items()
-        }
+        """Snapshot and clear the dirty rows: table -> [(key, value columns)].
+
+        A row erased meanwhile (:meth:`EmailRollups.erase` removed it) is not written: a
+        row of zeros would still name the lead."""
+        out: dict[str, list[tuple[RowKey, tuple]]] = {}
+        for table, keys in self.dirty.take().items():
+            if table in ERASABLE_TABLES:
+                rows = self.rows[table]
+                keys = [k for k in keys if k in rows]
+            out[table] = [(k, self.value(table, k)) for k in keys]
+        return out
 
     def take(self) -> Taken:
         self._take_rewrites()
@@ -776,6 +913,9 @@ class AttributionRollups(Component):
         return {"states": len(self.states)}
 
     def close(self) -> None:
+        # the rewrite's walk holds a RocksDB iterator (and this component: a cycle that
+        # would keep the store's files locked until the garbage collector came by)
+        self._rewrite = None
         for m in self._maps:
             if not isinstance(m, dict):
                 m.store.forget(m)  # type: ignore[attr-defined]
@@ -786,6 +926,15 @@ class EmailRollups(AttributionRollups):
 
     Its changelog keys are untagged ``[tenant, email_id]`` (the format of the first
     release, kept so existing changelogs restore).
+
+    Erasure: an erased lead's emails keep their state (campaign, mailbox, step, send
+    time, flags: what the campaign, mailbox, step and billing rows count, none of it
+    personal) with the lead slot emptied, so they go on counting there — later events
+    included — and count nowhere in ``lead_analytics``, whose row of the lead goes. The
+    emptied states are written to the changelog again (the new value supersedes the old
+    one, which compaction then removes). ``erased`` says which leads are erased; it is
+    consulted for every ``email_sent`` and every state restored, so no replay, late
+    event or old changelog value brings a lead back.
     """
 
     families = frozenset({"email"})
@@ -794,11 +943,99 @@ class EmailRollups(AttributionRollups):
         self,
         rollups: Iterable[Rollup] = EMAIL_ROLLUPS,
         window_ms: int | None = None,
-        new_map: Callable[[], MutableMapping] = dict,
+        new_map: MapFactory = memory_map,
+        erased: Callable[[str, str | None], bool] | None = None,
     ) -> None:
-        """``window_ms``: the attribution window (None: an event counts whenever it came)."""
+        """``window_ms``: the attribution window (None: an event counts whenever it came);
+        ``erased(tenant, lead)``: whether a lead is erased (None: no erasure registry)."""
         attribution = EMAIL if window_ms is None else windowed_email(window_ms)
         super().__init__(attribution, rollups, "", new_map)
+        self.erased = erased
+        self._scrubbed: set[tuple[str, str]] = set()  # restored states emptied of a lead
+
+    def apply(self, event: Mapping) -> bool:
+        erased = self.erased
+        if (
+            erased is not None
+            and event["event_type"] == "email_sent"
+            and erased(event["tenant_id"], event["lead_id"])
+        ):
+            event = {**event, "lead_id": None}  # a copy: the record goes to the sinks too
+        return super().apply(event)
+
+    def restore(self, key: list, value: list) -> None:
+        erased = self.erased
+        if erased is not None and value[LEAD] is not None and erased(key[0], value[LEAD]):
+            value = [*value[:LEAD], None, *value[LEAD + 1 :]]
+            self._scrubbed.add((key[0], key[1]))
+        super().restore(key, value)
+
+    def restore_many(self, entries: Sequence[tuple[list, list]]) -> None:
+        erased = self.erased
+        if erased is not None:
+            scrubbed = []
+            for key, value in entries:
+                if value[LEAD] is not None and erased(key[0], value[LEAD]):
+                    value = [*value[:LEAD], None, *value[LEAD + 1 :]]
+                    self._scrubbed.add((key[0], key[1]))
+                scrubbed.append((key, value))
+            entries = scrubbed
+        super().restore_many(entries)
+
+    def restored(self) -> None:
+        super().restored()
+        # states whose changelog value still named an erased lead: write them again
+        self.dirty_states.update(k for k in self._scrubbed if k in self.states)
+        self._scrubbed.clear()
+
+    def erase(self, tenant: str, refs: Set[str]) -> None:
+        self.erase_many({tenant: refs})
+
+    def erase_many(self, by_tenant: Mapping[str, Set[str]]) -> None:
+        """Empty the lead slot of every state of the tenants' leads whose reference is in
+        ``by_tenant``, and drop those leads' ``lead_analytics`` rows (one walk of this
+        partition's states, however many tenants)."""
+        seen: dict[tuple[str, str], bool] = {}
+
+        def matches(tenant: str, lead: str | None) -> bool:
+            if lead is None:
+                return False
+            refs = by_tenant.get(tenant)
+            if refs is None:
+                return False
+            hit = seen.get((tenant, lead))
+            if hit is None:
+                hit = seen[(tenant, lead)] = lead_ref(tenant, lead) in refs
+            return hit
+
+        # collect first, change after: a store map's walk hands out copies
+        found = [key for key, state in self.states.items() if matches(key[0], state[LEAD])]
+        leads = {key for key, hit in seen.items() if hit}
+        for key in found:
+            state = self.states[key]
+            if state[LEAD] is None:
+                continue
+            before = state.copy()
+            state[LEAD] = None
+            self._account(key[0], before, state)
+            self.states[key] = state
+            self.dirty_states.add(key)
+        # rows of a lead whose emails live elsewhere (none here) go too
+        for table in ERASABLE_TABLES:
+            rows = self.rows[table]
+            tallies = self.tallies.get(table)
+            for key in leads | {k for k in list(rows) if matches(k[0], k[1])}:
+                rows.pop(key, None)
+                if tallies is not None:
+                    tallies.pop(key, None)
+                self.dirty.keys[table].discard(key)
+
+    def holds(self, tenant: str, lead: str) -> dict[str, int]:
+        states = sum(
+            1 for key, state in self.states.items() if key[0] == tenant and state[LEAD] == lead
+        )
+        rows = sum(1 for table in ERASABLE_TABLES if (tenant, lead) in self.rows[table])
+        return {k: v for k, v in (("email_states", states), ("lead_rows", rows)) if v}
 
     @property
     def emails(self) -> MutableMapping[tuple[str, str], EmailState]:
@@ -817,7 +1054,7 @@ class WarmupRollups(AttributionRollups):
     def __init__(
         self,
         rollups: Iterable[Rollup] = WARMUP_ROLLUPS,
-        new_map: Callable[[], MutableMapping] = dict,
+        new_map: MapFactory = memory_map,
     ) -> None:
         super().__init__(WARMUP, rollups, "\x00warmup", new_map)
 

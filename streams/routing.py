@@ -138,6 +138,10 @@ ROUTES: Mapping[str, tuple[To, ...]] = MappingProxyType(
         "admin_impersonation_started": _COMPLIANCE_SECURITY,
         "admin_account_locked": _COMPLIANCE_SECURITY,
         "admin_account_deleted": _COMPLIANCE_SECURITY,
+        # The audit row is the record of the erasure; not the SIEM: its archives are
+        # beyond Sluice's reach, so sending it there would copy the erased lead's id to a
+        # store no erasure can reach (docs/erasure.md).
+        "admin_lead_erasure_requested": _COMPLIANCE,
     }
 )
 

@@ -4,8 +4,8 @@ aiokafka that Sluice touches is named here, and nowhere else.
 XXX These are debts, not techniques. Faust offers no public way to (a) act before it
 waits for in-flight events at a revoke, (b) keep its fetcher off partitions another
 reader owns, (c) stop aiokafka prefetching those partitions, (d) commit offsets Sluice
-chose under the group's current generation, (e) receive the changelog during recovery
-batch by batch instead of into the table. Each use is one function below, with the
+chose under the group's current generation, (e) tell aiokafka that the member still
+consumes although Faust never polls it. Each use is one function below, with the
 reason; :func:`check` verifies at start-up that the installed versions are the tested
 ones and that every attribute is where this module expects it, so an upgrade fails with
 one clear line instead of an AttributeError in the middle of a rebalance.
@@ -24,7 +24,7 @@ from importlib import metadata
 from typing import Any
 
 import faust
-from faust.tables.base import Collection
+from aiokafka.consumer.subscription_state import SubscriptionState
 from faust.transport.consumer import Consumer
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
@@ -42,7 +42,7 @@ PRIVATE: tuple[tuple[type, str, str], ...] = (
     (Consumer, "_get_active_partitions", "keep Faust's fetcher off the handed-off partitions"),
     (Consumer, "_commit", "commit the offsets a checkpoint covers, under the generation"),
     (AIOKafkaConsumerThread, "_ensure_consumer", "pause aiokafka's prefetch of them"),
-    (Collection, "apply_changelog_batch", "receive changelog batches during recovery"),
+    (SubscriptionState, "fetch_context", "keep the member alive: Sluice consumes, not Faust"),
 )
 
 
@@ -144,7 +144,19 @@ async def commit(consumer: Any, offsets: Mapping[Any, int]) -> bool:
     return bool(await consumer._commit(offsets))  # noqa: SLF001
 
 
-def divert_recovery(table: Any, apply_batch: Callable[[list[Any]], None]) -> None:
-    """Hand each batch of changelog events Faust's recovery reads to ``apply_batch``
-    instead of the table (the engine owns the state; the table stays empty)."""
-    table.apply_changelog_batch = apply_batch
+def still_consuming(consumer: Any) -> None:
+    """Tell aiokafka this member consumes: call it from the hot loop, often.
+
+    aiokafka leaves the group when its consumer was not polled for ``max_poll_interval``
+    (Faust's ``broker_max_poll_interval``, 1000 s) and does not rejoin while it stays idle.
+    Every event partition is handed off and Faust has no table, so Faust never polls:
+    without this the member would drop out of its group 1000 s after start (measured)
+    and its partitions stop. The liveness aiokafka checks is the hot loop's, then: if the
+    loop stalls, the member leaves as a stuck consumer should.
+    """
+    try:
+        client = consumer._thread._ensure_consumer()  # noqa: SLF001
+        with client._subscription.fetch_context():  # noqa: SLF001 - stamps the last fetch
+            pass
+    except Exception as exc:  # no consumer yet (starting, rebalancing): the next call
+        log.debug("could not mark the member as consuming: %s", exc)

@@ -1,161 +1,174 @@
-"""State beyond memory: maps whose least recently added entries live in RocksDB.
+"""State beyond memory: maps cached in memory over a RocksDB database that outlives the
+process.
 
 The worker's state grows with the emails in flight (one attribution record per email, one
 ``lead_analytics`` row per lead). With ``SLUICE_STATE_STORE=rocksdb`` every such map is a
-:class:`SpillMap`: its entries live in a plain dict until the worker holds more than
-``SLUICE_STATE_MEMORY_ITEMS`` entries in all maps together; then the oldest half of the
-largest map is written to RocksDB (through ``rocksdict``, the binding faust-streaming's
-``rocksdb://`` store uses) and read back, into memory, when an event touches it again.
-Cold-email traffic suits that order: an email is touched most in the hours after its
+:class:`SpillMap`: its entries live in a dict while they are used, and in the partition's
+RocksDB database (:mod:`streams.store`, one per partition) otherwise. All maps of a worker
+share one memory budget (:class:`Budget`, ``SLUICE_STATE_MEMORY_ITEMS`` entries): beyond
+it the oldest entries of the largest map leave memory, and come back when an event touches
+them. Cold-email traffic suits that order: an email is touched most in the hours after its
 send, rarely days later.
 
-The disk tier is a cache, not a source of truth: the changelog topic is (see
-:mod:`streams.engine`). Each worker process opens a private directory under
-``<SLUICE_DATA_DIR>/spill``, never reads one left by an earlier process, and removes
-directories no living process holds (a ``flock`` on ``owner.lock`` tells). So writes skip
-RocksDB's write-ahead log and a crash loses nothing the changelog does not have.
+What is on disk, and when it is written, depends on the database's mode:
+
+* **image** (a worker's partition whose store is valid): the database is the partition's
+  state *as it was at the last checkpoint that made it durable* (changelog flushed, OLAP
+  rows written), with the marker that says so, written in one atomic batch
+  (:meth:`SpillMap.cut` at the snapshot, :meth:`PartitionDB.write` after the OLAP write).
+  Memory is a write-back cache over it: an entry changed since the last cut (or handed to
+  a cut not yet written) stays in memory; only entries equal to their image leave it,
+  which costs no write at all. Between checkpoints the image is never touched, so a
+  kill -9 at any moment leaves a consistent image behind.
+* **direct** (a rebuild from the changelog, and scratch stores: backfill, tests): nothing on
+  disk counts until the rebuild ends (a store without a marker is rebuilt), so entries
+  leave memory by being written straight to disk, without RocksDB's write-ahead log.
+
+A store map is changed in place by its users, so the map cannot see every change: every
+access (``get``, ``[]``, assignment) counts the entry as changed; :meth:`SpillMap.peek`
+reads without that, for callers that only read.
 
 Rule for callers: a value taken from a map is yours to mutate in place until the next
-access to any map of the same store (that access may write it to disk). The components
-in :mod:`streams.rollups` mutate what they fetch before fetching anything else.
+access to any map of the same budget (that access may take it out of memory). The
+components in :mod:`streams.rollups` mutate what they fetch before fetching anything else.
 """
 
 from __future__ import annotations
 
-import fcntl
+import copyreg
 import itertools
+import logging
 import pickle
-import shutil
-import struct
-import tempfile
-import time
+from collections import Counter
 from collections.abc import Hashable, Iterator, MutableMapping
-from pathlib import Path
-from typing import IO, Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import orjson
-from rocksdict import (
-    AccessType,
-    BlockBasedOptions,
-    DBCompressionType,
-    Options,
-    Rdict,
-    WriteBatch,
-    WriteOptions,
-)
+from rocksdict import Rdict, WriteBatch, WriteOptions
+
+log = logging.getLogger("sluice.spill")
 
 _MISSING: Any = object()
-_LOCK = "owner.lock"
 
 
-class SpillStore:
-    """One worker's disk tier and its memory budget, shared by all its maps."""
+def _counter(counts: dict) -> Counter:
+    """A Counter back from disk, without Counter's generic (slow) constructor."""
+    tally: Counter = Counter.__new__(Counter)
+    dict.update(tally, counts)
+    return tally
 
-    def __init__(self, root: str | Path, memory_items: int) -> None:
-        if memory_items < 2:
+
+# Tallies (lists of Counters) are a third of the entries on disk: Counter's own pickling
+# (__reduce__ through its constructor) costs twice as much to load (measured 6.3 vs 3.5 µs
+# per lead tally). Part of the store's format (streams/store.py STORE_FORMAT).
+copyreg.pickle(Counter, lambda c: (_counter, (dict(c),)))
+
+
+class Owner(Protocol):
+    """The database a map lives in (:class:`streams.store.PartitionDB`)."""
+
+    db: Rdict | None
+    budget: Budget
+    direct: bool  # entries leave memory by being written (no image yet, or a scratch store)
+    no_wal: WriteOptions
+    unflushed: bool  # set by a direct write: it is not in files until the owner flushes
+
+    def forget(self, m: SpillMap) -> None: ...
+
+
+class Budget:
+    """The memory budget every map of one worker shares (``SLUICE_STATE_MEMORY_ITEMS``)."""
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 2:
             raise ValueError("memory_items must be at least 2")
-        self.capacity = memory_items
+        self.capacity = capacity
         self.hot = 0  # entries in memory, all maps together
-        self.spilled = 0  # entries written to disk so far (a counter for metrics)
+        self.written = 0  # entries written to disk when they left memory (direct mode)
         self.maps: list[SpillMap] = []
-        root = Path(root)
-        root.mkdir(parents=True, exist_ok=True)
-        reap(root)
-        self.dir = Path(tempfile.mkdtemp(prefix="spill-", dir=root))
-        self._lock: IO[str] | None = (self.dir / _LOCK).open("w")
-        fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        options = Options(raw_mode=True)
-        options.create_if_missing(True)
-        options.set_compression_type(DBCompressionType.lz4())
-        options.set_write_buffer_size(64 * 1024 * 1024)
-        table = BlockBasedOptions()
-        table.set_bloom_filter(10, False)  # a miss (a new email) must not read a block
-        options.set_block_based_table_factory(table)
-        self.db: Rdict | None = Rdict(
-            str(self.dir / "db"), options=options, access_type=AccessType.read_write()
-        )
-        no_wal = WriteOptions()
-        no_wal.disable_wal = True  # a cache: the changelog is the durable copy
-        self.db.set_write_options(no_wal)
-        self._prefixes = itertools.count()
-
-    def map(self) -> SpillMap:
-        """A new, empty map whose entries count against this store's budget."""
-        m = SpillMap(self, struct.pack(">Q", next(self._prefixes)))
-        self.maps.append(m)
-        return m
+        # Nothing could leave memory at the last try (every entry waits for a checkpoint):
+        # don't scan again before the next write-back, or each insert would rescan.
+        self.blocked = False
+        self._warned = False
 
     def make_room(self) -> None:
-        """Write entries to disk until the maps hold no more than 90 % of the budget."""
+        """Take entries out of memory until the maps hold no more than 90 % of the budget."""
         need = self.hot - (self.capacity * 9) // 10
         while need > 0:
-            largest = max(self.maps, key=SpillMap.in_memory)
-            n = min(need, max(1, largest.in_memory() // 2))
-            if largest.in_memory() <= 1:
-                return  # nothing left worth writing (every map holds one entry)
-            largest.evict(n)
-            need -= n
+            freed = 0
+            for m in sorted(self.maps, key=SpillMap.in_memory, reverse=True):
+                if need <= 0 or m.in_memory() <= 1:
+                    break
+                n = m.evict(min(need, max(1, m.in_memory() // 2)))
+                freed += n
+                need -= n
+            if not freed:
+                self.blocked = True
+                if not self._warned:
+                    self._warned = True
+                    log.warning(
+                        "state: %d entries in memory, budget %d: the rest wait for a "
+                        "checkpoint to reach disk (a checkpoint is failing, or the budget is "
+                        "below one checkpoint's changes)",
+                        self.hot,
+                        self.capacity,
+                    )
+                return
 
-    def forget(self, m: SpillMap) -> None:
-        """``m`` is discarded (its partition moved away): its entries go, memory and disk."""
-        m.clear()
-        self.maps = [x for x in self.maps if x is not m]  # identity: maps compare by content
-
-    def close(self) -> None:
-        """Close and remove the directory (nothing in it outlives the process)."""
-        if self.db is not None:
-            self.db.close()
-            self.db = None
-        if self._lock is not None:
-            self._lock.close()
-            self._lock = None
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    def stats(self) -> dict[str, int]:
-        return {
-            "in_memory": self.hot,
-            "on_disk": sum(m.cold for m in self.maps),
-            "written_to_disk": self.spilled,
-            "memory_items": self.capacity,
-        }
+    def unblock(self) -> None:
+        """An image was written: the entries it holds may leave memory again, and do now
+        when the maps are over budget (an idle worker makes no room otherwise)."""
+        self.blocked = False
+        if self.hot > self.capacity:
+            self.make_room()
 
 
-def reap(root: Path) -> None:
-    """Remove spill directories whose process is gone (their lock is free).
+@dataclass
+class MapCut:
+    """One map's changes since the previous cut, serialized at the snapshot."""
 
-    A directory younger than a minute is left alone: its process may be between creating
-    it and locking it (a crashed worker's is removed by a later start)."""
-    for d in root.glob("spill-*"):
-        try:
-            if time.time() - d.stat().st_mtime < 60:
-                continue
-        except OSError:
-            continue
-        try:
-            with (d / _LOCK).open("a") as f:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            continue  # a living worker's
-        except OSError:
-            pass  # no lock file: a directory torn down half way
-        shutil.rmtree(d, ignore_errors=True)
+    puts: list[tuple[bytes, bytes]] = field(default_factory=list)
+    deletes: list[bytes] = field(default_factory=list)
+    size: int = 0
 
 
 class SpillMap(MutableMapping):
-    """A dict whose oldest entries the store may move to disk (see the module doc).
+    """A dict over one partition's RocksDB database (see the module doc).
 
-    Every key is in exactly one tier. Keys are tuples of strings, numbers, None and dates
-    (the disk key is their JSON); values anything picklable. On disk an entry is the pickle
-    of ``(key, value)``, so iteration gives back the keys exactly.
+    Keys are tuples of strings, numbers, None and dates (the disk key is the map's prefix
+    and their JSON); values anything picklable. On disk an entry is the pickle of
+    ``(key, value)``, so iteration gives back the keys exactly.
     """
 
-    __slots__ = ("store", "prefix", "hot", "cold", "_absent")
+    __slots__ = (
+        "store",
+        "name",
+        "prefix",
+        "hot",
+        "changed",
+        "removed",
+        "flying",
+        "flying_removed",
+        "size",
+        "disk",
+        "_absent",
+    )
 
-    def __init__(self, store: SpillStore, prefix: bytes) -> None:
+    def __init__(self, store: Owner, name: str, prefix: bytes, size: int = 0) -> None:
         self.store = store
+        self.name = name
         self.prefix = prefix
         self.hot: dict[Hashable, Any] = {}
-        self.cold = 0  # entries on disk
+        # image mode: keys whose value in memory may differ from the image (every one of
+        # them is in memory), keys deleted since the image; and the same handed to the cut
+        # being written (they may not leave memory, or be read from disk, before it lands)
+        self.changed: set[Hashable] = set()
+        self.removed: set[Hashable] = set()
+        self.flying: set[Hashable] = set()
+        self.flying_removed: set[Hashable] = set()
+        self.size = size  # live entries, memory and disk together
+        self.disk = size > 0  # the database may hold entries of this map
         # the last key a lookup found nowhere: setting it next needs no disk check
         self._absent: Hashable = _MISSING
 
@@ -165,28 +178,67 @@ class SpillMap(MutableMapping):
     def _disk_key(self, key: Hashable) -> bytes:
         return self.prefix + orjson.dumps(key)
 
+    def _db(self) -> Rdict:
+        db = self.store.db
+        assert db is not None, f"{self.name}: its store is closed"
+        return db
+
+    def _gone(self, key: Hashable) -> bool:
+        """Deleted, with the image not yet told (so the disk copy is stale)."""
+        return key in self.removed or key in self.flying_removed
+
     # -- lookups ------------------------------------------------------------------------
     def get(self, key: Hashable, default: Any = None) -> Any:
         value = self.hot.get(key, _MISSING)
         if value is not _MISSING:
+            self.changed.add(key)  # the caller may change it in place
             return value
-        if not self.cold:
+        if not self.disk or self._gone(key):
             return default
-        return self._load(key, default)
-
-    def _load(self, key: Hashable, default: Any) -> Any:
-        db = self.store.db
-        assert db is not None
-        k = self._disk_key(key)
-        raw = db.get(k)
+        raw = self._db().get(self._disk_key(key))
         if raw is None:
             self._absent = key
             return default
-        db.delete(k)
-        self.cold -= 1
         _, value = pickle.loads(raw)
         self._add(key, value)
+        self.changed.add(key)
         return value
+
+    def get_many(self, keys: list[Hashable]) -> list[Any]:
+        """``[self.get(k) for k in keys]`` (None for a missing key), the keys not in memory
+        read from disk in one RocksDB multi-get: a rebuild's bulk path."""
+        hot = self.hot
+        out = [hot.get(k, _MISSING) for k in keys]
+        self.changed.update(k for k, v in zip(keys, out, strict=True) if v is not _MISSING)
+        if not self.disk:
+            return [None if v is _MISSING else v for v in out]
+        gone = self._gone
+        wanted = [i for i, v in enumerate(out) if v is _MISSING and not gone(keys[i])]
+        if wanted:
+            raws = self._db().get([self._disk_key(keys[i]) for i in wanted])
+            loaded = 0
+            for i, raw in zip(wanted, raws, strict=True):
+                if raw is None:
+                    continue
+                _, value = pickle.loads(raw)
+                # no room made in between: every value handed out stays in memory until the
+                # caller's next access (the rule of this module), whatever the budget says
+                hot[keys[i]] = value
+                self.changed.add(keys[i])
+                out[i] = value
+                loaded += 1
+            self.store.budget.hot += loaded
+        return [None if v is _MISSING else v for v in out]
+
+    def peek(self, key: Hashable, default: Any = None) -> Any:
+        """The value, for reading only: not taken into memory, not counted as changed."""
+        value = self.hot.get(key, _MISSING)
+        if value is not _MISSING:
+            return value
+        if not self.disk or self._gone(key):
+            return default
+        raw = self._db().get(self._disk_key(key))
+        return default if raw is None else pickle.loads(raw)[1]
 
     def __getitem__(self, key: Hashable) -> Any:
         value = self.get(key, _MISSING)
@@ -197,73 +249,149 @@ class SpillMap(MutableMapping):
     def __contains__(self, key: object) -> bool:
         if key in self.hot:
             return True
-        if not self.cold:
+        if not self.disk or self._gone(key):  # type: ignore[arg-type]
             return False
-        assert self.store.db is not None
-        return self.store.db.get(self._disk_key(key)) is not None  # type: ignore[arg-type]
+        return self._db().get(self._disk_key(key)) is not None  # type: ignore[arg-type]
 
     # -- changes ------------------------------------------------------------------------
     def __setitem__(self, key: Hashable, value: Any) -> None:
-        if key in self.hot:
-            self.hot[key] = value
+        hot = self.hot
+        if key in hot:
+            hot[key] = value
+            self.changed.add(key)
             return
-        if self.cold and key != self._absent and self._drop_disk(key):
-            self.cold -= 1
+        if key in self.removed:
+            self.removed.discard(key)  # the next cut writes it over the stale disk copy
+            live = False
+        elif key == self._absent or not self.disk or key in self.flying_removed:
+            live = False
+        else:
+            live = self._db().get(self._disk_key(key)) is not None
         self._absent = _MISSING
+        if not live:
+            self.size += 1
         self._add(key, value)
+        self.changed.add(key)
+
+    def insert_new(self, items: list[tuple[Hashable, Any]]) -> None:
+        """Add entries whose keys a lookup just found nowhere (a rebuild's bulk path: one
+        call instead of one assignment per entry)."""
+        if not items:
+            return
+        self.hot.update(items)
+        self.changed.update(key for key, _ in items)
+        self.size += len(items)
+        budget = self.store.budget
+        budget.hot += len(items)
+        self._absent = _MISSING
+        if budget.hot >= budget.capacity and not budget.blocked:
+            budget.make_room()  # the oldest go first: the entries just added go last
 
     def _add(self, key: Hashable, value: Any) -> None:
-        store = self.store
-        if store.hot >= store.capacity:
-            store.make_room()  # before adding: the new entry is never the one written out
+        budget = self.store.budget
+        if budget.hot >= budget.capacity and not budget.blocked:
+            budget.make_room()  # before adding: the new entry is never the one taken out
         self.hot[key] = value
-        store.hot += 1
-
-    def _drop_disk(self, key: Hashable) -> bool:
-        db = self.store.db
-        assert db is not None
-        k = self._disk_key(key)
-        if db.get(k) is None:
-            return False
-        db.delete(k)
-        return True
+        budget.hot += 1
 
     def __delitem__(self, key: Hashable) -> None:
         if key in self.hot:
             del self.hot[key]
-            self.store.hot -= 1
-        elif self.cold and self._drop_disk(key):
-            self.cold -= 1
-        else:
+            self.store.budget.hot -= 1
+            self.changed.discard(key)
+        elif key not in self:
             raise KeyError(key)
+        if self.store.direct:
+            if self.disk:
+                self._db().delete(self._disk_key(key), self.store.no_wal)
+                self.store.unflushed = True
+        else:
+            self.removed.add(key)
+        self.size -= 1
 
-    def evict(self, n: int) -> None:
-        """Write the ``n`` oldest in-memory entries to disk."""
-        db = self.store.db
-        assert db is not None
+    def evict(self, n: int) -> int:
+        """Take up to ``n`` of the oldest entries out of memory; return how many left.
+
+        Image mode: only entries equal to their image (nothing to write). Direct mode:
+        the oldest, each written to disk.
+        """
         hot = self.hot
-        batch = WriteBatch(raw_mode=True)
-        prefix = self.prefix
-        for key in list(itertools.islice(hot, n)):
-            value = hot.pop(key)
-            batch.put(prefix + orjson.dumps(key), pickle.dumps((key, value), protocol=5))
-        db.write(batch)
-        self.cold += n
-        self.store.hot -= n
-        self.store.spilled += n
+        if self.store.direct:
+            victims = list(itertools.islice(hot, n))
+            batch = WriteBatch(raw_mode=True)
+            prefix = self.prefix
+            for key in victims:
+                batch.put(prefix + orjson.dumps(key), pickle.dumps((key, hot.pop(key)), 5))
+            self._db().write(batch, self.store.no_wal)
+            self.store.unflushed = True
+            self.disk = True
+            self.changed.difference_update(victims)
+            self.store.budget.written += len(victims)
+        else:
+            busy = self.changed
+            flying = self.flying
+            victims = []
+            for key in hot:
+                if key not in busy and key not in flying:
+                    victims.append(key)
+                    if len(victims) >= n:
+                        break
+            for key in victims:
+                del hot[key]
+        self.store.budget.hot -= len(victims)
+        return len(victims)
+
+    # -- the image ----------------------------------------------------------------------
+    def cut(self) -> MapCut:
+        """Serialize what changed since the last cut (at a checkpoint's snapshot, under the
+        state lock); those entries stay in memory until :meth:`stored` or
+        :meth:`abandoned`. One cut at a time."""
+        assert not self.flying and not self.flying_removed, f"{self.name}: a cut is in flight"
+        hot, prefix, dumps = self.hot, self.prefix, pickle.dumps
+        cut = MapCut(
+            puts=[(prefix + orjson.dumps(k), dumps((k, hot[k]), 5)) for k in self.changed],
+            deletes=[prefix + orjson.dumps(k) for k in self.removed],
+            size=self.size,
+        )
+        self.flying, self.changed = self.changed, set()
+        self.flying_removed, self.removed = self.removed, set()
+        return cut
+
+    def stored(self) -> None:
+        """The last cut is in the image."""
+        if self.flying:
+            self.disk = True
+        self.flying = set()
+        self.flying_removed = set()
+
+    def abandoned(self) -> None:
+        """The last cut was not written: what it carried is changed again."""
+        hot = self.hot
+        self.changed.update(k for k in self.flying if k in hot)
+        self.removed.update(k for k in self.flying_removed if k not in hot)
+        self.flying = set()
+        self.flying_removed = set()
+
+    def release(self) -> None:
+        """Leave memory (the partition moved away or the worker stops); the disk stays."""
+        self.store.budget.hot -= len(self.hot)
+        self.hot.clear()
+        self.changed.clear()
+        self.flying.clear()
 
     def clear(self) -> None:
-        self.store.hot -= len(self.hot)
-        self.hot.clear()
-        if self.cold:
-            db = self.store.db
-            assert db is not None
-            db.delete_range(self.prefix, _after(self.prefix))
-            self.cold = 0
+        """Every entry goes, in memory and on disk (a scratch store's partition moved)."""
+        self.release()
+        self.removed.clear()
+        self.flying_removed.clear()
+        if self.disk:
+            self._db().delete_range(self.prefix, _after(self.prefix), self.store.no_wal)
+            self.disk = False
+        self.size = 0
 
-    # -- iteration (restores and rare scans; never promotes) ----------------------------
+    # -- iteration (restores and rare scans; never takes entries into memory) -----------
     def __len__(self) -> int:
-        return len(self.hot) + self.cold
+        return self.size
 
     def __iter__(self) -> Iterator[Hashable]:
         for key, _ in self.items():
@@ -273,19 +401,22 @@ class SpillMap(MutableMapping):
         """Every entry, reading the disk as it goes (memory stays bounded for any size).
 
         The map may change meanwhile (a restore's rewrite walks it across checkpoints):
-        every key present throughout comes at least once, others may or may not.
+        every key present throughout comes at least once (some twice), others may or may
+        not.
         """
         yield from list(self.hot.items())
-        if not self.cold:
+        if not self.disk:
             return
-        db = self.store.db
-        assert db is not None
         prefix = self.prefix
         # a RocksDB iterator reads the snapshot it was opened on, whatever is written later
-        for k, raw in db.items(from_key=prefix):
+        for k, raw in self._db().items(from_key=prefix):
             if not k.startswith(prefix):
                 break
-            yield pickle.loads(raw)  # (key, value): the key exactly as it was
+            key, value = pickle.loads(raw)  # the key exactly as it was
+            if self._gone(key):
+                continue
+            now = self.hot.get(key, _MISSING)
+            yield key, (value if now is _MISSING else now)
 
 
 def _after(prefix: bytes) -> bytes:

@@ -18,6 +18,11 @@ handed back with :meth:`Component.requeue`; so a component learns that the previ
 checkpoint succeeded when it is asked to :meth:`Component.take` again without a requeue
 in between (the audit chain relies on that to mark its rows written).
 
+Erasure (docs/erasure.md): when the registry names a lead erased, the engine calls
+:meth:`Component.erase` on every partition's components; a component holding anything
+that identifies that lead removes it (its changelog entries are rewritten or
+tombstoned at the next take) while keeping every aggregate that is not personal data.
+
 Several components may fill one table (``billing_analytics`` gets sends from email
 attribution and plan changes from business events): each declares the value columns it
 provides, and the engine joins their parts on the row key.
@@ -31,13 +36,45 @@ view combines them (:mod:`sluice.olap.catalog`). Components never see the shard.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence, Set
 from dataclasses import dataclass, field
 from typing import Any
 
 RowKey = tuple
 ChangelogKey = list  # JSON-able key parts; the engine prefixes the component's tag
 ChangelogValue = list  # JSON-able; the engine prefixes the partition number
+
+#: Makes one named map of a component's state (``"email/states"``, ...). The name is
+#: stable across processes: the partition's local store (:mod:`streams.store`) keeps each
+#: map under it, so a restarted worker reopens the map instead of rebuilding it.
+MapFactory = Callable[[str], MutableMapping]
+
+
+def memory_map(name: str = "") -> dict:
+    """The default :data:`MapFactory`: a plain dict (``SLUICE_STATE_STORE=memory``)."""
+    return {}
+
+
+def insert_new(m: MutableMapping, items: list[tuple[Any, Any]]) -> None:
+    """Add entries whose keys are in no tier of ``m`` (a lookup just missed), at once."""
+    bulk = getattr(m, "insert_new", None)
+    if bulk is None:
+        m.update(items)
+    else:
+        bulk(items)
+
+
+def get_many(m: Mapping, keys: list[Any]) -> list[Any]:
+    """``[m.get(k) for k in keys]``; a store map reads what is on disk in one go."""
+    bulk = getattr(m, "get_many", None)
+    return [m.get(k) for k in keys] if bulk is None else bulk(keys)
+
+
+def peek(m: Mapping, key: Any, default: Any = None) -> Any:
+    """Read ``m[key]`` for reading only: a store map (:class:`streams.spill.SpillMap`)
+    then neither takes it into memory nor counts it as changed."""
+    reader = getattr(m, "peek", None)
+    return m.get(key, default) if reader is None else reader(key, default)
 
 
 @dataclass(frozen=True)
@@ -61,10 +98,13 @@ class TablePart:
 class Taken:
     """What one component handed to one checkpoint (given back to it on failure)."""
 
-    changelog: list[tuple[ChangelogKey, ChangelogValue]] = field(default_factory=list)
+    #: ``value`` None is a tombstone: the key goes from the compacted changelog for good
+    changelog: list[tuple[ChangelogKey, ChangelogValue | None]] = field(default_factory=list)
     rows: dict[str, dict[RowKey, tuple]] = field(default_factory=dict)
     # component-private bookkeeping for requeue (which keys went out, ...)
     token: Any = None
+    #: records for the erasure registry topic (:class:`sluice.privacy.Erasure`)
+    registry: list[Any] = field(default_factory=list)
 
     def empty(self) -> bool:
         return not self.changelog and not any(self.rows.values())
@@ -106,14 +146,57 @@ class Component(ABC):
     def restore(self, key: ChangelogKey, value: ChangelogValue) -> None:  # noqa: B027
         """Join one changelog entry (tag and partition already stripped) into the state."""
 
+    def restore_many(self, entries: Sequence[tuple[ChangelogKey, ChangelogValue]]) -> None:
+        """:meth:`restore` of many entries, in order (a rebuild hands thousands at once;
+        a component may join them faster than one by one)."""
+        for key, value in entries:
+            self.restore(key, value)
+
+    def forget(self, key: ChangelogKey) -> None:  # noqa: B027
+        """A changelog tombstone: the state under ``key`` was deleted (an erasure), or
+        moved to the partition its new key maps to (``sluice topics rekey``). Joined over a local
+        store that still holds it, it must go here too; components whose changelog never
+        carries one keep this default, which ignores it (as a rebuild from the changelog
+        alone does: compaction removes what the tombstone replaced)."""
+
     def restored(self) -> None:  # noqa: B027
         """After a batch of :meth:`restore`: reconcile, and mark every row to be rewritten
-        (the OLAP may lag the changelog) without resending what came from the changelog."""
+        (the OLAP may lag the changelog) without resending what came from the changelog.
 
-    def remove(self, key: ChangelogKey) -> None:  # noqa: B027
-        """A changelog tombstone (during a restore): the entry ``key`` left this partition
-        (``sluice topics rekey`` moved it to the partition its new key maps to); forget it
-        as if it had never been restored. Components whose entries never move keep this."""
+        After :meth:`reopened`, only the rows the restored entries changed."""
+
+    def keeps_state_in_store(self) -> bool:
+        """True when this component's state lives in maps of the partition's local store
+        (made by its :data:`MapFactory`): a restart reopens them, so the store need not
+        keep the component's changelog entries beside them."""
+        return False
+
+    def reopened(self) -> None:  # noqa: B027
+        """The state came back from the partition's local store, as it was at a checkpoint
+        whose rows are all in the OLAP. What :meth:`restore` joins until :meth:`restored`
+        (the changelog written after that checkpoint) marks the rows it changes, and only
+        those, to be rewritten. Components that do not keep their state in the store keep
+        this default: their entries are restored from the store and then from the
+        changelog as after a rebuild."""
+
+    def rewrite_pending(self) -> bool:
+        """True while rows restored from the changelog are still being rewritten a batch
+        per checkpoint (a restart meanwhile must rewrite them all again)."""
+        return False
+
+    def erase(self, tenant: str, refs: Set[str]) -> None:  # noqa: B027
+        """``tenant``'s leads whose :func:`sluice.privacy.lead_ref` is in ``refs`` are
+        erased: forget whatever identifies them (a component without lead data: nothing)."""
+
+    def erase_many(self, by_tenant: Mapping[str, Set[str]]) -> None:
+        """:meth:`erase` for several tenants at once (components whose state must be
+        walked to find the leads walk it once)."""
+        for tenant, refs in by_tenant.items():
+            self.erase(tenant, refs)
+
+    def holds(self, tenant: str, lead: str) -> dict[str, int]:
+        """What still identifies one lead here, by kind (``sluice privacy verify``)."""
+        return {}
 
     def stats(self) -> dict[str, int]:
         """Sizes of the state, for ``sluice status``."""

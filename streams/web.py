@@ -8,9 +8,13 @@
   (:mod:`sluice.olap.reader`): 400 with one line when refused, 429 while another read
   runs, 502 when ClickHouse fails;
 * ``POST /sluice/olap/rows/`` ``{"table", "columns", "rows"}`` — rows ``sluice backfill``
-  recomputed, written into the store this worker owns (rollup tables only).
+  recomputed, written into the store this worker owns (rollup tables only; never a row of
+  an erased lead);
+* ``POST /sluice/privacy/verify/`` ``{"tenant", "lead"}`` — what this worker's state still
+  holds that names one lead, and what its erasure registry says of it
+  (``sluice privacy verify``).
 
-The last two reveal and change data, so they always require ``Authorization: Bearer
+The last three reveal and change data, so they always require ``Authorization: Bearer
 <token>``: ``SLUICE_API_TOKEN``, or (unset) a random token the worker writes to
 ``SLUICE_DATA_DIR/api-token`` with mode 0600 at start-up, so only the worker's user (and
 the CLI it runs) can read it. The production profile refuses the second way unless the
@@ -47,6 +51,9 @@ def status(worker: Worker) -> dict[str, Any]:
     return {
         "app_id": worker.settings.sluice_app_id,
         "assigned": sorted(f"{tp.topic}:{tp.partition}" for tp in worker.app.consumer.assignment()),
+        # the consumer group's generation: unchanged across a static member's restart
+        "generation": worker.app.consumer_generation_id,
+        "instance_id": worker.settings.sluice_instance_id,
         "unflushed_events": worker.progress.unflushed,
         "sinks": {
             "buffered": worker.router.buffered(),
@@ -62,12 +69,42 @@ def status(worker: Worker) -> dict[str, Any]:
             p: {"emails": len(ps.email.emails), "positions": ps.positions}
             for p, ps in sorted(engine.partitions.items())
         },
-        "state_store": (
-            {"kind": "rocksdb", **engine.spill.stats()}
-            if engine.spill is not None
-            else {"kind": "memory"}
-        ),
+        "state_store": engine.stats(),
+        # per partition: how its state came back (kept / reused / rebuilt, why, how long)
+        "restore": worker.restorer.status(),
+        "erasure": {
+            "erased_leads": len(engine.erasures),
+            "olap_purges_pending": sum(len(r) for r in engine.pending_purge.values()),
+            "lead_keys_erasing": sum(
+                c.stats().get("lead_keys_erasing", 0)
+                for ps in engine.partitions.values()
+                for c in ps.components
+            ),
+        },
         **worker.stats,
+    }
+
+
+def privacy_verify(worker: Worker, tenant: str, lead: str) -> dict[str, Any]:
+    """What this worker holds that names ``tenant``'s lead ``lead`` (no lead id in it)."""
+    from sluice.privacy import lead_ref
+
+    engine = worker.engine
+    ref = lead_ref(tenant, lead)
+    erasure = engine.erasures.get(tenant, ref)
+    return {
+        "ref": ref,
+        "erased": erasure is not None,
+        "requested_at": erasure.requested_at if erasure is not None else None,
+        "event_id": erasure.event_id if erasure is not None else None,
+        "outcomes": [
+            {"destination": o.destination, "scope": o.scope, "status": o.status, "at": o.at}
+            | o.detail
+            for o in engine.erasures.outcomes_of(tenant, ref)
+        ],
+        "olap_purge_pending": ref in engine.pending_purge.get(tenant, ()),
+        "partitions": sorted(engine.partitions),
+        "holds": {str(p): found for p, found in engine.holds(tenant, lead).items()},
     }
 
 
@@ -75,6 +112,7 @@ def metrics(worker: Worker) -> bytes:
     """Prometheus exposition of the worker's health (gauges refreshed on scrape)."""
     h = worker.health
     h.pending.set(worker.progress.unflushed)
+    h.restoring.set(len(worker.restorer.running))
     for sink, count in worker.router.buffered().items():
         h.buffered.labels(sink).set(count)
     consumer = worker.app.consumer
@@ -157,6 +195,19 @@ class QueryView(ProtectedView):
         return self.json({"columns": columns, "rows": rows_to_json(rows)})
 
 
+class PrivacyVerifyView(ProtectedView):
+    """POST /sluice/privacy/verify/ {"tenant", "lead"}: what the state still holds of a lead
+    (the lead id is never logged)."""
+
+    async def handle(self, worker: Worker, body: dict[str, Any]) -> Any:
+        tenant, lead = body.get("tenant"), body.get("lead")
+        if not isinstance(tenant, str) or not isinstance(lead, str) or not tenant or not lead:
+            return self.json({"error": "tenant and lead are required strings"}, status=400)
+        async with worker.state_lock:  # a scan of the state: nothing changes meanwhile
+            report = privacy_verify(worker, tenant, lead)
+        return self.json(report)
+
+
 class RowsView(ProtectedView):
     """POST /sluice/olap/rows/ {"table", "columns", "rows"}: ``sluice backfill`` writing
     recomputed rollup rows into the store this worker owns (chDB allows one process)."""
@@ -177,6 +228,8 @@ class RowsView(ProtectedView):
             _, described = worker.olap.query(f"DESCRIBE TABLE {table}")
             types = {name: kind for name, kind, *_ in described}
             rows = rows_from_json([types[c] for c in columns], body.get("rows") or [])
+            # never a row of a lead erased meanwhile (the backfill read an older registry)
+            rows = worker.engine.scrub_rows({table: rows}).get(table, [])
             if rows:
                 worker.olap.insert(table, columns, rows)
             return len(rows)

@@ -3,12 +3,15 @@
 Who does what
 -------------
 Faust (:mod:`streams.app`) is the application: its consumer group assigns this worker its
-partitions and rebalances them, its table recovers the state from the changelog before a
-partition is read, its producer writes dead letters, its web server answers
-(:mod:`streams.web`). The event topics' partitions are *handed off* to
-:class:`streams.fetch.Reader` (confluent-kafka, batches of thousands): Faust's fetcher
-skips them (:func:`streams.seam.hand_off`), because its per-event machinery (~90 µs of CPU
-per event, measured) would cap the worker near 11,000 events/s before any work.
+partitions and rebalances them (with static membership when ``SLUICE_INSTANCE_ID`` is
+set), its producer writes dead letters, its web server answers (:mod:`streams.web`). The
+event topics' partitions are *handed off* to :class:`streams.fetch.Reader`
+(confluent-kafka, batches of thousands): Faust's fetcher skips them
+(:func:`streams.seam.hand_off`), because its per-event machinery (~90 µs of CPU per event,
+measured) would cap the worker near 11,000 events/s before any work. The state is
+restored by Sluice itself (:mod:`streams.restore`): each partition's local store
+(:mod:`streams.store`) reopened and the changelog after its marker joined, or the
+changelog read in large batches.
 
 Delivery semantics
 ------------------
@@ -18,11 +21,11 @@ consumer (so under the group's current generation), only after the checkpoint th
 covers them succeeded (:mod:`streams.checkpoint`): the committed offset of a partition is
 one past the last event applied.
 
-The reader is assigned a partition after Faust recovered its state, starts at the
-group's committed offset, and lets go of it before Faust revokes it (a drain checkpoint
-commits everything applied first). Reading and assignment changes never overlap, and a
-batch is applied under the state lock, so no offset is committed for an event that was
-not applied (or dead-lettered) in full.
+The reader is assigned a partition once its state is restored (:meth:`Worker.on_assigned`
+starts one restore per partition), starts at the group's committed offset, and lets go of
+it before Faust revokes it (a drain checkpoint commits everything applied first). Reading
+and assignment changes never overlap, and a batch is applied under the state lock, so no
+offset is committed for an event that was not applied (or dead-lettered) in full.
 
 Where an event is applied
 -------------------------
@@ -42,32 +45,59 @@ pile up only to :data:`MAX_PENDING` (then the reader stops taking: backpressure)
 whose destination refuses Sluice (401/403) stops its route instead, as ``SINK_ON_REFUSED``
 says: its events dead-lettered (``destination_refused``) while the checkpoint commits, or
 held, in which case the checkpoint fails before its snapshot.
+
+Erasure (docs/erasure.md)
+-------------------------
+Before Faust starts, the worker reads the erasure registry whole
+(:meth:`Worker.load_registry`), so no state restored from the changelog and no event
+read later can bring an erased lead back; then it follows the registry
+(:meth:`Worker.follow_registry`) and hands each newly erased lead to every partition it
+holds. Its checkpoints write the registry records of the erasure requests they cover,
+purge erased leads' OLAP rows and ask PostHog to delete what it holds of them
+(:class:`_Erasures`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from confluent_kafka import Message
 from faust.types import TP
 
 from avro_schemas.codec import Codec, DecodeError
-from sinks.base import DESTINATION_REFUSED, Envelope, Rejected
-from sinks.registry import build_sinks
+from sinks.base import DESTINATION_REFUSED, Envelope, PermanentError, Rejected, TransientError
+from sinks.posthog import lead_distinct_id
+from sinks.registry import build_deletion, build_sinks
 from sluice.kafka import kafka_config
 from sluice.olap import OlapClient, OlapError, migrate, open_store
 from sluice.olap.reader import OlapReader, open_reader
+from sluice.privacy import (
+    Erasure,
+    Registry,
+    RegistryFollower,
+    RegistryWriter,
+    now_ms,
+    read_registry,
+)
+from sluice.privacy import (
+    Outcome as DeletionOutcome,
+)
 from sluice.settings import Settings
 from streams import seam
 from streams.checkpoint import Checkpointer, Outcome, Ports, Progress
-from streams.engine import Engine, Forward
+from streams.engine import Engine, ErasureWork, Forward
+from streams.erasure import Forget, LeadKeys
 from streams.fetch import ChangelogWriter, Forwarder, Reader
 from streams.metrics import HealthMetrics
 from streams.rekey import Placement, misplaced
+from streams.restore import ChangelogSource, Restorer
 from streams.routing import Router
 from topics.catalog import Catalog
 from topics.dead_letters import dead_letter_headers
@@ -85,13 +115,16 @@ class Worker:
     def __init__(self, settings: Settings, olap: OlapClient | None = None) -> None:
         self.settings = settings
         self.catalog = Catalog.from_settings(settings)
-        self.engine = Engine.for_settings(settings)
+        # the erased leads: read whole before any state is restored (load_registry)
+        self.registry = Registry()
+        self._registry_offset: int | None = None
+        self.engine = Engine.for_settings(settings, self.registry, persistent=True)
         self.codec = Codec(settings=settings)
         self._olap = olap
         self._reader: OlapReader | None = None
         self.health = HealthMetrics()
         self.router = Router(
-            build_sinks(settings, self.health.observer()),
+            build_sinks(settings, self.health.observer(), lead_secrets=_LeadSecrets(self.engine)),
             on_routed=lambda sink, n: self.health.routed.labels(sink).inc(n),
             on_refused=settings.sink_on_refused,
             on_refused_by_sink=settings.sink_on_refused_by_sink,
@@ -103,12 +136,28 @@ class Worker:
         self.fetcher = Reader(kafka_config(settings), settings.sluice_app_id)
         self.changelog = ChangelogWriter(kafka_config(settings), self.catalog.changelog.name)
         self.forwarder = Forwarder(kafka_config(settings))
+        self.registry_writer = RegistryWriter(kafka_config(settings), self.catalog.erasures.name)
         self.draining = False
         self.last_checkpoint = time.monotonic()
         # the state: a batch is applied, or a snapshot taken, under it
         self.state_lock = asyncio.Lock()
         self._ckpt_task: asyncio.Task | None = None
-        self._restoring: set[int] = set()
+        changelog = self.catalog.changelog
+        self.restorer = Restorer(
+            self.engine,
+            self.state_lock,
+            ChangelogSource(
+                kafka_config(settings), changelog.name, int(changelog.config["delete.retention.ms"])
+            ),
+            processes=(
+                settings.sluice_restore_processes
+                if settings.sluice_restore_processes is not None
+                else os.cpu_count() or 1
+            ),
+        )
+        self._restores: dict[int, asyncio.Task] = {}
+        self.owned: set[int] = set()  # partition numbers of the current assignment
+        self._reaped = False
         # the bearer token of the query and rows endpoints (streams/web.py)
         self.api_token = settings.ensure_api_token()
         if settings.sluice_api_token is None:
@@ -139,6 +188,7 @@ class Worker:
                 warehouse=_Warehouse(self),
                 group=_Group(app),
                 forwarder=self.forwarder,
+                erasures=_Erasures(self),
             ),
             self.state_lock,
             on_late=self._count_late,
@@ -166,6 +216,40 @@ class Worker:
                 ) from None
         return self._olap
 
+    # -- the erasure registry -----------------------------------------------------------
+    def load_registry(self) -> None:
+        """Read the erasure registry whole (creating its topic if missing) before Faust
+        starts: every state restored afterwards is checked against it. Raises if Kafka
+        does not answer: a worker that cannot know which leads are erased must not run."""
+        from sluice.kafka import create_missing
+
+        conf = kafka_config(self.settings)
+        create_missing(conf, [self.catalog.erasures])
+        _, self._registry_offset = read_registry(conf, self.catalog.erasures.name, self.registry)
+        self.engine.purge_all()  # a crash may have come between an erasure and its purge
+        log.info("erasure registry: %d erased lead(s)", len(self.registry))
+
+    async def follow_registry(self) -> None:
+        """Follow the registry: each newly erased lead is erased on every partition held."""
+        offset = self._registry_offset or 0  # not loaded (tests): read it all now
+        conf = kafka_config(self.settings)
+        follower = RegistryFollower(conf, self.catalog.erasures.name, offset)
+        pool = ThreadPoolExecutor(1, thread_name_prefix="sluice-registry")
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                entries = await loop.run_in_executor(pool, follower.poll, 0.5)
+                if not entries:
+                    continue
+                async with self.state_lock:
+                    new = self.engine.erase(entries)
+                if new:
+                    self.health.erasures.inc(new)
+                    log.info("erased %d lead(s) from this worker's state", new)
+        finally:
+            pool.shutdown(wait=True)  # a poll in flight returns within its timeout
+            follower.close()
+
     # -- the hot path -------------------------------------------------------------------
     async def agent(self, stream: Any) -> None:
         """Subscribes the event topics, so Faust's group assigns their partitions.
@@ -181,6 +265,7 @@ class Worker:
         """Fetch batches from the reader, apply them, checkpoint every interval."""
         interval = self.settings.sluice_flush_interval_s
         while True:
+            seam.still_consuming(self.app.consumer)
             messages = await self.fetcher.fetch()
             if messages:
                 async with self.state_lock:
@@ -193,6 +278,7 @@ class Worker:
                 # backpressure: take nothing more until a checkpoint gets through
                 await asyncio.sleep(1.0)
                 await self.checkpoint()
+                seam.still_consuming(self.app.consumer)
 
     def _start_checkpoint(self) -> None:
         """Checkpoint in the background (reading and applying go on meanwhile)."""
@@ -316,32 +402,63 @@ class Worker:
         Every partition is revoked at each rebalance, even those we keep: their state
         goes (or stays) in :meth:`on_assigned`.
         """
+        self.owned = set()  # a restore finishing now must not hand its partition out
         await self.fetcher.unassign((tp.topic, tp.partition) for tp in revoked)
         self.router.forget({(tp.topic, tp.partition) for tp in revoked})
         self.progress.forget(revoked)
 
     async def on_assigned(self, app: Any, assigned: set, **_: Any) -> None:
+        """Restore every assigned partition, then read it (each as soon as it is ready).
+
+        A partition that moved away leaves memory (its local store stays on disk, for a
+        return); one still being restored from an earlier assignment goes on; one kept
+        in memory joins what the changelog gained meanwhile.
+        """
         self.draining = False
-        # Drop only the state of partitions that moved away. For a partition it keeps,
-        # Faust's recovery reads just the changelog written since its last read (its
-        # table is assumed to hold the rest), so that state must stay (S10).
-        owned = {tp.partition for tp in assigned if tp.topic in self.families}
-        self.engine.drop(set(self.engine.partitions) - owned)
-        seam.pause_prefetch(self.app.consumer, {tp for tp in assigned if tp.topic in self.families})
+        mine = {tp for tp in assigned if tp.topic in self.families}
+        owned = {tp.partition for tp in mine}
+        self.owned = owned
+        for partition, task in list(self._restores.items()):
+            if partition not in owned and not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+        self._restores = {p: t for p, t in self._restores.items() if p in owned}
+        async with self.state_lock:
+            self.engine.drop(set(self.engine.partitions) - owned)
+            if not self._reaped and self.engine.store is not None:
+                # stores of partitions held elsewhere now, too old to be reused ever
+                self._reaped = True
+                retention = self.restorer.source.delete_retention_ms
+                gone = self.engine.store.reap(owned, retention)
+                if gone:
+                    log.info("deleted the local stores of partitions %s (too old)", gone)
+        seam.pause_prefetch(self.app.consumer, mine)
+        for partition in sorted(owned):
+            task = self._restores.get(partition)
+            if task is None or task.done():
+                self._restores[partition] = asyncio.ensure_future(self._restore(partition))
 
-    def apply_changelog_batch(self, batch: Sequence[Any]) -> None:
-        """Faust's recovery read a batch of the changelog: join it into the engine
-        (a tombstone needs the partition it is on: its value is empty)."""
-        self._restoring |= self.engine.join([(e.key, e.value, e.message.partition) for e in batch])
-
-    async def on_recovered(self) -> None:
-        """The state of every assigned partition is here: start reading its events."""
-        touched = {p for p in self._restoring if p in self.engine.partitions}
-        self._restoring = set()
-        self.engine.restored(touched)
-        if touched:
-            log.info("restored state of partitions %s from the changelog", sorted(touched))
-        wrong = misplaced(self.engine, touched, self.placement)
+    async def _restore(self, partition: int) -> None:
+        """Restore one partition (retrying while it is ours), then hand it to the reader."""
+        delay = 1.0
+        while partition in self.owned:
+            try:
+                done = await self.restorer.restore(partition)
+                self.health.restores.labels(done.mode, done.reason or "-").inc()
+                self.health.restore_seconds.labels(done.mode).observe(done.seconds)
+                self.health.restore_entries.labels(done.mode).inc(done.entries)
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.error("partition %d: restoring its state failed (%s); retrying", partition, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+        if partition not in self.owned:
+            return  # revoked meanwhile: the next assignment restores it again
+        async with self.state_lock:
+            wrong = misplaced(self.engine, [partition], self.placement)
         if wrong:
             detail = ", ".join(f"partition {p}: {n} of {m}" for p, (n, m) in sorted(wrong.items()))
             message = (
@@ -353,17 +470,26 @@ class Worker:
             self.stats["refused"] = message
             await self.app.crash(RuntimeError(message))
             return
-        mine = {tp for tp in self.app.consumer.assignment() if tp.topic in self.families}
+        tps = {tp for tp in self.app.consumer.assignment() if tp.topic in self.families}
+        mine = {tp for tp in tps if tp.partition == partition}
         seam.pause_prefetch(self.app.consumer, mine)
         await self.fetcher.assign((tp.topic, tp.partition) for tp in mine)
 
     async def stop(self) -> None:
-        """Shutdown, after the consumer stopped (its last drain flushed every sink)."""
+        """Shutdown, after the consumer stopped (its last drain flushed every sink and
+        wrote the local stores' images)."""
+        self.owned = set()
+        for task in self._restores.values():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
         await self.router.close()
         self.fetcher.close()
+        self.restorer.close()
         if self._reader is not None:
             self._reader.close()
-        self.engine.close()
+        async with self.state_lock:
+            self.engine.close()
 
 
 class _DeadLetters:
@@ -402,6 +528,128 @@ class _DeadLetters:
 
     async def flush(self) -> None:
         await self.worker.app.producer.flush()
+
+
+class _LeadSecrets:
+    """The PostHog sink's view of the per-lead secrets in the engine's partitions."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def secret(self, partition: int, tenant: str, lead: str) -> bytes | None:
+        ps = self.engine.partitions.get(partition)
+        keys = ps.by_tag.get(LeadKeys.tag) if ps is not None else None
+        return keys.secret(tenant, lead) if isinstance(keys, LeadKeys) else None
+
+
+class _Erasures:
+    """The checkpoint's erasure port: the registry topic, the OLAP purge, PostHog's
+    person deletion (see :mod:`streams.checkpoint`, step 5b)."""
+
+    RETRY_S = 60.0  # a failed purge or deletion request is tried again after this
+    GIVE_UP_S = 86_400.0  # a deletion request failing this long is recorded as failed
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.deletion = build_deletion(worker.settings)
+        self._purge_failed_at: float | None = None
+        self._first_asked: dict[tuple[int, str, str], float] = {}
+        self._last_asked: dict[tuple[int, str, str], float] = {}
+
+    def publish(self, entries: Sequence[Erasure | DeletionOutcome]) -> None:
+        writer = self.worker.registry_writer
+        writer.write(entries)
+        writer.flush()
+
+    def settle(self, work: ErasureWork) -> tuple[dict[str, set[str]], list[tuple[Forget, bool]]]:
+        return self._purge(work), self._forget(work.forget)
+
+    def _purge(self, work: ErasureWork) -> dict[str, set[str]]:
+        from sluice.olap.erasure import purge
+
+        w, now = self.worker, time.monotonic()
+        if not work.purge:
+            return {}
+        if self._purge_failed_at is not None and now - self._purge_failed_at < self.RETRY_S:
+            return {}
+        try:
+            rows = purge(w.olap, work.purge, cluster=w.settings.clickhouse_cluster)
+        except Exception as exc:
+            self._purge_failed_at = now
+            w.health.erasure_purge_failures.inc()
+            log.error(
+                "erasure: could not purge the OLAP rows of %d erased lead(s) (retried in %.0f s; "
+                "the worker's ClickHouse user needs ALTER DELETE on the lead tables, see "
+                "docs/operations.md): %s",
+                sum(len(r) for r in work.purge.values()),
+                self.RETRY_S,
+                exc,
+            )
+            return {}
+        self._purge_failed_at = None
+        if rows:
+            w.health.erasure_purged_rows.inc(rows)
+            log.info("erasure: deleted %d OLAP row(s) of erased leads", rows)
+        return work.purge
+
+    def _forget(self, asked: list[Forget]) -> list[tuple[Forget, bool]]:
+        out: list[tuple[Forget, bool]] = []
+        outcomes: list[tuple[Forget, DeletionOutcome]] = []
+        for forget in asked:
+            outcome = self._ask(forget)
+            if outcome is None:
+                out.append((forget, False))  # asked again later
+            else:
+                outcomes.append((forget, outcome))
+        if outcomes:
+            try:
+                self.publish([o for _, o in outcomes])
+            except Exception as exc:  # the secrets stay until their outcome is durable
+                log.warning("erasure: could not record deletion outcomes (retried): %s", exc)
+                return out + [(f, False) for f, _ in outcomes]
+            for forget, outcome in outcomes:
+                key = (forget.partition, forget.tenant, forget.ref)
+                self._first_asked.pop(key, None)
+                self._last_asked.pop(key, None)
+                self.worker.health.erasure_deletions.labels("posthog", outcome.status).inc()
+        return out + [(f, True) for f, _ in outcomes]
+
+    def _ask(self, forget: Forget) -> DeletionOutcome | None:
+        """PostHog's answer for one erased lead's pseudonym (None: ask again later)."""
+
+        def outcome(status: str, **detail: Any) -> DeletionOutcome:
+            scope = f"partition-{forget.partition}"
+            return DeletionOutcome(
+                "posthog", forget.tenant, forget.ref, scope, status, now_ms(), detail
+            )
+
+        if not self.worker.settings.posthog_lead_persons:
+            # events carry the tenant, no person: nothing PostHog could delete by person
+            return outcome("not_applicable", reason="no person: unlinkable once the key is gone")
+        if self.deletion is None:
+            return outcome("not_configured", reason="POSTHOG_PERSONAL_API_KEY/PROJECT_ID unset")
+        key, now = (forget.partition, forget.tenant, forget.ref), time.monotonic()
+        last = self._last_asked.get(key)
+        if last is not None and now - last < self.RETRY_S:
+            return None
+        self._first_asked.setdefault(key, now)
+        self._last_asked[key] = now
+        try:
+            answer = self.deletion.delete([lead_distinct_id(forget.secret, forget.lead)])
+        except PermanentError as exc:
+            return outcome("refused", http=exc.status, reason=exc.reason)
+        except TransientError as exc:
+            if now - self._first_asked[key] < self.GIVE_UP_S:
+                log.warning("erasure: PostHog deletion request failed (retried): %s", exc.reason)
+                return None
+            return outcome("failed", http=exc.status, reason=exc.reason)
+        found = int(answer.get("persons_found") or 0)
+        return outcome(
+            "deleted" if found else "nothing_to_delete",
+            persons_found=found,
+            persons_deleted=int(answer.get("persons_deleted") or 0),
+            events_queued_for_deletion=bool(answer.get("events_queued_for_deletion")),
+        )
 
 
 class _Warehouse:

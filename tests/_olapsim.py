@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -146,7 +147,7 @@ class _DeadLetters:
 class _Changelog:
     """The compacted changelog; ``lose`` makes the next flush deliver a random part and fail."""
 
-    def __init__(self, store: dict[str, list]) -> None:
+    def __init__(self, store: dict[tuple[int, str], list]) -> None:
         self.store = store
         self.queued: list[tuple[int, str, list]] = []
         self.lose = 0.0
@@ -158,9 +159,12 @@ class _Changelog:
     def flush(self) -> None:
         queued, self.queued = self.queued, []
         lose, self.lose = self.lose, 0.0
-        for _, key, value in queued:
+        for partition, key, value in queued:
             if not lose or self.rng.random() > lose:
-                self.store[key] = value
+                if value is None:  # a tombstone: compaction removes the key
+                    self.store.pop((partition, key), None)
+                else:
+                    self.store[(partition, key)] = value
         if lose:
             raise RuntimeError("crashed in the middle of a changelog flush")
 
@@ -173,6 +177,32 @@ class _Warehouse:
         h = self.harness
         for table, table_rows in rows.items():
             h.olap.insert(table, h.engine.columns(table), table_rows)
+
+
+class _Erasures:
+    """The erasure registry topic (a list, the durable copy) and the OLAP purge."""
+
+    def __init__(self, harness: Harness) -> None:
+        self.harness = harness
+
+    def publish(self, entries: Sequence[Any]) -> None:
+        self.harness.registry_log.extend(entries)
+
+    def settle(self, work: Any) -> tuple[dict[str, set[str]], list[tuple[Any, bool]]]:
+        from sluice.privacy import Outcome, lead_ref
+
+        h = self.harness
+        if h.purge_fails:
+            return {}, [(f, False) for f in work.forget]
+        for table in ("lead_analytics",):
+            store = h.olap.tables[table]
+            for key in [k for k in store if lead_ref(k[0], k[1]) in work.purge.get(k[0], ())]:
+                del store[key]
+        for f in work.forget:
+            h.registry_log.append(
+                Outcome("posthog", f.tenant, f.ref, f"partition-{f.partition}", "not_configured", 0)
+            )
+        return work.purge, [(f, True) for f in work.forget]
 
 
 class _Group:
@@ -201,13 +231,22 @@ class Harness:
     partitions: int = 3
     every: int = 250
     engine: Engine = field(default_factory=Engine)
+    #: registry -> components factory of a new engine after a crash (None: the default)
+    components: Any = None
+    #: event -> the string its partition is a crc32 of (None: the topic catalog's key)
+    partition_key: Any = None
     olap: FakeOlap = field(default_factory=FakeOlap)
-    changelog: dict[str, list] = field(default_factory=dict)  # compacted: last value per key
+    # compacted: the last value per key and partition (Kafka compacts each partition)
+    changelog: dict[tuple[int, str], list] = field(default_factory=dict)
     log: list[Record] = field(default_factory=list)
     next_offset: dict[tuple[str, int], int] = field(default_factory=dict)
     committed: int = 0  # index into log: everything before it is acked
     position: int = 0  # next index to apply
     restores: int = 0
+    #: the erasure registry topic (its records, in order) and how far the engine follows it
+    registry_log: list[Any] = field(default_factory=list)
+    followed: int = 0
+    purge_fails: bool = False
 
     def __post_init__(self) -> None:
         self._loop = asyncio.new_event_loop()
@@ -215,7 +254,9 @@ class Harness:
         self._checkpointer = self._new_checkpointer()
 
     def _new_checkpointer(self) -> Checkpointer:
-        ports = Ports(_Sinks(), _DeadLetters(), self._changelog, _Warehouse(self), _Group())
+        ports = Ports(
+            _Sinks(), _DeadLetters(), self._changelog, _Warehouse(self), _Group(), _Erasures(self)
+        )
         self.progress = Progress()
         return Checkpointer(self.engine, self.progress, ports, asyncio.Lock(), run_blocking=_direct)
 
@@ -225,7 +266,10 @@ class Harness:
         for event in events:
             family = family_of(event["event_type"])
             assert family is not None
-            partition = catalog.for_family(family).partition_of(event)
+            if self.partition_key is None:
+                partition = catalog.for_family(family).partition_of(event)
+            else:
+                partition = zlib.crc32(self.partition_key(event).encode()) % self.partitions
             topic = f"events.{family}"
             offset = self.next_offset.get((topic, partition), 0)
             self.next_offset[(topic, partition)] = offset + 1
@@ -266,12 +310,29 @@ class Harness:
             return False
         if outcome.ok:
             self.committed = position
+        self.follow()
         return outcome.ok
 
+    def follow(self) -> int:
+        """The registry follower: hand the records written since to the engine."""
+        from sluice.privacy import Erasure
+
+        new = self.registry_log[self.followed :]
+        self.followed = len(self.registry_log)
+        return self.engine.erase(e for e in new if isinstance(e, Erasure))
+
     def crash(self) -> None:
-        """kill -9: a new engine restores from the changelog and resumes at the commit."""
-        self.engine = Engine()
-        self.engine.restore(list(self.changelog.items()))
+        """kill -9: a new engine restores from the changelog and resumes at the commit;
+        the erasure registry is read whole first (its topic is the durable copy)."""
+        from sluice.privacy import Erasure, Registry
+
+        registry = Registry(e for e in self.registry_log if isinstance(e, Erasure))
+        self.followed = len(self.registry_log)
+        self.engine = Engine(
+            self.components(registry) if self.components else None, registry=registry
+        )
+        self.engine.restore([(key, value) for (_, key), value in self.changelog.items()])
+        self.engine.purge_all()
         self._checkpointer = self._new_checkpointer()
         self.position = self.committed
         self.restores += 1

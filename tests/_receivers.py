@@ -58,6 +58,8 @@ class HttpReceiver:
         self.hec: list[dict[str, Any]] = []  # accepted HEC records
         self.otlp: list[Any] = []  # accepted ExportMetricsServiceRequest messages
         self.windows: dict[str, tuple[float, float]] = {}  # path → first, last accepted
+        # PostHog person deletions: (authorization header, body, events accepted before it)
+        self.deletions: list[tuple[str, dict[str, Any], int]] = []
         self.accepted = Counter[str]()  # path → events (or exports) accepted
         receiver = self
 
@@ -127,6 +129,8 @@ class HttpReceiver:
             self.bodies.append(body)
             self.requests[path] += 1
             fault = self.faults.pop(0) if self.faults else None
+        if path.endswith("/persons/bulk_delete/") and fault is None:
+            return self._bulk_delete(h, json.loads(body))
         if fault is not None:
             if fault.process_first:
                 self._accept(path, body)  # e.g. a proxy that forwarded it, then timed out
@@ -196,10 +200,37 @@ class HttpReceiver:
             self.windows[path] = (first, now)
         return True
 
-    def _answer(self, h: BaseHTTPRequestHandler, status: int, headers: dict[str, str]) -> None:
+    def _bulk_delete(self, h: BaseHTTPRequestHandler, body: dict[str, Any]) -> None:
+        """PostHog's ``persons/bulk_delete``: the persons are the distinct ids of accepted
+        events that had person processing on."""
+        wanted = set(body.get("distinct_ids") or [])
+        with self.lock:
+            persons = {
+                e["distinct_id"]
+                for e in self.posthog
+                if e["properties"].get("$process_person_profile", True)
+            }
+            found = len(wanted & persons)
+            self.deletions.append((h.headers.get("Authorization", ""), body, len(self.posthog)))
+        answer = {
+            "persons_found": found,
+            "persons_deleted": found,
+            "events_queued_for_deletion": bool(found and body.get("delete_events")),
+            "recordings_queued_for_deletion": False,
+        }
+        return self._answer(h, 200, {}, json.dumps(answer).encode())
+
+    def _answer(
+        self,
+        h: BaseHTTPRequestHandler,
+        status: int,
+        headers: dict[str, str],
+        payload: bytes | None = None,
+    ) -> None:
         with self.lock:
             self.statuses[status] += 1
-        payload = b'{"status": "Ok"}' if status == 200 else b'{"detail": "scripted"}'
+        if payload is None:
+            payload = b'{"status": "Ok"}' if status == 200 else b'{"detail": "scripted"}'
         try:
             h.send_response(status)
             for k, v in headers.items():

@@ -59,6 +59,9 @@ class Deployment:
     # a ClickHouse server (e.g. dev/olap_server.py) instead of the deployment's own
     # chDB store, for several workers sharing one store
     clickhouse_url: str | None = None
+    # static group membership (SLUICE_INSTANCE_ID): a restarted worker gets its partitions
+    # back without a rebalance; None: dynamic membership
+    instance_id: str | None = None
     _own_store: str | None = field(default=None, repr=False)
 
     @property
@@ -94,6 +97,8 @@ class Deployment:
             PYTHONUNBUFFERED="1",
             PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
         )
+        if self.instance_id is not None:
+            env["SLUICE_INSTANCE_ID"] = self.instance_id
         env.update(extra)
         return env
 
@@ -159,6 +164,11 @@ class Deployment:
         code = self.worker.wait(timeout=timeout)
         self.worker = None
         return code
+
+    @property
+    def state_dir(self) -> Path:
+        """The worker's local state stores, one directory per partition."""
+        return self.root / "var" / "state" / self.group
 
     def log_tail(self, lines: int = 60) -> str:
         path = self.root / "worker.log"

@@ -39,16 +39,44 @@ from topics.taxonomy import FAMILIES
 DAY_MS = 24 * 3600 * 1000
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
-# The name Faust gives the changelog of the worker's state table ("<app id>-<table>-changelog").
+# The changelog's name is "<app id>-<STATE_TABLE>-changelog", the name Faust gave the
+# changelog of the state table of the first releases (kept so existing changelogs restore).
 STATE_TABLE = "email-state"
+
+# How long a value superseded in a compacted topic (an erased lead's state, a destroyed
+# per-lead key) may stay on the broker: the log cleaner must compact it within this lag
+# (Kafka also rolls the active segment by then, at the next write), and a tombstone is
+# dropped this long after its segment was cleaned. docs/erasure.md states the bound.
+COMPACTION_LAG_MS = DAY_MS
+TOMBSTONE_RETENTION_MS = DAY_MS
+# The changelog keeps a tombstone (a deleted key) this long after compaction reached it;
+# a worker's local state store older than the topic's delete.retention.ms is rebuilt from
+# the whole changelog instead of reused: the tail after its marker may have lost the
+# deletes since (streams/store.py). One day (erasures bound how long a superseded value
+# lives): a store of a worker stopped for less than a day is reused.
+CHANGELOG_DELETE_RETENTION_MS = TOMBSTONE_RETENTION_MS
+# Kafka deletes a whole segment once its newest record is past retention: with a segment
+# per day a record outlives its retention by at most a day (Kafka's default is a week), so
+# an erased lead's raw events are gone 8 days after they were appended (dead letters: 31).
+_DAILY_SEGMENTS = {"segment.ms": str(DAY_MS)}
+_COMPACTED = {
+    "cleanup.policy": "compact",
+    "max.compaction.lag.ms": str(COMPACTION_LAG_MS),
+    "delete.retention.ms": str(TOMBSTONE_RETENTION_MS),
+}
 
 
 class TopicSettings(Protocol):
     """The settings the catalog depends on (a :class:`sluice.settings.Settings` has them)."""
 
-    sluice_topic_prefix: str
-    sluice_topic_partitions: int
-    sluice_app_id: str
+    @property
+    def sluice_topic_prefix(self) -> str: ...
+
+    @property
+    def sluice_topic_partitions(self) -> int: ...
+
+    @property
+    def sluice_app_id(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -182,7 +210,7 @@ class Catalog:
             retention_ms=30 * DAY_MS,
             key=(),
             key_reason="the source record's key, unchanged",
-            config={"max.message.bytes": str(MAX_MESSAGE_BYTES)},
+            config={"max.message.bytes": str(MAX_MESSAGE_BYTES), **_DAILY_SEGMENTS},
             description="dead letters: raw bytes + headers sluice.reason, sluice.source.*",
         )
 
@@ -190,8 +218,11 @@ class Catalog:
     def changelog(self) -> TopicSpec:
         """The worker's state changelog: compacted, one partition per event partition.
 
-        Faust names it after the app id and declares it itself if it is missing; created
-        here, it gets the compaction settings below from the start.
+        What the local state stores rely on (streams/store.py): ``cleanup.policy=compact``
+        only (no time or size retention: a partition rebuilt from its first offset must
+        find every key), and tombstones kept ``delete.retention.ms`` (see
+        :data:`CHANGELOG_DELETE_RETENTION_MS`). The worker creates it like this when it is
+        missing.
         """
         return TopicSpec(
             name=f"{self.app_id}-{STATE_TABLE}-changelog",
@@ -203,11 +234,30 @@ class Catalog:
                 "state key (JSON), on the partition whose events made it: where its "
                 "family's key puts them (sluice topics rekey moves it when a key changes)"
             ),
-            config={
-                "cleanup.policy": "compact",
-                "max.message.bytes": str(MAX_MESSAGE_BYTES),
-            },
+            config={**_COMPACTED, "max.message.bytes": str(MAX_MESSAGE_BYTES)},
             description="the worker's state, compacted (restored after a restart or rebalance)",
+        )
+
+    @property
+    def erasures(self) -> TopicSpec:
+        """The erasure registry: one record per erased lead, never deleted (docs/erasure.md).
+
+        Every worker reads it whole at start-up and follows it while running (like a
+        Kafka Streams GlobalKTable), so an erasure reaches every partition whatever the
+        key of the lead's events; it is the durable copy, and survives any loss of the
+        workers' state. It also records what each destination answered to a deletion
+        request. Keys hold a SHA-256 reference of tenant and lead, never the lead id.
+        """
+        return TopicSpec(
+            name=self._name("privacy.erasures"),
+            family=None,
+            partitions=1,
+            retention_ms=None,  # compacted, and never tombstoned: an erasure holds for good
+            key=(),
+            key_reason="[kind, tenant, lead reference, ...] (JSON): one record per erased lead "
+            "and per deletion outcome; one partition, so every reader sees one order",
+            config=dict(_COMPACTED),
+            description="erased leads (read whole by every worker) and deletion outcomes",
         )
 
     def event_topics(self) -> list[TopicSpec]:
@@ -226,7 +276,7 @@ class Catalog:
             retention_ms=7 * DAY_MS,
             key=FAMILY_KEYS[family].fields,
             key_reason=FAMILY_KEYS[family].reason,
-            config={"max.message.bytes": str(MAX_MESSAGE_BYTES)},
+            config={"max.message.bytes": str(MAX_MESSAGE_BYTES), **_DAILY_SEGMENTS},
             schema=f"avro_schemas/{family}",
             dlq=self._name("events.dlq"),
             description=f"{family} events, Avro",
@@ -237,7 +287,8 @@ class Catalog:
         return {spec.name: spec.family for spec in self.event_topics() if spec.family}
 
     def __iter__(self) -> Iterator[TopicSpec]:
-        """Every topic: the event topics, the dead letters, the changelog."""
+        """Every topic: the event topics, the dead letters, the changelog, the erasures."""
         yield from self.event_topics()
         yield self.dlq
         yield self.changelog
+        yield self.erasures

@@ -73,6 +73,8 @@ EVENT_TYPES: MappingProxyType[str, frozenset[str]] = MappingProxyType(
                 "admin_impersonation_started",
                 "admin_account_locked",
                 "admin_account_deleted",
+                # a lead's right to be forgotten (GDPR Art. 17, CCPA): docs/erasure.md
+                "admin_lead_erasure_requested",
                 # low-risk actions: product analytics only, never the audit log
                 "admin_setting_toggled",
                 "admin_record_viewed",
@@ -87,6 +89,10 @@ COMPLIANCE_ACTIONS: frozenset[str] = EVENT_TYPES["admin_action"] - {
     "admin_setting_toggled",
     "admin_record_viewed",
 }
+
+#: The compliance action that erases one lead everywhere Sluice put it (target_type
+#: ``lead``, target_id the lead id): :mod:`sluice.privacy`, docs/erasure.md.
+LEAD_ERASURE = "admin_lead_erasure_requested"
 
 FAMILY_OF: MappingProxyType[str, str] = MappingProxyType(
     {event_type: family for family, types in EVENT_TYPES.items() for event_type in types}

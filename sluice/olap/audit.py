@@ -123,12 +123,23 @@ def row_hash(row: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical(row)).hexdigest()
 
 
+#: Fields of an erasure request (admin_action v2) kept in its row's ``after_summary``: who
+#: asked and under which law; the lead itself is the row's target (docs/erasure.md).
+ERASURE_FIELDS: tuple[str, ...] = ("requested_by", "legal_basis")
+
+
 def audit_row(event: Mapping[str, Any], seq: int, prev_hash: str) -> dict[str, Any]:
     """The admin_audit_log row of one decoded compliance event (``occurred_at`` in ms).
 
     The admin's IP address is not kept (PII; the SIEM has it); nor are export sizes and
-    scopes, which go to sensitive_access_log.
+    scopes, which go to sensitive_access_log. An erasure request's ``requested_by`` and
+    ``legal_basis`` join its after summary (the hashed columns stay the same, so the
+    chain's scheme does not change).
     """
+    after = event.get("after")
+    extra = {f: event[f] for f in ERASURE_FIELDS if event.get(f)}
+    if extra:
+        after = {**(after or {}), **extra}
     row: dict[str, Any] = {
         "tenant_id": event["tenant_id"],
         "seq": seq,
@@ -140,7 +151,7 @@ def audit_row(event: Mapping[str, Any], seq: int, prev_hash: str) -> dict[str, A
         "target_type": event.get("target_type"),
         "target_id": event.get("target_id"),
         "before_summary": summarize(event.get("before")),
-        "after_summary": summarize(event.get("after")),
+        "after_summary": summarize(after),
         "reason": event.get("reason"),
         "source": event["source"],
         "prev_hash": prev_hash,

@@ -71,6 +71,32 @@ def test_hand_off_keeps_faust_off_the_handed_off_topics():
     assert {tp.topic for tp in consumer._get_active_partitions()} == {"other"}
 
 
+def test_still_consuming_stamps_aiokafkas_last_fetch():
+    """Faust never polls aiokafka (every partition is handed off): the hot loop's stamp is
+    what keeps aiokafka from leaving the group after max_poll_interval."""
+    import time
+
+    from aiokafka.consumer.subscription_state import SubscriptionState
+
+    async def check() -> None:
+        class Thread:
+            def __init__(self) -> None:
+                self.client = type("Client", (), {"_subscription": SubscriptionState()})()
+
+            def _ensure_consumer(self):
+                return self.client
+
+        consumer = type("Consumer", (), {"_thread": Thread()})()
+        subscription = consumer._thread.client._subscription
+        subscription._last_fetch_ended = time.monotonic() - 600  # idle for ten minutes
+        assert subscription.fetcher_idle_time >= 600
+        seam.still_consuming(consumer)
+        assert subscription.fetcher_idle_time < 1
+        seam.still_consuming(object())  # no consumer yet: nothing to stamp, no error
+
+    asyncio.run(check())
+
+
 def test_commit_goes_through_the_consumer():
     consumer = _FakeConsumer()
     assert asyncio.run(seam.commit(consumer, {"tp": 5})) is True
@@ -78,13 +104,14 @@ def test_commit_goes_through_the_consumer():
 
 
 def test_the_real_app_has_the_hooks_the_worker_uses(tmp_path):
-    """A real SeamApp and Table: the overridden and diverted methods exist and are called."""
-    app = seam.SeamApp("seam-contract", broker="kafka://127.0.0.1:1", datadir=str(tmp_path))
-    table = app.Table("t", default=None)
-    batches = []
-    seam.divert_recovery(table, batches.append)
-    table.apply_changelog_batch(["entry"])
-    assert batches == [["entry"]]
+    """A real SeamApp: the overridden methods exist and are called."""
+    app = seam.SeamApp(
+        "seam-contract",
+        broker="kafka://127.0.0.1:1",
+        datadir=str(tmp_path),
+        consumer_group_instance_id="worker-1",
+    )
+    assert app.conf.consumer_group_instance_id == "worker-1"  # static membership
     drained = []
 
     async def drain() -> None:

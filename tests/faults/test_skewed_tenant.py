@@ -1,4 +1,4 @@
-"""Scenario 14: one tenant sends half of all emails, over 6 partitions, the worker
+"""Scenario 19: one tenant sends half of all emails, over 6 partitions, the worker
 SIGKILLed at 30 % and 70 % of the stream and restarted with most of its state on disk.
 
 DESIGN §2 "Partition key": every partition gets a fair share of the email traffic, the

@@ -67,7 +67,8 @@ def test_olap_migrate_is_idempotent(tmp_path):
 @pytest.mark.kafka
 def test_topics_create_is_idempotent_and_produce_summarises(kafka_bootstrap, tmp_path):
     dep = Deployment(kafka_bootstrap, tmp_path)
-    n_topics = len(FAMILIES) + 2  # one per family, the dead letters, the state changelog
+    # one per family, the dead letters, the state changelog, the erasure registry
+    n_topics = len(FAMILIES) + 3
     first = dep.run("topics", "create")
     assert first.stdout.count("created") == n_topics
     second = dep.run("topics", "create")

@@ -9,9 +9,11 @@ SASL_SSL listener (SCRAM) and an SSL listener that requires a client certificate
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import json
 import logging
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -340,3 +342,47 @@ def test_worker_over_mtls(tls_broker, tmp_path):
         assert dep.stop_worker() == 0, dep.log_tail()
     sent = dep.query("SELECT sum(sent) AS sent FROM campaign_analytics FINAL")[0]["sent"]
     assert sent > 0
+
+
+def test_worker_endpoint_over_https_with_the_token(tmp_path, kafka_bootstrap):
+    """SLUICE_WEB_TLS_*: the endpoint serves HTTPS, the CLI verifies it against the CA and
+    sends the token; plain HTTP and an unverified client get nowhere."""
+    import ssl
+
+    ca_key, web_key = _key(), _key()
+    ca_cert = _cert("sluice web CA", ca_key, None, ca=True)
+    sans = [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+    web_cert = _cert("localhost", web_key, (ca_cert.subject, ca_key), sans)
+    pem = serialization.Encoding.PEM
+    (tmp_path / "ca.pem").write_bytes(ca_cert.public_bytes(pem))
+    (tmp_path / "web.pem").write_bytes(web_cert.public_bytes(pem))
+    (tmp_path / "web.key").write_bytes(_pem_key(web_key))
+    dep = SecureDeployment(kafka_bootstrap, tmp_path, partitions=2)
+    dep.secure_env = {
+        "SLUICE_WEB_TLS_CERT_FILE": str(tmp_path / "web.pem"),
+        "SLUICE_WEB_TLS_KEY_FILE": str(tmp_path / "web.key"),
+        "SLUICE_WEB_TLS_CA_FILE": str(tmp_path / "ca.pem"),
+    }
+    dep.prepare()
+    dep.produce(email_workload(emails=10, days=2, seed=6).events)
+    dep.start_worker()
+    try:
+        dep.wait_drained(timeout=120)
+        answer = dep.run(
+            "olap", "query", "--format", "json", "SELECT count() AS n FROM lead_analytics_v"
+        )
+        assert json.loads(answer.stdout)[0]["n"] > 0
+        status = dep.run("status", "--format", "json")
+        assert json.loads(status.stdout)["worker"]["events"] > 0
+        with pytest.raises((urllib.error.URLError, ConnectionError)):  # plain HTTP: hung up
+            urllib.request.urlopen(f"http://127.0.0.1:{dep.web_port}/metrics", timeout=10)
+        with pytest.raises(urllib.error.URLError) as info:  # a client without the CA
+            urllib.request.urlopen(f"https://127.0.0.1:{dep.web_port}/metrics", timeout=10)
+        assert isinstance(info.value.reason, ssl.SSLCertVerificationError)
+        trusted = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+        with urllib.request.urlopen(
+            f"https://127.0.0.1:{dep.web_port}/metrics", timeout=10, context=trusted
+        ) as r:
+            assert r.status == 200
+    finally:
+        assert dep.stop_worker() == 0, dep.log_tail()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -59,6 +60,7 @@ class World:
         self.written: list[str] = []  # every changelog key that reached the topic
         self.gate: asyncio.Event | None = None  # the sinks' flush waits for it
         self.holding: list[str] = []  # sinks whose paused route holds events
+        self.ends: dict[int, int] = {}  # changelog offsets acknowledged, per partition
 
     def _maybe_fail(self, step: str) -> None:
         self.calls.append(step)
@@ -102,9 +104,13 @@ class World:
             def flush(self) -> None:
                 queued, world.queued = world.queued, []
                 world._maybe_fail("changelog")
-                for _, key, value in queued:
+                for partition, key, value in queued:
                     world.changelog[key] = value
                     world.written.append(key)
+                    world.ends[partition] = world.ends.get(partition, 0) + 1
+
+            def ends(self) -> dict[int, int]:
+                return dict(world.ends)
 
         class Warehouse:
             def write(self, rows: dict[str, list[list]]) -> None:
@@ -141,11 +147,12 @@ async def _direct(fn: Any, *args: Any) -> Any:
 
 
 class Rig:
-    """An engine, its progress and a checkpointer over the fake world."""
+    """An engine, its progress and a checkpointer over the fake world (``store``: with
+    a local state store there, its partitions 0 and 1 open)."""
 
-    def __init__(self) -> None:
+    def __init__(self, store: Path | None = None) -> None:
         self.world = World()
-        self.engine = Engine()
+        self.engine = Engine() if store is None else _stored_engine(store)
         self.progress = Progress()
         self.lock = asyncio.Lock()
         self.checkpointer = Checkpointer(
@@ -175,6 +182,18 @@ class Rig:
             if key not in latest or named["_version"] >= latest[key]["_version"]:
                 latest[key] = named
         return sum(r["sent"] for r in latest.values())
+
+
+def _stored_engine(root: Path) -> Engine:
+    from streams.engine import default_components, state_schema
+    from streams.store import Changelog, Identity, StateStore
+
+    identity = Identity("app", 2, state_schema(default_components), "app-changelog")
+    engine = Engine(default_components, StateStore.for_app(root, identity, 1000))
+    for partition in (0, 1):
+        engine.open(partition, Changelog(0, 0, 86_400_000))
+        engine.rebuilt(partition, 0)  # an empty changelog: nothing to read
+    return engine
 
 
 @pytest.fixture
@@ -343,3 +362,88 @@ def test_a_paused_route_takes_no_snapshot_and_commits_nothing(rig):
     assert rig.world.calls == [] and rig.world.committed == {}
     rig.world.holding = []
     assert rig.run().ok and rig.world.committed == {(TOPIC, 0): 1}
+
+
+# --------------------------------------------------------------- the local state store
+
+
+def _marker(rig: Rig, partition: int = 0) -> int | None:
+    marker = rig.engine.partitions[partition].db.read_marker()
+    return None if marker is None else marker.offset
+
+
+def test_the_store_image_follows_the_olap_rows_and_precedes_the_commit(tmp_path, monkeypatch):
+    rig = Rig(tmp_path)
+    order = rig.world.calls
+    persist = rig.engine.persist
+
+    def recorded(ckpt: Any, ends: Any) -> None:
+        order.append("image")
+        persist(ckpt, ends)
+
+    monkeypatch.setattr(rig.engine, "persist", recorded)
+    rig.apply(sent(1), sent(2))
+    assert rig.run().ok
+    assert order[-3:] == ["olap", "image", "commit"]
+    # the marker: the changelog offset after the entries this checkpoint wrote
+    assert _marker(rig) == rig.world.ends[0]
+    rig.engine.close()
+
+
+def test_no_image_before_the_olap_rows_are_in(tmp_path):
+    rig = Rig(tmp_path)
+    rig.apply(sent(1))
+    assert rig.run().ok
+    first = _marker(rig)
+    rig.apply(sent(2))
+    rig.world.fail.add("olap")
+    assert not rig.run().ok  # changelog durable, rows not: no image
+    assert _marker(rig) == first
+    assert rig.run().ok  # the rows first (step 0); the image waits for the next snapshot
+    rig.apply(sent(3))
+    assert rig.run().ok
+    assert _marker(rig) == rig.world.ends[0] > first
+    # the image holds the email whose checkpoint failed at first
+    rig.engine.close()
+    again = _stored_engine_reopened(tmp_path, rig.world.ends)
+    assert {k[1] for k in again.partitions[0].email.states} == {"e1", "e2", "e3"}
+    again.close()
+
+
+def test_a_failed_image_write_fails_nothing_and_the_next_one_carries_it(tmp_path, monkeypatch):
+    from streams.store import PartitionDB
+
+    rig = Rig(tmp_path)
+    rig.apply(sent(1))
+    assert rig.run().ok
+    first = _marker(rig)
+    write = PartitionDB.write
+
+    def full(self: Any, *args: Any) -> Any:
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(PartitionDB, "write", full)
+    rig.apply(sent(2))
+    outcome = rig.run()
+    assert outcome.ok and outcome.committed == {(TOPIC, 0): 2}, "the commit goes on"
+    assert _marker(rig) == first
+    monkeypatch.setattr(PartitionDB, "write", write)
+    rig.apply(sent(3))
+    assert rig.run().ok
+    rig.engine.close()
+    again = _stored_engine_reopened(tmp_path, rig.world.ends)
+    assert {k[1] for k in again.partitions[0].email.states} == {"e1", "e2", "e3"}
+    again.close()
+
+
+def _stored_engine_reopened(root: Path, ends: Mapping[int, int]) -> Engine:
+    from streams.engine import default_components, state_schema
+    from streams.store import Changelog, Identity, StateStore
+
+    identity = Identity("app", 2, state_schema(default_components), "app-changelog")
+    engine = Engine(default_components, StateStore.for_app(root, identity, 1000))
+    for partition in (0, 1):
+        opened = engine.open(partition, Changelog(0, ends.get(partition, 0), 86_400_000))
+        assert opened is not None and opened.reused
+        engine.restored([partition])
+    return engine

@@ -34,6 +34,7 @@ def test_cli_error_is_one_line(tmp_path, args, env, code):
     base = {
         "PATH": "/usr/bin:/bin",
         "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
+        "KAFKA_TIMEOUT_S": "2",  # nothing listens there: report it soon
         "SLUICE_WEB_PORT": "1",
         "CLICKHOUSE_URL": f"chdb://{tmp_path / 'olap'}",
     }

@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 import sqlglot
@@ -19,6 +20,7 @@ from sluice.olap.client import OlapClient, connect
 from sluice.olap.ddl import Target, create_table
 from sluice.olap.migrations import VERSIONS, Migration, available, migrate
 from streams.engine import Engine
+from tests import _olap
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "olap.md"
 
@@ -47,9 +49,17 @@ def test_legacy_file_checksums_are_accepted_only_for_the_rendering_that_replaced
 
 
 @pytest.fixture
-def store(tmp_path_factory, reference_olap):
-    """The session's chDB engine (one per process), in a database of this test's own."""
+def store(tmp_path, reference_olap):
+    """A database of this test's own: on the session's chDB engine (one per process; its
+    one session USEs it), or on the CLICKHOUSE_TEST_URL server (tests/_olap.py)."""
     name = f"catalog_{time.time_ns()}"
+    if _olap.on_server():
+        url = _olap.new_store_url(tmp_path, name)
+        client = connect(url)
+        yield client, urlparse(url).path.strip("/")
+        client.close()
+        _olap.drop_store(url)
+        return
     reference_olap.command(f"CREATE DATABASE {name}")
     client = connect(reference_olap.url)
     client.command(f"USE {name}")

@@ -16,6 +16,8 @@ from sinks.pii import (
     SENSITIVE_FIELDS,
     Pseudonymizer,
     allowed_properties,
+    lead_of,
+    lead_pseudonym,
     url_host,
 )
 from sinks.posthog import posthog_uuid, to_posthog
@@ -55,19 +57,64 @@ def test_pseudonym_is_hmac_sha256_keyed_and_stable():
     assert Pseudonymizer(b"other")("ann.lee@example.com") != p("ann.lee@example.com")
 
 
+LEAD_SECRET = b"0" * 64
+
+
 def test_without_a_key_hashed_fields_are_removed():
     props = allowed_properties(
-        email_event(), POSTHOG_PROPERTIES["email_clicked"], Pseudonymizer(None)
+        email_event(event_type="admin_filter_changed", filter_value="ann"),
+        POSTHOG_PROPERTIES["admin_filter_changed"],
+        Pseudonymizer(None),
     )
-    assert "recipient_email" not in props
-    assert props["email_id"] == "em-1"
+    assert "filter_value" not in props
+
+
+def test_a_leads_identifiers_leave_only_as_pseudonyms_under_its_own_secret():
+    allow = POSTHOG_PROPERTIES["email_clicked"]
+    props = allowed_properties(email_event(), allow, Pseudonymizer(KEY), LEAD_SECRET)
+    for name in ("lead_id", "email_id", "recipient_email"):
+        assert props[name].startswith("l:") and len(props[name]) == 34, name
+    assert len({props["lead_id"], props["email_id"], props["recipient_email"]}) == 3
+    assert props["recipient_email"] == lead_pseudonym(
+        LEAD_SECRET, "recipient_email", "ann.lee@example.COM "
+    )
+    again = allowed_properties(email_event(), allow, Pseudonymizer(b"other"), LEAD_SECRET)
+    assert again["lead_id"] == props["lead_id"]  # the shared key plays no part
+    other = allowed_properties(email_event(), allow, Pseudonymizer(KEY), b"1" * 64)
+    assert other["lead_id"] != props["lead_id"]  # another secret: unlinkable
+    # without the lead's secret (none given, or destroyed by the erasure): left out
+    bare = allowed_properties(email_event(), allow, Pseudonymizer(KEY))
+    assert not {"lead_id", "email_id", "recipient_email"} & set(bare)
+    assert bare["campaign_id"] == "c-1"
+
+
+def test_an_admin_action_on_a_lead_names_it_by_its_pseudonym():
+    event = {**email_event("admin_record_viewed"), "target_type": "lead", "target_id": "ld-1"}
+    del event["lead_id"]
+    allow = POSTHOG_PROPERTIES["admin_record_viewed"]
+    msg = to_posthog(event, allow, Pseudonymizer(KEY), lead_secret=LEAD_SECRET)
+    assert msg["properties"]["target_id"] == lead_pseudonym(LEAD_SECRET, "lead_id", "ld-1")
+    assert "target_id" not in to_posthog(event, allow, Pseudonymizer(KEY))["properties"]
+    assert lead_of(event) == "ld-1" and lead_of(email_event()) == "ld-1"
+    assert lead_of({**event, "event_type": "admin_lead_erasure_requested"}) is None
+
+
+def test_lead_persons_make_the_leads_pseudonym_the_distinct_id():
+    allow = POSTHOG_PROPERTIES["email_opened"]
+    msg = to_posthog(
+        email_event(), allow, Pseudonymizer(KEY), lead_secret=LEAD_SECRET, lead_persons=True
+    )
+    assert msg["distinct_id"] == lead_pseudonym(LEAD_SECRET, "lead_id", "ld-1")
+    assert msg["distinct_id"] == msg["properties"]["lead_id"]
+    assert "$process_person_profile" not in msg["properties"]
 
 
 def test_allowlist_keeps_ids_hashes_emails_and_drops_the_rest():
     props = allowed_properties(
-        email_event(), POSTHOG_PROPERTIES["email_clicked"], Pseudonymizer(KEY)
+        email_event(), POSTHOG_PROPERTIES["email_clicked"], Pseudonymizer(KEY), LEAD_SECRET
     )
-    assert props["recipient_email"].startswith("h:")
+    assert props["recipient_email"].startswith("l:")
+    assert props["campaign_id"] == "c-1"
     assert props["link_url"] == "shop.example.com"
     for dropped in ("ip_address", "user_agent", "bounce_reason", "message_id"):
         assert dropped not in props

@@ -211,11 +211,11 @@ def test_a_tombstone_removes_a_restored_entry_and_what_it_counted():
     engine.apply(2, "events.email", 0, "email", event)
     (entry,) = [(k, v) for p, k, v in engine.snapshot(now=NOW).changelog if v[1] is not None][:1]
     other = Engine()
-    other.join([entry, (entry[0], None, 2)])  # the value, then a tombstone on its partition
+    other.join([entry, (entry[0], None)], 2)  # the value, then a tombstone on its partition
     other.restored([2])
     ps = other.partitions[2]
     assert not ps.email.states
     rows = other.snapshot(now=NOW).rows["campaign_analytics"]
     assert [r[4] for r in rows] == [0]  # the row is rewritten with nothing counted
     # a tombstone of a partition nothing was restored to changes nothing
-    assert other.join([(entry[0], None, 3)]) == set()
+    assert other.join([(entry[0], None)], 3) == set()

@@ -72,6 +72,18 @@ def test_sasl_needs_credentials_and_cert_needs_key():
             {"kafka_security_protocol": "SSL", "posthog_api_key": "k", "posthog_host": "http://ph"},
             "POSTHOG_HOST",
         ),
+        (
+            {"kafka_security_protocol": "SSL", "sluice_web_host": "0.0.0.0"},
+            "query and rows endpoints on 0.0.0.0 without SLUICE_API_TOKEN",
+        ),
+        (
+            {
+                "kafka_security_protocol": "SSL",
+                "sluice_web_host": "10.0.0.7",
+                "sluice_api_token": "t" * 32,
+            },
+            "HTTP endpoint on 10.0.0.7 without TLS",
+        ),
     ],
 )
 def test_production_profile_refuses_insecure_settings(overrides, refusal):
@@ -88,6 +100,20 @@ def test_production_profile_accepts_tls_everywhere():
         clickhouse_url="https://u:p@ch:8443/db",
     )
     assert s.sluice_profile == "production"
+    exposed = make(
+        sluice_profile="production",
+        kafka_security_protocol="SSL",
+        sluice_web_host="0.0.0.0",
+        sluice_api_token="t" * 32,
+        sluice_web_tls_cert_file="/etc/sluice/web.pem",
+        sluice_web_tls_key_file="/etc/sluice/web.key",
+    )
+    assert exposed.worker_url("/metrics") == "https://127.0.0.1:6066/metrics"
+
+
+def test_web_tls_files_go_together():
+    with pytest.raises(ValidationError, match="SLUICE_WEB_TLS_CERT_FILE and SLUICE_WEB_TLS_KEY"):
+        make(sluice_web_tls_cert_file="/etc/sluice/web.pem")
 
 
 def test_cli_refuses_production_plaintext_in_one_line(tmp_path):
