@@ -175,7 +175,7 @@ def test_store_rolled_back_to_an_older_copy(deployment, reference_olap):
     assert dep.stop_worker(signal.SIGTERM) == 0, dep.log_tail()
     shutil.rmtree(dep.state_dir)
     shutil.copytree(old, dep.state_dir)  # the volume rolled back
-    shift_markers(dep.state_dir, DAY_MS)  # ... a day old (delete.retention.ms is 7 days)
+    shift_markers(dep.state_dir, DAY_MS // 2)  # ... half a day old (delete.retention.ms: 1 day)
     producer.send_all(events[2 * third :] + duplicates(events[: 2 * third], 0.2, seed=15))
     since = log_size(dep)
     restarted = time.monotonic()
@@ -188,7 +188,7 @@ def test_store_rolled_back_to_an_older_copy(deployment, reference_olap):
     assert sum(n for _, _, n in came_back) > 0, "the second run's changelog was joined"
     assert dep.stop_worker(signal.SIGTERM) == 0, dep.log_tail()
     report(
-        "15 store rolled back to an older copy (a day old, a run behind)",
+        "15 store rolled back to an older copy (half a day old, a run behind)",
         produced=producer.sent,
         tail_entries_joined=sum(n for _, _, n in came_back),
         recovery_s=round(recovery, 1),
