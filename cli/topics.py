@@ -113,7 +113,7 @@ def rekey(
     errors = KafkaClientErrors()
     conf = errors.config(s)
     try:
-        rk.check_idle(conf, s.sluice_app_id)
+        rk.check_idle(conf, s.sluice_app_id, wait_s=s.kafka_session_timeout_s + 5)
     except rk.RekeyError as exc:
         raise fail(errors.first or str(exc)) from None
     write = existing = None

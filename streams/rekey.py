@@ -37,6 +37,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -144,24 +145,42 @@ class Report:
         return sum(getattr(p, attr) for p in self.partitions)
 
 
-def check_idle(conf: dict[str, Any], group: str, timeout: float = 15.0) -> None:
+def check_idle(
+    conf: dict[str, Any], group: str, timeout: float = 15.0, wait_s: float = 0.0
+) -> None:
     """Refuse while the worker group has members: a running worker would write state
-    placed by the old key again."""
+    placed by the old key again. A stopped worker with static membership
+    (``SLUICE_INSTANCE_ID``) stays a member until its session times out: wait up to
+    ``wait_s`` for the group to empty (give it ``KAFKA_SESSION_TIMEOUT_S`` and a little)."""
     from confluent_kafka.admin import AdminClient
 
     admin = AdminClient(conf)
-    try:
-        (future,) = admin.describe_consumer_groups([group], request_timeout=timeout).values()
-        description = future.result()
-    except Exception as exc:  # a group never formed is fine; anything else is not
-        if "GROUP_ID_NOT_FOUND" in str(exc):
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            (future,) = admin.describe_consumer_groups([group], request_timeout=timeout).values()
+            description = future.result()
+        except Exception as exc:  # a group never formed is fine; anything else is not
+            if "GROUP_ID_NOT_FOUND" in str(exc):
+                return
+            raise RekeyError(f"cannot describe the worker group {group!r}: {exc}") from None
+        members = description.members
+        if not members:
             return
-        raise RekeyError(f"cannot describe the worker group {group!r}: {exc}") from None
-    if description.members:
-        raise RekeyError(
-            f"the worker group {group!r} has {len(description.members)} member(s): stop every "
-            "worker first (SIGTERM drains and commits), then run the re-key"
-        )
+        static = sum(1 for m in members if m.group_instance_id)
+        # a dynamic member is a running worker: refuse at once; static ones may be stopped
+        if static < len(members) or time.monotonic() >= deadline:
+            hint = (
+                f" ({static} static: a stopped worker with SLUICE_INSTANCE_ID stays a member "
+                "until its session times out)"
+                if static
+                else ""
+            )
+            raise RekeyError(
+                f"the worker group {group!r} has {len(members)} member(s){hint}: stop every "
+                "worker first (SIGTERM drains and commits), then run the re-key"
+            )
+        time.sleep(1.0)
 
 
 def _changelog_ranges(conf: dict[str, Any], topic: str) -> dict[int, Any]:

@@ -37,6 +37,7 @@ from tests.faults._faults import (
     wait_for,
     workload,
 )
+from topics.catalog import Catalog
 from topics.taxonomy import LEAD_ERASURE
 
 pytestmark = [pytest.mark.kafka, pytest.mark.integration, pytest.mark.faults]
@@ -173,17 +174,24 @@ def test_erasure_in_the_middle_of_a_live_workload(deployment, reference_olap):
         assert f'"{lead}"'.encode() not in sent
         emails = {f.email_id for f in wl.facts if f.tenant_id == TENANT and f.lead_id == lead}
         assert not any(f'"{e}"'.encode() in sent for e in emails)
-        # one person deletion, for the lead's pseudonym; nothing of the lead after it
-        assert len(ph.deletions) == 1, ph.deletions
-        auth, request, before = ph.deletions[0]
-        assert auth == "Bearer phx-test-personal" and request["delete_events"] is True
-        (pseudonym,) = request["distinct_ids"]
+        # one person deletion per partition that held the lead's emails (emails are keyed
+        # by email: a pseudonym per partition), each for a person that existed; nothing of
+        # the lead after it
+        spec = Catalog(partitions=dep.partitions).for_family("email")
+        homes = {spec.partition_of({"tenant_id": TENANT, "email_id": e}) for e in emails}
+        assert len(ph.deletions) == len(homes), (homes, ph.deletions)
         with ph.lock:
             events = list(ph.posthog)
-        assert [e for e in events[:before] if e["distinct_id"] == pseudonym]  # it was a person
-        assert [e for e in events[before:] if e["distinct_id"] == pseudonym] == []
+        pseudonyms = set()
+        for auth, request, before in ph.deletions:
+            assert auth == "Bearer phx-test-personal" and request["delete_events"] is True
+            (pseudonym,) = request["distinct_ids"]
+            pseudonyms.add(pseudonym)
+            assert [e for e in events[:before] if e["distinct_id"] == pseudonym]  # a person
+            assert [e for e in events[before:] if e["distinct_id"] == pseudonym] == []
+        assert len(pseudonyms) == len(homes), "one secret, one pseudonym, per partition"
         outcome = next(f for f in body["findings"] if f["store"] == "posthog")
-        assert "deleted" in outcome["detail"] and "persons_found 1" in outcome["detail"]
+        assert "deleted" in outcome["detail"], outcome
         assert dep.stop_worker(signal.SIGTERM) == 0, dep.log_tail()
     report("erasure live workload", produced=total, erased_in_s=round(erased_in, 1), **figures)
 
@@ -264,9 +272,10 @@ def test_erasure_of_a_lead_whose_events_are_still_to_arrive(deployment, referenc
         proc = dep.run("dlq", "replay", "--format", "json")
         outcomes = json.loads(proc.stdout)["outcomes"]
         assert outcomes.get("erased_lead") == 1 and "replayed" not in outcomes, outcomes
-        (_, request, before) = ph.deletions[0]
-        (pseudonym,) = request["distinct_ids"]
+        assert ph.deletions, "PostHog was asked to delete the lead's persons"
         with ph.lock:
-            assert [e for e in ph.posthog if e["distinct_id"] == pseudonym] == []
+            for _, request, _ in ph.deletions:
+                (pseudonym,) = request["distinct_ids"]
+                assert [e for e in ph.posthog if e["distinct_id"] == pseudonym] == []
         assert dep.stop_worker(signal.SIGTERM) == 0, dep.log_tail()
     report("erasure before the lead's events", produced=producer.sent, **figures)

@@ -47,7 +47,7 @@ def olap_rows(dep: Deployment) -> dict:
     got = dep.query(
         "SELECT company_id, campaign_id, toString(day) AS day, "
         + ", ".join(METRICS)
-        + " FROM campaign_analytics FINAL WHERE sent > 0"
+        + " FROM campaign_analytics_v WHERE sent > 0"
     )
     return {
         (r["company_id"], r["campaign_id"], r["day"]): tuple(r[m] for m in METRICS) for r in got
