@@ -174,12 +174,12 @@ def test_erasure_in_the_middle_of_a_live_workload(deployment, reference_olap):
         assert f'"{lead}"'.encode() not in sent
         emails = {f.email_id for f in wl.facts if f.tenant_id == TENANT and f.lead_id == lead}
         assert not any(f'"{e}"'.encode() in sent for e in emails)
-        # one person deletion per partition that held the lead's emails (emails are keyed
-        # by email: a pseudonym per partition), each for a person that existed; nothing of
-        # the lead after it
+        # one person deletion per partition that had minted the lead a secret (emails are
+        # keyed by email: a pseudonym per partition; emails of the lead still to arrive at
+        # the erasure mint none), each for a person that existed; nothing of the lead after
         spec = Catalog(partitions=dep.partitions).for_family("email")
         homes = {spec.partition_of({"tenant_id": TENANT, "email_id": e}) for e in emails}
-        assert len(ph.deletions) == len(homes), (homes, ph.deletions)
+        assert 1 <= len(ph.deletions) <= len(homes), (homes, ph.deletions)
         with ph.lock:
             events = list(ph.posthog)
         pseudonyms = set()
@@ -189,7 +189,7 @@ def test_erasure_in_the_middle_of_a_live_workload(deployment, reference_olap):
             pseudonyms.add(pseudonym)
             assert [e for e in events[:before] if e["distinct_id"] == pseudonym]  # a person
             assert [e for e in events[before:] if e["distinct_id"] == pseudonym] == []
-        assert len(pseudonyms) == len(homes), "one secret, one pseudonym, per partition"
+        assert len(pseudonyms) == len(ph.deletions), "one secret, one pseudonym, per partition"
         outcome = next(f for f in body["findings"] if f["store"] == "posthog")
         assert "deleted" in outcome["detail"], outcome
         assert dep.stop_worker(signal.SIGTERM) == 0, dep.log_tail()
