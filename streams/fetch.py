@@ -107,7 +107,66 @@ class Reader:
         self.consumer.close()
 
 
-class ChangelogWriter:
+class AckedProducer:
+    """An idempotent ``acks=all`` librdkafka producer whose flush raises unless every
+    record was acknowledged (the changelog writer and the forwarder)."""
+
+    def __init__(self, conf: dict[str, Any], logger: str, extra: dict[str, Any]) -> None:
+        from confluent_kafka import Producer
+
+        self._logger = logging.getLogger(logger)
+        self.producer = Producer(
+            {
+                **conf,
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": 20,
+                "compression.type": "lz4",
+                **extra,
+                "logger": self._logger,
+            }
+        )
+        self._errors: list[str] = []
+
+    def _delivered(self, err: Any, _msg: Any) -> None:
+        if err is not None:
+            self._errors.append(str(err))
+
+    def send(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes,
+        partition: int,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
+        """Queue one record, waiting for room when librdkafka's queue is full."""
+        while True:
+            try:
+                self.producer.produce(
+                    topic,
+                    value,
+                    key,
+                    partition=partition,
+                    headers=headers,
+                    on_delivery=self._delivered,
+                )
+                return
+            except BufferError:
+                self.producer.poll(0.05)
+
+    def flushed(self, what: str, timeout: float) -> None:
+        """Block until every queued record is acknowledged; raise if any was not."""
+        left = self.producer.flush(timeout)
+        errors, self._errors = self._errors, []
+        if left or errors:
+            raise RuntimeError(
+                f"{what}: {left} record(s) unacknowledged, {len(errors)} failed"
+                + (f" ({errors[0]})" if errors else "")
+            )
+
+
+class ChangelogWriter(AckedProducer):
     """Writes the state changelog with librdkafka (JSON key and value: the bytes
     :func:`streams.engine.decode_entry` reads back); Faust's producer would add its
     per-message machinery to tens of thousands of entries per checkpoint.
@@ -117,23 +176,12 @@ class ChangelogWriter:
     """
 
     def __init__(self, conf: dict[str, Any], topic: str) -> None:
-        from confluent_kafka import Producer
-
-        self.topic = topic
-        self._logger = logging.getLogger("sluice.changelog.librdkafka")
-        self.producer = Producer(
-            {
-                **conf,
-                "enable.idempotence": True,
-                "acks": "all",
-                "linger.ms": 20,
-                "compression.type": "lz4",
-                "batch.size": 1_000_000,
-                "queue.buffering.max.messages": 1_000_000,
-                "logger": self._logger,
-            }
+        super().__init__(
+            conf,
+            "sluice.changelog.librdkafka",
+            {"batch.size": 1_000_000, "queue.buffering.max.messages": 1_000_000},
         )
-        self._errors: list[str] = []
+        self.topic = topic
         self._ends: dict[int, int] = {}
 
     def _delivered(self, err: Any, msg: Any) -> None:
@@ -154,74 +202,31 @@ class ChangelogWriter:
         topic = self.topic
         produce = self.producer.produce
         dumps = orjson.dumps
+        delivered = self._delivered
         for partition, key, value in entries:
             k, v = dumps(key), (None if value is None else dumps(value))
-            while True:
-                try:
-                    produce(topic, v, k, partition=partition, on_delivery=self._delivered)
-                    break
-                except BufferError:
-                    self.producer.poll(0.05)
+            try:
+                produce(topic, v, k, partition=partition, on_delivery=delivered)
+            except BufferError:
+                self.send(topic, v, k, partition)
 
     def flush(self, timeout: float = 60.0) -> None:
         """Block until every queued entry is acknowledged; raise if any was not."""
-        left = self.producer.flush(timeout)
-        errors, self._errors = self._errors, []
-        if left or errors:
-            raise RuntimeError(
-                f"changelog: {left} entries unacknowledged, {len(errors)} failed"
-                + (f" ({errors[0]})" if errors else "")
-            )
+        self.flushed("changelog", timeout)
 
 
-class Forwarder:
+class Forwarder(AckedProducer):
     """Produces records read at a partition that is not their home to their home partition
     (the checkpoint's forwarder port): raw value unchanged, the catalog's key, header
     ``sluice.forwarded_from`` = ``partition:offset``. Idempotent producer, ``acks=all``."""
 
     def __init__(self, conf: dict[str, Any]) -> None:
-        from confluent_kafka import Producer
-
-        self._logger = logging.getLogger("sluice.forward.librdkafka")
-        self.producer = Producer(
-            {
-                **conf,
-                "enable.idempotence": True,
-                "acks": "all",
-                "linger.ms": 20,
-                "compression.type": "lz4",
-                "message.max.bytes": 16 * 1024 * 1024,
-                "logger": self._logger,
-            }
-        )
-        self._errors: list[str] = []
-
-    def _delivered(self, err: Any, _msg: Any) -> None:
-        if err is not None:
-            self._errors.append(str(err))
+        super().__init__(conf, "sluice.forward.librdkafka", {"message.max.bytes": 16 * 1024 * 1024})
 
     def write(self, records: Iterable[Forward]) -> None:
         for r in records:
             headers = [("sluice.forwarded_from", r.origin.encode())]
-            while True:
-                try:
-                    self.producer.produce(
-                        r.topic,
-                        r.value,
-                        r.key,
-                        partition=r.partition,
-                        headers=headers,
-                        on_delivery=self._delivered,
-                    )
-                    break
-                except BufferError:
-                    self.producer.poll(0.05)
+            self.send(r.topic, r.value, r.key, r.partition, headers)
 
     def flush(self, timeout: float = 60.0) -> None:
-        left = self.producer.flush(timeout)
-        errors, self._errors = self._errors, []
-        if left or errors:
-            raise RuntimeError(
-                f"forwarding: {left} record(s) unsent, {len(errors)} failed"
-                + (f": {errors[0]}" if errors else "")
-            )
+        self.flushed("forwarding", timeout)

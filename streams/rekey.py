@@ -317,36 +317,23 @@ def _records(conf: dict[str, Any], wanted: Any, on_progress: Callable[[int], Non
 
 
 class _Producer:
-    """The changelog producer of a re-key: idempotent, ``acks=all``, every error kept."""
+    """The changelog producer of a re-key (:class:`streams.fetch.AckedProducer`): every
+    error kept, a flush that does not deliver everything fails the re-key."""
 
     def __init__(self, conf: dict[str, Any], topic: str) -> None:
-        from confluent_kafka import Producer
+        from streams.fetch import AckedProducer
 
         self.topic = topic
-        self.producer = Producer({**conf, "enable.idempotence": True, "acks": "all"})
-        self.errors: list[str] = []
-
-    def _delivered(self, err: Any, _msg: Any) -> None:
-        if err is not None:
-            self.errors.append(str(err))
+        self.acked = AckedProducer(conf, "sluice.rekey.librdkafka", {})
 
     def produce(self, value: bytes | None, key: bytes, partition: int) -> None:
-        while True:
-            try:
-                self.producer.produce(
-                    self.topic, value, key, partition=partition, on_delivery=self._delivered
-                )
-                return
-            except BufferError:
-                self.producer.poll(0.05)
+        self.acked.send(self.topic, value, key, partition)
 
     def flush(self) -> None:
-        left = self.producer.flush(120)
-        if left or self.errors:
-            raise RekeyError(
-                f"writing {self.topic}: {left} unsent, {len(self.errors)} failed"
-                + (f": {self.errors[0]}" if self.errors else "")
-            )
+        try:
+            self.acked.flushed(f"writing {self.topic}", 120)
+        except RuntimeError as exc:
+            raise RekeyError(str(exc)) from None
 
 
 def run(
