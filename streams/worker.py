@@ -78,6 +78,7 @@ from streams.checkpoint import Checkpointer, Outcome, Ports, Progress
 from streams.engine import Engine, ErasureWork
 from streams.erasure import Forget, LeadKeys
 from streams.fetch import ChangelogWriter, Reader
+from streams.gcpolicy import GcPolicy
 from streams.metrics import HealthMetrics
 from streams.routing import Router
 from topics.catalog import Catalog
@@ -117,6 +118,7 @@ class Worker:
         self.registry_writer = RegistryWriter(kafka_config(settings), self.catalog.erasures.name)
         self.draining = False
         self.last_checkpoint = time.monotonic()
+        self.gc = GcPolicy()  # full collections once a minute, not once a second
         # the state: a batch is applied, or a snapshot taken, under it
         self.state_lock = asyncio.Lock()
         self._ckpt_task: asyncio.Task | None = None
@@ -230,6 +232,7 @@ class Worker:
             if messages:
                 async with self.state_lock:
                     await self.process(messages)
+                self.gc.tick()
             elif not self.fetcher.assigned:
                 await asyncio.sleep(0.05)
             if self.draining or time.monotonic() - self.last_checkpoint >= interval:
@@ -381,6 +384,7 @@ class Worker:
     async def stop(self) -> None:
         """Shutdown, after the consumer stopped (its last drain flushed every sink)."""
         await self.router.close()
+        self.gc.stop()
         self.fetcher.close()
         if self._reader is not None:
             self._reader.close()
