@@ -110,7 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         fn()
         seconds = time.perf_counter() - started
         figures[name] = seconds
-        print(f"{name:<34} {seconds:7.3f} s  {seconds / n * 1e6:6.2f} µs/event  {n / seconds:9,.0f}/s")
+        print(
+            f"{name:<34} {seconds:7.3f} s  {seconds / n * 1e6:6.2f} µs/event  {n / seconds:9,.0f}/s"
+        )
 
     families = catalog.families()
 
@@ -130,9 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     def route_and_prepare() -> None:
         from sinks.base import Envelope
 
-        records = [
-            (m, codec.decode(m.value(), families[m.topic()])) for m in messages
-        ]
+        records = [(m, codec.decode(m.value(), families[m.topic()])) for m in messages]
         started = time.perf_counter()
         for i in range(0, len(records), args.batch):
             envs = [

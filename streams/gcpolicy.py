@@ -86,8 +86,11 @@ class GcPolicy:
         gc.set_threshold(YOUNG, MIDDLE, NEVER)
         self.started = True
         self._last_full = now
-        log.info("gc: %d start-up objects frozen; full collections every %.0f s",
-                 gc.get_freeze_count(), self.full_every_s)
+        log.info(
+            "gc: %d start-up objects frozen; full collections every %.0f s",
+            gc.get_freeze_count(),
+            self.full_every_s,
+        )
 
     def collect(self, now: float | None = None) -> float:
         """One full collection now; its length in seconds."""
