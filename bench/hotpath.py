@@ -128,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     async def whole() -> None:
         for batch in batches:
             await worker.process(batch)
+            worker.gc.tick()  # as the hot loop does between batches
 
     def route_and_prepare() -> None:
         from sinks.base import Envelope
@@ -157,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     if profiler is not None:
         profiler.disable()
         profiler.dump_stats(args.profile)
+    worker.gc.stop()
     for task in asyncio.all_tasks(loop):
         task.cancel()
     loop.close()
