@@ -9,9 +9,11 @@ generation grew by a quarter. A worker's heap grows steadily (Faust, aiokafka,
 OpenTelemetry, pandas and pydantic at start-up; then the attribution state, ~1.5 KB per
 email), so full collections came about once a second and each took longer than the
 last: measured on the bench's 200,000 events (``python -m bench.run --only sluice``, a
-``gc.callbacks`` probe in the worker), 17 full collections took 7.3 s of a 22 s run, and
-every collection together 8.7 s — more than the state updates themselves. Each stalls the
-event loop for its whole length (0.2–1.5 s here).
+``gc.callbacks`` probe in the worker, a busy machine), 13–17 full collections took
+6.8–8.1 s of wall time per run, and every collection together 8.2–10 s — more than the
+state updates themselves. Each stalls the event loop for its whole length (0.2–1.5 s
+here). With this policy: one full collection per run (the first tick's), and the worker's
+CPU per event fell 42 % with every sink on, 50 % with none (bench/README.md, 2026-12-02).
 
 The policy
 ----------

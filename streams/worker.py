@@ -73,12 +73,11 @@ from sluice.privacy import (
     Outcome as DeletionOutcome,
 )
 from sluice.settings import Settings
-from streams import seam
+from streams import gcpolicy, seam
 from streams.checkpoint import Checkpointer, Outcome, Ports, Progress
 from streams.engine import Engine, ErasureWork
 from streams.erasure import Forget, LeadKeys
 from streams.fetch import ChangelogWriter, Reader
-from streams.gcpolicy import GcPolicy
 from streams.metrics import HealthMetrics
 from streams.routing import Router
 from topics.catalog import Catalog
@@ -118,7 +117,7 @@ class Worker:
         self.registry_writer = RegistryWriter(kafka_config(settings), self.catalog.erasures.name)
         self.draining = False
         self.last_checkpoint = time.monotonic()
-        self.gc = GcPolicy()  # full collections once a minute, not once a second
+        self.gc = gcpolicy.GcPolicy()  # full collections once a minute, not once a second
         # the state: a batch is applied, or a snapshot taken, under it
         self.state_lock = asyncio.Lock()
         self._ckpt_task: asyncio.Task | None = None
