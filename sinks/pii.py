@@ -195,6 +195,27 @@ def lead_pseudonym(secret: bytes, field: str, value: str) -> str:
     return LEAD_PREFIX + digest.hexdigest()
 
 
+class LeadPseudonyms:
+    """:func:`lead_pseudonym` for the identifiers of one lead in one event, cheaper.
+
+    Keying BLAKE2b costs a compression of its own (the key block): ~1.4 µs of the ~3 µs a
+    pseudonym took, and an email event needs three or four under one secret. The secret
+    is keyed in once here and the keyed state copied per identifier: the same pseudonyms,
+    bit for bit. Made per event and dropped with it (never a cache of secrets).
+    """
+
+    __slots__ = ("_keyed",)
+
+    def __init__(self, secret: bytes) -> None:
+        self._keyed = hashlib.blake2b(key=secret, digest_size=16)
+
+    def __call__(self, field: str, value: str) -> str:
+        text = value.strip().lower() if field == "recipient_email" else value
+        digest = self._keyed.copy()
+        digest.update(f"{field}\x00{text}".encode())
+        return LEAD_PREFIX + digest.hexdigest()
+
+
 def url_host(value: str) -> str | None:
     """Only the host of a URL (no user info, path, query or fragment)."""
     try:
@@ -208,20 +229,23 @@ def allowed_properties(
     event: Mapping[str, Any],
     allow: Mapping[str, Treatment],
     pseudo: Pseudonymizer,
-    lead_secret: bytes | None = None,
+    lead_secret: bytes | LeadPseudonyms | None = None,
 ) -> dict[str, Any]:
     """The event's properties that may leave, treated; ``None`` values are left out.
 
-    ``lead_secret``: the secret of the lead the event is about (``LEAD`` fields are
-    removed without it)."""
+    ``lead_secret``: the secret of the lead the event is about, or its
+    :class:`LeadPseudonyms` (``LEAD`` fields are removed without one)."""
     out: dict[str, Any] = {}
+    lead = lead_secret
     for name, treatment in allow.items():
         value = event.get(name)
         if value is None:
             continue
         if treatment is LEAD:
-            if lead_secret is not None:
-                out[name] = lead_pseudonym(lead_secret, name, str(value))
+            if lead is not None:
+                if not isinstance(lead, LeadPseudonyms):
+                    lead = LeadPseudonyms(lead)
+                out[name] = lead(name, str(value))
             continue  # a pseudonym needs no last scan
         if treatment is HASH:
             value = pseudo(str(value))

@@ -74,6 +74,7 @@ from sinks.http import in_thread, new_session, post
 from sinks.pii import (
     LEAD_TARGET,
     POSTHOG_PROPERTIES,
+    LeadPseudonyms,
     Pseudonymizer,
     Treatment,
     allowed_properties,
@@ -197,12 +198,13 @@ def to_posthog(
     ``lead_secret``: the secret of the lead the event is about (without one, the lead's
     identifiers are left out); ``lead_persons``: an email event's person is its lead."""
     tenant = pseudo.scrub_repeated(event["tenant_id"])
-    props = allowed_properties(event, allow, pseudo, lead_secret)
+    lead = LeadPseudonyms(lead_secret) if lead_secret is not None else None
+    props = allowed_properties(event, allow, pseudo, lead)
     if event.get("target_type") == LEAD_TARGET and "target_id" in props:  # the lead's id
-        if lead_secret is None:
+        if lead is None:
             del props["target_id"]
         else:
-            props["target_id"] = lead_pseudonym(lead_secret, "lead_id", str(event["target_id"]))
+            props["target_id"] = lead("lead_id", str(event["target_id"]))
     props["tenant_id"] = tenant
     props["source"] = pseudo.scrub_repeated(event["source"])
     props["sample_rate"] = sample_rate
@@ -211,8 +213,8 @@ def to_posthog(
     props["$lib"] = "sluice"
     props["$lib_version"] = SLUICE_VERSION  # the version of $lib, not of PostHog's SDK
     user = event.get("user_id")
-    if lead_persons and lead_secret is not None and event.get("lead_id"):
-        distinct_id = lead_distinct_id(lead_secret, event["lead_id"])
+    if lead_persons and lead is not None and event.get("lead_id"):
+        distinct_id = lead("lead_id", event["lead_id"])  # = lead_distinct_id()
     elif user:
         distinct_id = pseudo.scrub(user)
     else:

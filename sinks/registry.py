@@ -13,7 +13,7 @@ from sinks.observability import ObservabilitySink
 from sinks.pii import Pseudonymizer
 from sinks.posthog import LeadSecrets, PostHogDeletion, PostHogSink, private_api_host
 from sinks.sampling import Sampler
-from sinks.siem import HecSink, SyslogSink, tls_context
+from sinks.siem import EcsDocuments, HecSink, SyslogSink, tls_context
 from sluice.settings import Settings
 
 log = logging.getLogger("sluice.sinks")
@@ -92,6 +92,7 @@ def build_sinks(
             )
         ]
     siem: list[Sink] = []
+    documents = EcsDocuments()  # both SIEM transports send the same documents: built once
     if s.siem_syslog_address:
         host, _, port = s.siem_syslog_address.rpartition(":")
         tls = tls_context(s.siem_syslog_ca_file) if s.siem_syslog_tls else None
@@ -104,6 +105,7 @@ def build_sinks(
                 timeout_s=timeout,
                 policy=policy,
                 observer=observer,
+                documents=documents,
             )
         )
     if s.siem_hec_url:
@@ -116,6 +118,7 @@ def build_sinks(
                 timeout_s=timeout,
                 policy=policy,
                 observer=observer,
+                documents=documents,
             )
         )
     if siem:

@@ -20,6 +20,9 @@ Two transports; each is enabled by its setting and both may run at once.
 
 Idempotency key (both): ECS ``event.id`` = the event's ``event_id``; a record re-sent
 after a crash or a reconnect carries the same id, so the SIEM can deduplicate on it.
+
+Both transports carry the same ECS document: built and serialized (orjson) once per
+event for both (:class:`EcsDocuments`), not once per transport.
 """
 
 from __future__ import annotations
@@ -30,8 +33,10 @@ import json
 import os
 import socket
 import ssl
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+import orjson
 
 from sinks.base import (
     BatchingSink,
@@ -69,8 +74,46 @@ def ecs_document(event: Mapping[str, Any]) -> dict[str, Any]:
     return to_ecs(event)
 
 
-def rfc5424_frame(doc: Mapping[str, Any], hostname: str, procid: str = "-") -> bytes:
-    """One octet-counted RFC 5424 record whose MSG is the ECS document as JSON."""
+def ecs_json(doc: Mapping[str, Any]) -> bytes:
+    """A document as compact UTF-8 JSON (orjson; the standard library for what it refuses:
+    ints past 64 bits). NaN and infinities become null, as JSON has neither."""
+    try:
+        return orjson.dumps(doc)
+    except TypeError:
+        return json.dumps(doc, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+
+
+class EcsDocuments:
+    """Each event's ECS document and its JSON, built once for every SIEM sink.
+
+    The router hands one batch to every sink of a destination
+    (:meth:`streams.routing.Router.write`), so syslog and HEC see the same envelopes one
+    after the other: a sink calls :meth:`begin` with its batch, and :meth:`get` builds an
+    envelope's document the first time either asks. Only the latest batch is kept.
+    """
+
+    def __init__(self) -> None:
+        self._batch: Sequence[Envelope] | None = None
+        self._built: dict[int, tuple[Envelope, dict[str, Any], bytes]] = {}
+
+    def begin(self, batch: Sequence[Envelope]) -> None:
+        if batch is not self._batch:
+            self._batch, self._built = batch, {}
+
+    def get(self, envelope: Envelope) -> tuple[dict[str, Any], bytes]:
+        """(document, its JSON); raises :class:`PermanentError` without an ECS mapping."""
+        built = self._built.get(id(envelope))
+        if built is None or built[0] is not envelope:
+            doc = ecs_document(envelope.record)
+            built = self._built[id(envelope)] = (envelope, doc, ecs_json(doc))
+        return built[1], built[2]
+
+
+def rfc5424_frame(
+    doc: Mapping[str, Any], hostname: str, procid: str = "-", doc_json: bytes | None = None
+) -> bytes:
+    """One octet-counted RFC 5424 record whose MSG is the ECS document as JSON
+    (``doc_json``: that JSON, when it was made already)."""
     # the syslog severity (lower is worse), not ECS's event.severity (higher is worse)
     pri = FACILITY_AUTHPRIV * 8 + syslog_severity(doc["event"]["action"])
     sd = (
@@ -81,9 +124,7 @@ def rfc5424_frame(doc: Mapping[str, Any], hostname: str, procid: str = "-") -> b
         f"<{pri}>1 {doc['@timestamp']} {_header_token(hostname, 255)} sluice "
         f"{_header_token(procid, 128)} {_header_token(doc['event']['action'], 32)} {sd} "
     )
-    body = (
-        header.encode() + _BOM + json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
-    )
+    body = header.encode() + _BOM + (doc_json if doc_json is not None else ecs_json(doc))
     if len(body) > MAX_RECORD_BYTES:
         raise PermanentError("too_large", f"{len(body)} bytes > {MAX_RECORD_BYTES}")
     return b"%d " % len(body) + body
@@ -103,7 +144,9 @@ class SyslogSink(BatchingSink):
         limits: BatchLimits | None = None,
         policy: RetryPolicy | None = None,
         observer: SinkObserver | None = None,
+        documents: EcsDocuments | None = None,
     ) -> None:
+        """``documents``: shared with the HEC sink, so each document is built once."""
         limits = limits or BatchLimits(max_events=500)
         # one TCP stream: one writer at a time keeps records whole and reconnects simple
         limits = BatchLimits(limits.max_events, limits.linger_s, 1, limits.flush_deadline_s)
@@ -113,9 +156,15 @@ class SyslogSink(BatchingSink):
         self.procid = str(os.getpid())
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
+        self.documents = documents or EcsDocuments()
+
+    def write(self, batch: Sequence[Envelope]) -> None:
+        self.documents.begin(batch)
+        super().write(batch)
 
     def prepare(self, envelope: Envelope) -> bytes:
-        return rfc5424_frame(ecs_document(envelope.record), self.hostname, self.procid)
+        doc, doc_json = self.documents.get(envelope)
+        return rfc5424_frame(doc, self.hostname, self.procid, doc_json)
 
     async def send(self, items: list[Any]) -> None:
         try:
@@ -175,7 +224,9 @@ class HecSink(BatchingSink):
         limits: BatchLimits | None = None,
         policy: RetryPolicy | None = None,
         observer: SinkObserver | None = None,
+        documents: EcsDocuments | None = None,
     ) -> None:
+        """``documents``: shared with the syslog sink, so each document is built once."""
         super().__init__(HEC, limits or BatchLimits(max_events=500), policy, observer)
         self.url, self.timeout_s = url, timeout_s
         self.hostname = hostname or socket.gethostname()
@@ -183,17 +234,24 @@ class HecSink(BatchingSink):
         if token:
             self.headers["Authorization"] = f"Splunk {token}"
         self._session = new_session()
+        self.documents = documents or EcsDocuments()
+        # the envelope of every HEC event around its document, serialized once
+        self._host_json = orjson.dumps(self.hostname)
+
+    def write(self, batch: Sequence[Envelope]) -> None:
+        self.documents.begin(batch)
+        super().write(batch)
 
     def prepare(self, envelope: Envelope) -> bytes:
-        event = envelope.record
-        record = {
-            "time": event["occurred_at"] / 1000,
-            "host": self.hostname,
-            "source": "sluice",
-            "sourcetype": "ecs",
-            "event": ecs_document(event),
-        }
-        return json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode()
+        """``{"time", "host", "source", "sourcetype", "event"}`` as JSON, the ECS document's
+        JSON spliced in (the same bytes as serializing the whole object)."""
+        _, doc_json = self.documents.get(envelope)
+        seconds = orjson.dumps(envelope.record["occurred_at"] / 1000)
+        return b'{"time":%b,"host":%b,"source":"sluice","sourcetype":"ecs","event":%b}' % (
+            seconds,
+            self._host_json,
+            doc_json,
+        )
 
     async def send(self, items: list[Any]) -> None:
         body = b"\n".join(items)

@@ -90,7 +90,7 @@ from sluice.privacy import (
     Outcome as DeletionOutcome,
 )
 from sluice.settings import Settings
-from streams import seam
+from streams import gcpolicy, seam
 from streams.checkpoint import Checkpointer, Outcome, Ports, Progress
 from streams.engine import Engine, ErasureWork, Forward
 from streams.erasure import Forget, LeadKeys
@@ -139,6 +139,7 @@ class Worker:
         self.registry_writer = RegistryWriter(kafka_config(settings), self.catalog.erasures.name)
         self.draining = False
         self.last_checkpoint = time.monotonic()
+        self.gc = gcpolicy.GcPolicy()  # full collections once a minute, not once a second
         # the state: a batch is applied, or a snapshot taken, under it
         self.state_lock = asyncio.Lock()
         self._ckpt_task: asyncio.Task | None = None
@@ -270,6 +271,7 @@ class Worker:
             if messages:
                 async with self.state_lock:
                     await self.process(messages)
+                self.gc.tick()
             elif not self.fetcher.assigned:
                 await asyncio.sleep(0.05)
             if self.draining or time.monotonic() - self.last_checkpoint >= interval:
@@ -484,6 +486,7 @@ class Worker:
             with contextlib.suppress(BaseException):
                 await task
         await self.router.close()
+        self.gc.stop()
         self.fetcher.close()
         self.restorer.close()
         if self._reader is not None:

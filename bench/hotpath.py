@@ -1,0 +1,169 @@
+"""The worker's hot path in one process, without Kafka: where one event's CPU goes.
+
+``python -m bench.hotpath [--events 200000] [--sinks/--no-sinks] [--profile FILE]``
+
+Builds the seeded bench workload, encodes it with Sluice's codec once, then feeds it in
+batches of ``--batch`` (the worker's ``SLUICE_BATCH_MAX``: 5,000 in the bench) to a real
+:class:`streams.worker.Worker` — its ``process()``: decode, state updates, routing, sink
+preparation — and times each stage alone over the same events (decode only; decode +
+route + sink preparation; the whole ``process``). No broker, no checkpoints and no
+sending (sinks point at a closed port and the loop never lets their senders run), so
+it is a microbenchmark of the Python work per event, for comparing commits on one
+machine, not a throughput figure of the worker (that is ``python -m bench.run``).
+``--profile FILE`` writes a cProfile of the whole-``process`` pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class FakeMessage:
+    """What the worker reads of a confluent-kafka ``Message``."""
+
+    _topic: str
+    _partition: int
+    _offset: int
+    _key: bytes | None
+    _value: bytes
+
+    def topic(self) -> str:
+        return self._topic
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def key(self) -> bytes | None:
+        return self._key
+
+    def value(self) -> bytes:
+        return self._value
+
+
+def _env(sinks: bool, data_dir: str) -> None:
+    os.environ["SLUICE_DATA_DIR"] = data_dir
+    os.environ["SLUICE_STATE_STORE"] = "memory"
+    if sinks:  # every sink on, at a port nobody listens on (nothing is sent anyway)
+        os.environ.update(
+            {
+                "POSTHOG_API_KEY": "phc_bench",
+                "POSTHOG_HOST": "http://127.0.0.1:9",
+                "PII_HMAC_KEY": "bench",
+                "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9",
+                "SIEM_HEC_URL": "http://127.0.0.1:9/services/collector/event",
+                "SIEM_HEC_TOKEN": "bench",
+                "SIEM_SYSLOG_ADDRESS": "127.0.0.1:9",
+            }
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--batch", type=int, default=5_000)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--sinks", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--profile", default=None)
+    args = parser.parse_args(argv)
+    _env(args.sinks, tempfile.mkdtemp(prefix="sluice-hotpath-"))
+
+    from avro_schemas.codec import Codec
+    from bench.workload import build
+    from sluice.settings import Settings
+    from streams.routing import sink_targets
+    from streams.worker import Worker
+    from topics.catalog import Catalog
+    from topics.taxonomy import family_of
+
+    settings = Settings()
+    catalog = Catalog.from_settings(settings)
+    codec = Codec(settings=settings)
+    workload = build(args.events, args.seed)
+    offsets: dict[tuple[str, int], int] = {}
+    messages: list[FakeMessage] = []
+    for event in workload.events:
+        family = family_of(event["event_type"])
+        assert family is not None
+        topic = catalog.for_family(family).name
+        key = str(event["tenant_id"]).encode()
+        partition = hash(key) % 4
+        offset = offsets.get((topic, partition), 0)
+        offsets[(topic, partition)] = offset + 1
+        messages.append(FakeMessage(topic, partition, offset, key, codec.encode(family, event)))
+    batches = [messages[i : i + args.batch] for i in range(0, len(messages), args.batch)]
+    n = len(messages)
+    figures: dict[str, Any] = {}
+
+    def timed(name: str, fn: Any) -> None:
+        started = time.perf_counter()
+        fn()
+        seconds = time.perf_counter() - started
+        figures[name] = seconds
+        print(
+            f"{name:<34} {seconds:7.3f} s  {seconds / n * 1e6:6.2f} µs/event  {n / seconds:9,.0f}/s"
+        )
+
+    families = catalog.families()
+
+    def decode_only() -> None:
+        decode = Worker.decode_batch if hasattr(Worker, "decode_batch") else None
+        if decode is not None:
+            for batch in batches:
+                decode(worker, batch)
+            return
+        for m in messages:
+            codec.decode(m.value(), families[m.topic()])
+
+    async def whole() -> None:
+        for batch in batches:
+            await worker.process(batch)
+            worker.gc.tick()  # as the hot loop does between batches
+
+    def route_and_prepare() -> None:
+        from sinks.base import Envelope
+
+        records = [(m, codec.decode(m.value(), families[m.topic()])) for m in messages]
+        started = time.perf_counter()
+        for i in range(0, len(records), args.batch):
+            envs = [
+                Envelope(r, m.topic(), m.partition(), m.offset(), m.key(), m.value())
+                for m, r in records[i : i + args.batch]
+                if sink_targets(r)
+            ]
+            worker.router.write(envs)
+        figures["route + sink preparation"] = time.perf_counter() - started
+
+    worker = Worker(settings)
+    timed("decode", decode_only)
+    route_and_prepare()
+    s = figures["route + sink preparation"]
+    print(f"{'route + sink preparation':<34} {s:7.3f} s  {s / n * 1e6:6.2f} µs/event")
+    worker = Worker(settings)  # fresh state and sinks for the whole pass
+    profiler = cProfile.Profile() if args.profile else None
+    loop = asyncio.new_event_loop()
+    if profiler is not None:
+        profiler.enable()
+    timed("process (decode, state, route, sinks)", lambda: loop.run_until_complete(whole()))
+    if profiler is not None:
+        profiler.disable()
+        profiler.dump_stats(args.profile)
+    worker.gc.stop()
+    for task in asyncio.all_tasks(loop):
+        task.cancel()
+    loop.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
