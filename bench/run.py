@@ -404,6 +404,12 @@ def main(
     posthog_extras: bool = typer.Option(
         False, help="Also measure the PostHog sink alone and the posthog SDK's capture()."
     ),
+    http_store: bool = typer.Option(
+        False,
+        "--http-store",
+        help="Also run the worker against an HTTP store (chDB in a process of its own, as a "
+        "ClickHouse server): sluice-http (and sluice-nosinks-http with --no-sinks).",
+    ),
     work_dir: Path | None = typer.Option(None, help="Scratch directory (default: a temp dir)."),
     keep: bool = typer.Option(False, help="Keep the scratch directory (logs, chDB store)."),
     timeout: float = typer.Option(1800, help="Seconds each contender may take."),
@@ -464,7 +470,7 @@ def main(
         "SLUICE_STATE_STORE": memory_store,
         "SLUICE_STATE_MEMORY_ITEMS": str(memory_items),
     }
-    contenders = bool(wanted or no_sinks)
+    contenders = bool(wanted or no_sinks or http_store)
     now = datetime.now(UTC)
     name = f"bench{now:%Y%m%d%H%M%S}{uuid.uuid4().hex[:4]}"
     prefix = f"{name}."
@@ -518,6 +524,15 @@ def main(
     jobs = [(c, runners[c]) for c in CONTENDERS if c in wanted]
     if no_sinks:
         jobs.append(("sluice-nosinks", lambda: sluice_worker.run(ctx, wl, sinks=False)))
+    if http_store:
+        jobs.append(("sluice-http", lambda: sluice_worker.run(ctx, wl, http_store=True)))
+        if no_sinks:
+            jobs.append(
+                (
+                    "sluice-nosinks-http",
+                    lambda: sluice_worker.run(ctx, wl, sinks=False, http_store=True),
+                )
+            )
     results: list[Result] = []
     extras: dict[str, dict[str, Any]] = {}
     try:

@@ -33,7 +33,7 @@ from sinks.pii import Pseudonymizer
 from sinks.posthog import PostHogSink
 from streams.routing import sink_targets
 from tests._receivers import HttpReceiver, Rsyslog
-from tests._sluice import Deployment
+from tests._sluice import Deployment, OlapServer
 
 
 @dataclass
@@ -135,21 +135,31 @@ def run(
     sinks: bool = True,
     posthog_extras: bool = False,
     sdk_events: int = 100_000,
+    http_store: bool = False,
 ) -> Result:
-    """Run the worker over the run's topics, measure it, check it exact."""
+    """Run the worker over the run's topics, measure it, check it exact. ``http_store``:
+    the rollups go over HTTP to chDB in a process of its own (``python -m
+    dev.olap_server``, standing in for a ClickHouse server) instead of the embedded chDB;
+    the worker's peak RSS then excludes the store, whose own peak is in the detail."""
     events = workload.events
-    label = "sluice" if sinks else "sluice-nosinks"
+    label = ("sluice" if sinks else "sluice-nosinks") + ("-http" if http_store else "")
     root = ctx.root / label
     root.mkdir(exist_ok=True)
     rs = Rsyslog(root / "rsyslog").start() if sinks and shutil.which("rsyslogd") else None
     problems: list[str] = []
-    detail: dict[str, Any] = {"sinks_on": sinks}
+    detail: dict[str, Any] = {"sinks_on": sinks, "store": "http" if http_store else "embedded"}
+    server = OlapServer(root / "olap-server").start() if http_store else None
+    store_watcher = None
+    if server is not None:
+        assert server.proc is not None
+        store_watcher = RssWatcher(server.proc.pid).start()
     try:
         with HttpReceiver() as rx:
             env = {"SLUICE_FLUSH_INTERVAL_S": "2", "SLUICE_BATCH_MAX": "5000"}
             if sinks:
                 env |= sink_env(rx, rs)
-            dep = deployment(ctx, label, sink_env=env, flush_interval_s=2.0)
+            extra = {"clickhouse_url": server.url} if server is not None else {}
+            dep = deployment(ctx, label, sink_env=env, flush_interval_s=2.0, **extra)
             dep.run("olap", "migrate")
             dep.start_worker()
             assert dep.worker is not None
@@ -185,6 +195,10 @@ def run(
     finally:
         if rs is not None:
             rs.stop()
+        if store_watcher is not None:
+            detail["store_peak_rss_bytes"] = store_watcher.stop()
+        if server is not None:
+            server.stop()
     return Result(
         name=label,
         events=len(events),
