@@ -364,7 +364,7 @@ class Engine:
         if ps.db is not None and ps.db.direct and not ps.db.scratch:
             # a marker may only follow entries written without the WAL once they are in files
             assert not ps.db.unflushed, "PartitionDB.flush() first, under the state lock"
-            ps.db.direct = False
+            ps.db.imaged()
 
     # -- the hot path -----------------------------------------------------------------
     def apply(

@@ -141,6 +141,11 @@ def restore_now(
     return result
 
 
+def decode_batch(messages: Iterable[Any]) -> list[tuple[str, Any]]:
+    """Changelog records (confluent-kafka messages) as :meth:`Engine.join` takes them."""
+    return [decode_entry(m.key(), m.value()) for m in messages]
+
+
 class ChangelogSource:
     """The state changelog, read with confluent-kafka (blocking calls: run in a thread).
 
@@ -210,7 +215,7 @@ class ChangelogSource:
         for messages in read_ranges(
             self.conf, [Range(self.topic, partition, low, high)], batch=BATCH
         ):
-            yield [decode_entry(m.key(), m.value()) for m in messages]  # type: ignore[arg-type]
+            yield decode_batch(messages)
 
     def close(self) -> None:
         if self._consumer is not None:
