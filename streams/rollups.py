@@ -377,6 +377,14 @@ WARMUP = Attribution("email_id", new_warmup_state, merge_warmup_event, merge_war
 
 Derive = Callable[[Mapping[str, int], Mapping[str, Counter]], Any]
 
+#: What a row key column or a tally value is made of, for computing them over many states
+#: at once (a rebuild): a state slot (an int), or one of these.
+TENANT = "tenant"
+DAY = "day"  # the send's UTC day (a date)
+DAY_NUMBER = "day_number"  # the same as days since the epoch (an int: cheaper to store)
+MONTH = "month"  # the first day of the send's month
+Field = int | str
+
 
 @dataclass(frozen=True)
 class Rollup:
@@ -390,14 +398,27 @@ class Rollup:
 
     ``key`` and ``tallies`` must depend on the attribution (the winning send) only, never
     on flags: a flag-only change then touches counters alone (the hot path relies on it).
+
+    ``fields`` say what ``key`` computes, column by column (:data:`Field`), and ``needs``
+    the slot without which a state counts nowhere here: a rebuild computes the keys of
+    many states at once from them (:meth:`AttributionRollups._account_many`); ``key``,
+    one state at a time, is the hot path's (tests check the two agree). A tally is
+    ``(name, field)``.
     """
 
     table: str
     key_columns: tuple[str, ...]
     key: Callable[[str, list], RowKey | None]
     metrics: tuple[tuple[str, int | None], ...]
-    tallies: tuple[tuple[str, Callable[[list], Hashable]], ...] = ()
+    fields: tuple[Field, ...]
+    needs: int | None = None
+    tallies: tuple[tuple[str, Field], ...] = ()
     derived: tuple[tuple[str, Derive], ...] = ()
+
+    @cached_property
+    def tally_fns(self) -> tuple[Callable[[list], Hashable], ...]:
+        """One function of a state per tally."""
+        return tuple(_state_field(f) for _, f in self.tallies)
 
     @cached_property
     def all_bits(self) -> int:
@@ -424,7 +445,7 @@ class Rollup:
         counts = tuple([1 if bits is None or flags & bits else 0 for bits in self._metric_bits])
         if not self.tallies:
             return key, counts, ()
-        return key, counts, tuple([value(state) for _, value in self.tallies])
+        return key, counts, tuple([value(state) for value in self.tally_fns])
 
     @cached_property
     def _metric_bits(self) -> tuple[int | None, ...]:
@@ -479,18 +500,34 @@ def lead_status(metrics: Mapping[str, int], _: Mapping[str, Counter] | None = No
     return ""
 
 
-def _min_key(tally: Counter) -> Any:
-    return min(tally, default=None)
+def _state_field(f: Field) -> Callable[[list], Hashable]:
+    """A tally's value of one state (a :data:`Field` other than the tenant)."""
+    if f == DAY:
+        return send_day
+    if f == DAY_NUMBER:
+        return lambda s: s[SENT_AT] // DAY_MS
+    if f == MONTH:
+        return lambda s: month_start(send_day(s))
+    assert isinstance(f, int), f
+    return lambda s: s[f]
 
 
-def _max_key(tally: Counter) -> Any:
-    return max(tally, default=None)
+def _first_day(tally: Counter) -> date | None:
+    """The first day of a tally of day numbers (:data:`DAY_NUMBER`)."""
+    n = min(tally, default=None)
+    return None if n is None else utc_day(n * DAY_MS)
+
+
+def _last_day(tally: Counter) -> date | None:
+    n = max(tally, default=None)
+    return None if n is None else utc_day(n * DAY_MS)
 
 
 CAMPAIGN_ANALYTICS = Rollup(
     table="campaign_analytics",
     key_columns=("company_id", "campaign_id", "day"),
     key=lambda tenant, s: (tenant, s[CAMPAIGN], send_day(s)),
+    fields=(TENANT, CAMPAIGN, DAY),
     metrics=CAMPAIGN_METRICS,
 )
 
@@ -498,6 +535,7 @@ MAILBOX_ANALYTICS = Rollup(
     table="mailbox_analytics",
     key_columns=("company_id", "mailbox_id", "day"),
     key=lambda tenant, s: (tenant, s[MAILBOX], send_day(s)),
+    fields=(TENANT, MAILBOX, DAY),
     metrics=MAILBOX_METRICS,
 )
 
@@ -506,6 +544,8 @@ SEQUENCE_STEP_ANALYTICS = Rollup(
     key_columns=("company_id", "campaign_id", "sequence_step_id", "day"),
     # emails sent outside a sequence have no step: they count in campaign_analytics only
     key=lambda tenant, s: None if s[STEP] is None else (tenant, s[CAMPAIGN], s[STEP], send_day(s)),
+    fields=(TENANT, CAMPAIGN, STEP, DAY),
+    needs=STEP,
     metrics=CAMPAIGN_METRICS,
 )
 
@@ -514,12 +554,16 @@ LEAD_ANALYTICS = Rollup(
     key_columns=("company_id", "lead_id"),
     # an erased lead's emails (LEAD None) count in every table but this one
     key=lambda tenant, s: None if s[LEAD] is None else (tenant, s[LEAD]),
+    fields=(TENANT, LEAD),
+    needs=LEAD,
     metrics=LEAD_METRICS,
-    tallies=(("send_day", send_day), ("campaign", lambda s: s[CAMPAIGN])),
+    # day numbers, not dates: a date costs ~2 µs to pickle (a global looked up per
+    # entry written), and a lead's tally is written for every lead a rebuild makes
+    tallies=(("send_day", DAY_NUMBER), ("campaign", CAMPAIGN)),
     derived=(
         ("campaigns", lambda m, t: len(t["campaign"])),
-        ("first_sent_day", lambda m, t: _min_key(t["send_day"])),
-        ("last_sent_day", lambda m, t: _max_key(t["send_day"])),
+        ("first_sent_day", lambda m, t: _first_day(t["send_day"])),
+        ("last_sent_day", lambda m, t: _last_day(t["send_day"])),
         ("status", lead_status),
         ("campaign_ids", lambda m, t: sorted(t["campaign"])),
     ),
@@ -530,8 +574,9 @@ BILLING_SENDS = Rollup(
     table="billing_analytics",
     key_columns=("company_id", "month"),
     key=lambda tenant, s: (tenant, month_start(send_day(s))),
+    fields=(TENANT, MONTH),
     metrics=(("billable_sends", None),),
-    tallies=(("mailbox", lambda s: s[MAILBOX]),),
+    tallies=(("mailbox", MAILBOX),),
     derived=(
         ("active_mailboxes", lambda m, t: len(t["mailbox"])),
         ("mailbox_ids", lambda m, t: sorted(t["mailbox"])),
@@ -553,6 +598,7 @@ WARMUP_ANALYTICS = Rollup(
     table="warmup_analytics",
     key_columns=("company_id", "mailbox_id", "day"),
     key=lambda tenant, s: (tenant, s[W_MAILBOX], send_day(s)),
+    fields=(TENANT, W_MAILBOX, DAY),
     metrics=(
         ("warmup_sent", None),
         ("landed", WU_LANDED),
@@ -583,6 +629,45 @@ def _tally(value: Hashable, n: int) -> Counter:
     tally: Counter = Counter.__new__(Counter)
     dict.__setitem__(tally, value, n)
     return tally
+
+
+# slots that may hold strings shared by many states (SENT_EVENT_ID < i < FLAGS): campaign,
+# mailbox, lead, step; warm-up: mailbox, landing time (an int), its event id, folder
+_SHARED_SLOTS = tuple(range(SENT_EVENT_ID + 1, FLAGS))
+
+
+class _Columns:
+    """Columns of many states (:data:`Field` -> one value per state), each made once."""
+
+    def __init__(self, tenants: list[str], states: list[list]) -> None:
+        self.states = states
+        self.made: dict[Field, list] = {TENANT: tenants}
+
+    def get(self, f: Field) -> list:
+        column = self.made.get(f)
+        if column is None:
+            if f == DAY_NUMBER:
+                column = [s[SENT_AT] // DAY_MS for s in self.states]
+            elif f == DAY:
+                numbers = self.get(DAY_NUMBER)
+                days = {n: utc_day(n * DAY_MS) for n in set(numbers)}
+                column = [days[n] for n in numbers]
+            elif f == MONTH:
+                day_column = self.get(DAY)
+                months = {d: month_start(d) for d in set(day_column)}
+                column = [months[d] for d in day_column]
+            else:
+                assert isinstance(f, int), f
+                column = [s[f] for s in self.states]
+            self.made[f] = column
+        return column
+
+    def keys(self, fields: tuple[Field, ...], needs: int | None) -> list[RowKey | None]:
+        """Each state's row key (None where slot ``needs`` is None)."""
+        keys: list[RowKey | None] = list(zip(*[self.get(f) for f in fields]))
+        if needs is not None:
+            keys = [k if v is not None else None for k, v in zip(keys, self.get(needs))]
+        return keys
 
 
 class AttributionRollups(Component):
@@ -672,7 +757,8 @@ class AttributionRollups(Component):
         States of emails this partition does not hold yet (all of them in a rebuild from
         an empty store) are added together: their contributions are counted per row key
         and combination of flags first, so each row and tally is touched once per batch
-        instead of once per email. Known emails go through :meth:`restore`.
+        instead of once per email. Known emails go through :meth:`restore`. Takes the
+        value lists (the engine's copies) as the states: they must not be used after.
         """
         batch: dict[tuple[str, str], list] = {}
         merge = self.attribution.merge_states
@@ -681,65 +767,81 @@ class AttributionRollups(Component):
             k = (key[0], key[1])
             prev = batch.get(k)
             if prev is None:
-                batch[k] = adopt(value)
+                batch[k] = value if adopt is list else adopt(value)
             else:
                 merge(prev, value)
         states = self.states
-        fresh: list[tuple[str, list]] = []
+        fresh: list[list] = []
+        tenants: list[str] = []
         new: list[tuple[tuple[str, str], list]] = []
         known = get_many(states, list(batch))
-        for ((tenant, message_id), value), state in zip(batch.items(), known, strict=True):
-            if state is not None:
-                self.restore([tenant, message_id], value)
+        for ((tenant, message_id), state), held in zip(batch.items(), known, strict=True):
+            if held is not None:
+                self.restore([tenant, message_id], state)
                 continue
             tenant = intern(tenant)
-            state = [
-                intern(v) if type(v) is str and SENT_EVENT_ID < i < FLAGS else v
-                for i, v in enumerate(value)
-            ]
+            # interned: millions of states share a few campaigns, mailboxes and steps
+            for i in _SHARED_SLOTS:
+                v = state[i]
+                if type(v) is str:
+                    state[i] = intern(v)
             new.append(((tenant, message_id), state))
             if state[SENT_AT] is not None:
-                fresh.append((tenant, state))
+                fresh.append(state)
+                tenants.append(tenant)
         insert_new(states, new)
         if fresh:
-            self._account_many(fresh)
+            self._account_many(tenants, fresh)
 
-    def _account_many(self, fresh: list[tuple[str, list]]) -> None:
-        """Add the contributions of new (sent) states: :meth:`_account` for many at once."""
+    def _account_many(self, tenants: list[str], fresh: list[list]) -> None:
+        """Add the contributions of new (sent) states, ``tenants[i]``'s ``fresh[i]``:
+        :meth:`_account` for many at once, their row keys and tallies computed column by
+        column from the rollups' :attr:`Rollup.fields`."""
         mark = self._incremental
+        columns = _Columns(tenants, fresh)
+        flags = columns.get(FLAGS)
         for rollup in self.rollups:
-            keyf, mask, bits_list = rollup.key, rollup.all_bits, rollup._metric_bits
+            mask, bits_list = rollup.all_bits, rollup._metric_bits
             table = rollup.table
-            keys = [keyf(tenant, state) for tenant, state in fresh]
+            keys = columns.keys(rollup.fields, rollup.needs)
             rows = self.rows[table]
-            counted = Counter(zip(keys, [state[FLAGS] & mask for _, state in fresh], strict=True))
+            counted = Counter(zip(keys, [f & mask for f in flags], strict=True))
             distinct = list({key for key, _ in counted if key is not None})
-            held = dict(zip(distinct, get_many(rows, distinct), strict=True))
+            found = get_many(rows, distinct)
+            held = dict(zip(distinct, found, strict=True))
             new_rows: dict[RowKey, list[int]] = {}
-            for (key, flags), n in counted.items():
+            templates: dict[int, tuple[int, ...]] = {}
+            for (key, f), n in counted.items():
                 if key is None:
                     continue
+                counts = templates.get(f)
+                if counts is None:
+                    counts = templates[f] = tuple(
+                        [1 if bits is None or f & bits else 0 for bits in bits_list]
+                    )
                 row = new_rows.get(key) or held[key]
                 if row is None:
-                    new_rows[key] = [n if bits is None or flags & bits else 0 for bits in bits_list]
+                    new_rows[key] = list(counts) if n == 1 else [c * n for c in counts]
                 else:
-                    for i, bits in enumerate(bits_list):
-                        if bits is None or flags & bits:
+                    for i, c in enumerate(counts):
+                        if c:
                             row[i] += n
                 if mark:
                     self.dirty.add(table, key)
             insert_new(rows, list(new_rows.items()))
             if not rollup.tallies:
                 continue
-            fns = [fn for _, fn in rollup.tallies]
             tallies = self.tallies[table]
-            values = [tuple([fn(state) for fn in fns]) for _, state in fresh]
-            held = dict(zip(distinct, get_many(tallies, distinct), strict=True))
+            # a row and its tallies are made and dropped together: only the keys whose
+            # row was there can have tallies
+            there = [key for key, row in zip(distinct, found, strict=True) if row is not None]
+            held_tallies = dict(zip(there, get_many(tallies, there), strict=True))
             new_tallies: dict[RowKey, list[Counter]] = {}
-            for (key, vals), n in Counter(zip(keys, values, strict=True)).items():
+            values = zip(*[columns.get(f) for _, f in rollup.tallies])
+            for (key, vals), n in Counter(zip(keys, values)).items():
                 if key is None:
                     continue
-                kept = new_tallies.get(key) or held[key]
+                kept = new_tallies.get(key) or held_tallies.get(key)
                 if kept is None:
                     new_tallies[key] = [_tally(v, n) for v in vals]
                 else:
@@ -973,13 +1075,11 @@ class EmailRollups(AttributionRollups):
     def restore_many(self, entries: Sequence[tuple[list, list]]) -> None:
         erased = self.erased
         if erased is not None:
-            scrubbed = []
-            for key, value in entries:
-                if value[LEAD] is not None and erased(key[0], value[LEAD]):
-                    value = [*value[:LEAD], None, *value[LEAD + 1 :]]
+            for key, value in entries:  # the values are the engine's copies: in place
+                lead = value[LEAD]
+                if lead is not None and erased(key[0], lead):
+                    value[LEAD] = None
                     self._scrubbed.add((key[0], key[1]))
-                scrubbed.append((key, value))
-            entries = scrubbed
         super().restore_many(entries)
 
     def restored(self) -> None:
