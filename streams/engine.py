@@ -92,8 +92,8 @@ SHARD_COLUMN = "shard"  # sluice.olap.catalog.SHARD_COLUMN (a test checks they a
 #: The version of the state's meaning. Bump it when a component's state changes shape or
 #: meaning: a local store of another schema is then rebuilt from the changelog (which
 #: every version reads). The fingerprint also covers the components' tags and map names
-#: and the attribution window (:func:`state_schema`). 2: ``lead_analytics`` tallies hold
-#: day numbers instead of dates.
+#: and the attribution window (:func:`state_schema`). 2: tallies are dicts, not Counters,
+#: and ``lead_analytics``'s hold day numbers, not dates.
 STATE_SCHEMA = 2
 
 
