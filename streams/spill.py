@@ -87,8 +87,7 @@ class Written:
 
     def add_all(self, keys: list[Hashable]) -> None:
         bits, mask = self.bits, WRITTEN_BITS - 1
-        for key in keys:
-            h = hash(key) & mask
+        for h in [hash(key) & mask for key in keys]:
             bits[h >> 3] |= 1 << (h & 7)
 
     def may_hold(self, key: Hashable) -> bool:
@@ -383,9 +382,10 @@ class SpillMap(MutableMapping):
         if self.store.direct:
             victims = list(itertools.islice(hot, n))
             batch = WriteBatch(raw_mode=True)
-            prefix = self.prefix
-            for key in victims:
-                batch.put(prefix + orjson.dumps(key), pickle.dumps((key, hot.pop(key)), 5))
+            prefix, pop, dumps, jdumps, put = self.prefix, hot.pop, pickle.dumps, orjson.dumps, batch.put
+            blobs = [dumps((key, pop(key)), 5) for key in victims]
+            for key, blob in zip(victims, blobs, strict=True):
+                put(prefix + jdumps(key), blob)
             self._db().write(batch, self.store.no_wal)
             self.store.unflushed = True
             if not self.disk and self.written is None:
