@@ -361,11 +361,13 @@ class Engine:
         the next checkpoint (its marker is written then; until then a restart rebuilds)."""
         ps = self.partitions[partition]
         ps.changelog_position = max(ps.changelog_position, offset)
-        self.restored([partition])
         if ps.db is not None and ps.db.direct and not ps.db.scratch:
             # a marker may only follow entries written without the WAL once they are in files
             assert not ps.db.unflushed, "PartitionDB.flush() first, under the state lock"
+            # before restored(): what it changes (scrubbing leads erased meanwhile) must
+            # wait for the image, not be written without the WAL past the flush
             ps.db.imaged()
+        self.restored([partition])
 
     # -- the hot path -----------------------------------------------------------------
     def apply(

@@ -382,7 +382,13 @@ class SpillMap(MutableMapping):
         if self.store.direct:
             victims = list(itertools.islice(hot, n))
             batch = WriteBatch(raw_mode=True)
-            prefix, pop, dumps, jdumps, put = self.prefix, hot.pop, pickle.dumps, orjson.dumps, batch.put
+            prefix, pop, dumps, jdumps, put = (
+                self.prefix,
+                hot.pop,
+                pickle.dumps,
+                orjson.dumps,
+                batch.put,
+            )
             blobs = [dumps((key, pop(key)), 5) for key in victims]
             for key, blob in zip(victims, blobs, strict=True):
                 put(prefix + jdumps(key), blob)
