@@ -669,9 +669,11 @@ class _Columns:
 
     def keys(self, fields: tuple[Field, ...], needs: int | None) -> list[RowKey | None]:
         """Each state's row key (None where slot ``needs`` is None)."""
-        keys: list[RowKey | None] = list(zip(*[self.get(f) for f in fields]))
+        keys: list[RowKey | None] = list(zip(*[self.get(f) for f in fields], strict=True))
         if needs is not None:
-            keys = [k if v is not None else None for k, v in zip(keys, self.get(needs))]
+            keys = [
+                k if v is not None else None for k, v in zip(keys, self.get(needs), strict=True)
+            ]
         return keys
 
 
@@ -809,21 +811,27 @@ class AttributionRollups(Component):
             mask, bits_list = rollup.all_bits, rollup._metric_bits
             table = rollup.table
             keys = columns.keys(rollup.fields, rollup.needs)
+            masked = [f & mask for f in flags]
+            templates: dict[int, tuple[int, ...]] = {}  # flags -> one state's counters
+            for f in set(masked):
+                templates[f] = tuple([1 if bits is None or f & bits else 0 for bits in bits_list])
+            distinct = set(keys)
+            nones = keys.count(None)
+            distinct.discard(None)
+            if len(distinct) + nones == len(keys):
+                # a row per state (lead_analytics: one lead per email, mostly)
+                self._account_unique(rollup, columns, keys, masked, templates, nones, mark)
+                continue
             rows = self.rows[table]
-            counted = Counter(zip(keys, [f & mask for f in flags], strict=True))
-            distinct = list({key for key, _ in counted if key is not None})
-            found = get_many(rows, distinct)
-            held = dict(zip(distinct, found, strict=True))
+            counted = Counter(zip(keys, masked, strict=True))
+            order = list(distinct)
+            found = get_many(rows, order)
+            held = dict(zip(order, found, strict=True))
             new_rows: dict[RowKey, list[int]] = {}
-            templates: dict[int, tuple[int, ...]] = {}
             for (key, f), n in counted.items():
                 if key is None:
                     continue
-                counts = templates.get(f)
-                if counts is None:
-                    counts = templates[f] = tuple(
-                        [1 if bits is None or f & bits else 0 for bits in bits_list]
-                    )
+                counts = templates[f]
                 row = new_rows.get(key) or held[key]
                 if row is None:
                     new_rows[key] = list(counts) if n == 1 else [c * n for c in counts]
@@ -839,11 +847,11 @@ class AttributionRollups(Component):
             tallies = self.tallies[table]
             # a row and its tallies are made and dropped together: only the keys whose
             # row was there can have tallies
-            there = [key for key, row in zip(distinct, found, strict=True) if row is not None]
+            there = [key for key, row in zip(order, found, strict=True) if row is not None]
             held_tallies = dict(zip(there, get_many(tallies, there), strict=True))
             new_tallies: dict[RowKey, list[Tally]] = {}
-            values = zip(*[columns.get(f) for _, f in rollup.tallies])
-            for (key, vals), n in Counter(zip(keys, values)).items():
+            values = zip(*[columns.get(f) for _, f in rollup.tallies], strict=True)
+            for (key, vals), n in Counter(zip(keys, values, strict=True)).items():
                 if key is None:
                     continue
                 kept = new_tallies.get(key) or held_tallies.get(key)
@@ -853,6 +861,55 @@ class AttributionRollups(Component):
                     for tally, v in zip(kept, vals, strict=True):
                         tally[v] = tally.get(v, 0) + n
             insert_new(tallies, list(new_tallies.items()))
+
+    def _account_unique(
+        self,
+        rollup: Rollup,
+        columns: _Columns,
+        keys: list[RowKey | None],
+        masked: list[int],
+        templates: dict[int, tuple[int, ...]],
+        nones: int,
+        mark: bool,
+    ) -> None:
+        """:meth:`_account_many` for one rollup where no two states share a row key: no
+        counting per key, the rows looked up in the states' order."""
+        table = rollup.table
+        tally_columns = [columns.get(f) for _, f in rollup.tallies]
+        if nones:
+            live = [i for i, key in enumerate(keys) if key is not None]
+            keys = [keys[i] for i in live]
+            masked = [masked[i] for i in live]
+            tally_columns = [[column[i] for i in live] for column in tally_columns]
+        rows = self.rows[table]
+        found = get_many(rows, keys)
+        new_rows: list[tuple[RowKey, list[int]]] = []
+        for key, f, row in zip(keys, masked, found, strict=True):
+            if row is None:
+                new_rows.append((key, list(templates[f])))
+            else:
+                for i, c in enumerate(templates[f]):
+                    if c:
+                        row[i] += 1
+        if mark:
+            for key in keys:
+                self.dirty.add(table, key)
+        insert_new(rows, new_rows)
+        if not rollup.tallies:
+            return
+        tallies = self.tallies[table]
+        # a row and its tallies are made and dropped together (see _account_many)
+        there = [key for key, row in zip(keys, found, strict=True) if row is not None]
+        held = dict(zip(there, get_many(tallies, there), strict=True))
+        new_tallies: list[tuple[RowKey, list[Tally]]] = []
+        for key, vals in zip(keys, zip(*tally_columns, strict=True), strict=True):
+            kept = held.get(key)
+            if kept is None:
+                new_tallies.append((key, [{v: 1} for v in vals]))
+            else:
+                for tally, v in zip(kept, vals, strict=True):
+                    tally[v] = tally.get(v, 0) + 1
+        insert_new(tallies, new_tallies)
 
     def forget(self, key: list) -> None:
         """A changelog tombstone: the message's state goes, and its contribution with it."""
