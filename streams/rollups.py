@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from functools import cached_property
 from sys import intern
-from typing import Any
+from typing import Any, cast
 
 from sluice.olap.catalog import LEAD_STATUS_ORDER
 from sluice.privacy import lead_ref
@@ -378,7 +378,7 @@ WARMUP = Attribution("email_id", new_warmup_state, merge_warmup_event, merge_war
 #: A multiset: value -> how many messages have it (never 0). A plain dict, not a Counter:
 #: a lead's tallies are written for every lead a rebuild makes, and a Counter costs 6x to
 #: pickle (measured 3.6 vs 0.6 µs for a lead's two).
-Tally = dict[Hashable, int]
+Tally = dict[Any, int]
 Derive = Callable[[Mapping[str, int], Mapping[str, Tally]], Any]
 
 #: What a row key column or a tally value is made of, for computing them over many states
@@ -887,10 +887,11 @@ class AttributionRollups(Component):
             keys = [keys[i] for i in live]
             masked = [masked[i] for i in live]
             tally_columns = [[column[i] for i in live] for column in tally_columns]
+        present = cast(list[RowKey], keys)  # no None left
         rows = self.rows[table]
-        found = get_many(rows, keys)
+        found = get_many(rows, present)
         new_rows: list[tuple[RowKey, list[int]]] = []
-        for key, f, row in zip(keys, masked, found, strict=True):
+        for key, f, row in zip(present, masked, found, strict=True):
             if row is None:
                 new_rows.append((key, list(templates[f])))
             else:
@@ -898,17 +899,17 @@ class AttributionRollups(Component):
                     if c:
                         row[i] += 1
         if mark:
-            for key in keys:
+            for key in present:
                 self.dirty.add(table, key)
         insert_new(rows, new_rows)
         if not rollup.tallies:
             return
         tallies = self.tallies[table]
         # a row and its tallies are made and dropped together (see _account_many)
-        there = [key for key, row in zip(keys, found, strict=True) if row is not None]
+        there = [key for key, row in zip(present, found, strict=True) if row is not None]
         held = dict(zip(there, get_many(tallies, there), strict=True))
         new_tallies: list[tuple[RowKey, list[Tally]]] = []
-        for key, vals in zip(keys, zip(*tally_columns, strict=True), strict=True):
+        for key, vals in zip(present, zip(*tally_columns, strict=True), strict=True):
             kept = held.get(key)
             if kept is None:
                 new_tallies.append((key, [{v: 1} for v in vals]))

@@ -193,9 +193,8 @@ def test_rollup_fields_compute_what_rollup_key_and_tallies_do():
                 assert columns.get(f) == [fn(s) for _, s in sent]
 
 
-def test_a_direct_map_asks_rocksdb_only_for_keys_it_wrote(tmp_path, monkeypatch):
-    store = StateStore(tmp_path, memory_items=10, scratch=True)
-    db = store.scratch_db(0)
+def test_a_rebuilding_map_asks_rocksdb_only_for_keys_it_wrote(tmp_path, monkeypatch):
+    db = PartitionDB(tmp_path / "0", 0, Budget(10), direct=True)
     m = db.map("m")
     for i in range(100):
         m[("k", i)] = [i]
@@ -221,6 +220,14 @@ def test_a_direct_map_asks_rocksdb_only_for_keys_it_wrote(tmp_path, monkeypatch)
     assert m.get_many([("k", 3), ("new", 1)]) == [[3], None]
     del m[("k", 4)]
     assert ("k", 4) not in m and m.get(("k", 5)) == [5] and len(m) == 99
+    assert {k: v for k, v in m.items()} == {("k", i): [i] for i in range(100) if i != 4}
+    db.close()
+    # a scratch store's maps (a backfill's, for hours) keep no filter
+    store = StateStore(tmp_path / "s", memory_items=10, scratch=True)
+    m = store.scratch_db(0).map("m")
+    for i in range(100):
+        m[("k", i)] = [i]
+    assert m.disk and m.written is None and m.get(("k", 1)) == [1]
     store.close()
 
 
