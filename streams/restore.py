@@ -22,7 +22,8 @@ Every join is idempotent and commutative (the state is a semilattice), so an ent
 twice, or an entry already in the store, changes nothing. Only then is the partition
 handed to the reader (:mod:`streams.worker`).
 
-A rebuild is CPU-bound Python (decode, join, accumulate rows: ~10 µs per entry), so a
+A rebuild is CPU-bound Python (decode, join, accumulate rows, pickle and write three
+store entries per email: ~24 µs of CPU per entry, ``python -m bench.rebuild``), so a
 large one runs in a process of its own (``python -m streams.restore rebuild``), several
 at once (``SLUICE_RESTORE_PROCESSES``, one per CPU by default), each with a share of the
 memory budget: it writes the partition's store and its image, the worker reopens it as a
