@@ -84,6 +84,8 @@ if TYPE_CHECKING:
     from streams.store import Changelog, Opened, PartitionDB, StateStore, StoreCut
 
 POSITION_TAG = "\x00pos"
+# what Engine.join does with an entry (Engine._route)
+_EMAIL, _TAGGED, _POSITION, _UNKNOWN = range(4)
 #: the local store's map of the erasures a partition's state was scrubbed of
 ERASED_HERE = "erasure/applied"
 VERSION_COLUMNS = ("updated", "_version")
@@ -92,8 +94,9 @@ SHARD_COLUMN = "shard"  # sluice.olap.catalog.SHARD_COLUMN (a test checks they a
 #: The version of the state's meaning. Bump it when a component's state changes shape or
 #: meaning: a local store of another schema is then rebuilt from the changelog (which
 #: every version reads). The fingerprint also covers the components' tags and map names
-#: and the attribution window (:func:`state_schema`).
-STATE_SCHEMA = 1
+#: and the attribution window (:func:`state_schema`). 2: tallies are dicts, not Counters,
+#: and ``lead_analytics``'s hold day numbers, not dates.
+STATE_SCHEMA = 2
 
 
 def default_components(
@@ -360,11 +363,13 @@ class Engine:
         the next checkpoint (its marker is written then; until then a restart rebuilds)."""
         ps = self.partitions[partition]
         ps.changelog_position = max(ps.changelog_position, offset)
-        self.restored([partition])
         if ps.db is not None and ps.db.direct and not ps.db.scratch:
             # a marker may only follow entries written without the WAL once they are in files
             assert not ps.db.unflushed, "PartitionDB.flush() first, under the state lock"
-            ps.db.direct = False
+            # before restored(): what it changes (scrubbing leads erased meanwhile) must
+            # wait for the image, not be written without the WAL past the flush
+            ps.db.imaged()
+        self.restored([partition])
 
     # -- the hot path -----------------------------------------------------------------
     def apply(
@@ -741,6 +746,9 @@ class Engine:
         touched: set[int] = set()
         # consecutive entries per component, handed over together (Component.restore_many)
         pending: dict[tuple[int, str], list[tuple[list, list]]] = {}
+        # (partition, key head) -> where its entries go (see _route): an email key's head
+        # is its tenant, so a batch has a few routes for thousands of entries
+        routes: dict[tuple[int, str], tuple[int, list, PartitionDB | None, PartitionState]] = {}
         loads = orjson.loads
         for key, value in entries:
             parsed = loads(key)
@@ -752,6 +760,7 @@ class Engine:
                 if ps is None:
                     continue  # nothing restored there yet: nothing to forget
                 self._flush_joins(pending)
+                routes.clear()
                 tag = head if head in ps.by_tag and head else ""
                 if tag:
                     ps.by_tag[head].forget(parsed[1:])
@@ -762,24 +771,47 @@ class Engine:
                 touched.add(partition)
                 continue
             p = value[0]
-            ps = self.partitions.get(p) or self.state(p)
-            touched.add(p)
-            if head == POSITION_TAG:
+            route = routes.get((p, head))
+            if route is None:
+                route = routes[(p, head)] = self._route(p, head, pending, from_store)
+                touched.add(p)
+            kind, items, logged, ps = route
+            if kind == _EMAIL:
+                items.append((parsed, value[1:]))
+            elif kind == _TAGGED:
+                items.append((parsed[1:], value[1:]))
+            elif kind == _POSITION:
                 topic = parsed[1]
                 ps.positions[topic] = max(ps.positions.get(topic, 0), value[1])
                 continue
-            if head in ps.by_tag and head:
-                tag = head
-                pending.setdefault((p, head), []).append((parsed[1:], value[1:]))
-            elif not head.startswith("\x00"):
-                tag = ""
-                pending.setdefault((p, ""), []).append((parsed, value[1:]))
             else:
                 continue  # a tag from a newer version; its owner will rebuild it
-            if ps.db is not None and tag in ps.logged and not from_store:
-                ps.db.log_pending[key] = value
+            if logged is not None:
+                logged.log_pending[key] = value
         self._flush_joins(pending)
         return touched
+
+    def _route(
+        self,
+        p: int,
+        head: str,
+        pending: dict[tuple[int, str], list[tuple[list, list]]],
+        from_store: bool,
+    ) -> tuple[int, list, PartitionDB | None, PartitionState]:
+        """Where :meth:`join` puts the entries of partition ``p`` whose key starts with
+        ``head``: (kind, the component's pending list, the store that logs them, the
+        partition's state)."""
+        ps = self.partitions.get(p) or self.state(p)
+        if head == POSITION_TAG:
+            return _POSITION, [], None, ps
+        if head in ps.by_tag and head:
+            kind, tag = _TAGGED, head
+        elif not head.startswith("\x00"):
+            kind, tag = _EMAIL, ""
+        else:
+            return _UNKNOWN, [], None, ps
+        logged = ps.db if ps.db is not None and tag in ps.logged and not from_store else None
+        return kind, pending.setdefault((p, tag), []), logged, ps
 
     def _flush_joins(self, pending: dict[tuple[int, str], list[tuple[list, list]]]) -> None:
         for (p, tag), items in pending.items():

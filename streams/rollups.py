@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from functools import cached_property
 from sys import intern
-from typing import Any
+from typing import Any, cast
 
 from sluice.olap.catalog import LEAD_STATUS_ORDER
 from sluice.privacy import lead_ref
@@ -375,7 +375,19 @@ WARMUP = Attribution("email_id", new_warmup_state, merge_warmup_event, merge_war
 # Rollup definitions: a rollup maps a message's state to (row key, counters, tallies).
 # --------------------------------------------------------------------------------------
 
-Derive = Callable[[Mapping[str, int], Mapping[str, Counter]], Any]
+#: A multiset: value -> how many messages have it (never 0). A plain dict, not a Counter:
+#: a lead's tallies are written for every lead a rebuild makes, and a Counter costs 6x to
+#: pickle (measured 3.6 vs 0.6 µs for a lead's two).
+Tally = dict[Any, int]
+Derive = Callable[[Mapping[str, int], Mapping[str, Tally]], Any]
+
+#: What a row key column or a tally value is made of, for computing them over many states
+#: at once (a rebuild): a state slot (an int), or one of these.
+TENANT = "tenant"
+DAY = "day"  # the send's UTC day (a date)
+DAY_NUMBER = "day_number"  # the same as days since the epoch (an int: cheaper to store)
+MONTH = "month"  # the first day of the send's month
+Field = int | str
 
 
 @dataclass(frozen=True)
@@ -390,14 +402,27 @@ class Rollup:
 
     ``key`` and ``tallies`` must depend on the attribution (the winning send) only, never
     on flags: a flag-only change then touches counters alone (the hot path relies on it).
+
+    ``fields`` say what ``key`` computes, column by column (:data:`Field`), and ``needs``
+    the slot without which a state counts nowhere here: a rebuild computes the keys of
+    many states at once from them (:meth:`AttributionRollups._account_many`); ``key``,
+    one state at a time, is the hot path's (tests check the two agree). A tally is
+    ``(name, field)``.
     """
 
     table: str
     key_columns: tuple[str, ...]
     key: Callable[[str, list], RowKey | None]
     metrics: tuple[tuple[str, int | None], ...]
-    tallies: tuple[tuple[str, Callable[[list], Hashable]], ...] = ()
+    fields: tuple[Field, ...]
+    needs: int | None = None
+    tallies: tuple[tuple[str, Field], ...] = ()
     derived: tuple[tuple[str, Derive], ...] = ()
+
+    @cached_property
+    def tally_fns(self) -> tuple[Callable[[list], Hashable], ...]:
+        """One function of a state per tally."""
+        return tuple(_state_field(f) for _, f in self.tallies)
 
     @cached_property
     def all_bits(self) -> int:
@@ -424,13 +449,13 @@ class Rollup:
         counts = tuple([1 if bits is None or flags & bits else 0 for bits in self._metric_bits])
         if not self.tallies:
             return key, counts, ()
-        return key, counts, tuple([value(state) for _, value in self.tallies])
+        return key, counts, tuple([value(state) for value in self.tally_fns])
 
     @cached_property
     def _metric_bits(self) -> tuple[int | None, ...]:
         return tuple(bits for _, bits in self.metrics)
 
-    def values(self, counters: Sequence[int], tallies: Sequence[Counter] | None) -> tuple:
+    def values(self, counters: Sequence[int], tallies: Sequence[Tally] | None) -> tuple:
         """The value columns of one row."""
         if not self.derived:
             return tuple(counters)
@@ -438,7 +463,7 @@ class Rollup:
         tallied = dict(
             zip(
                 (t for t, _ in self.tallies),
-                tallies or [Counter()] * len(self.tallies),
+                tallies or [{}] * len(self.tallies),
                 strict=True,
             )
         )
@@ -471,7 +496,7 @@ LEAD_METRICS: tuple[tuple[str, int | None], ...] = (
 )
 
 
-def lead_status(metrics: Mapping[str, int], _: Mapping[str, Counter] | None = None) -> str:
+def lead_status(metrics: Mapping[str, int], _: Mapping[str, Tally] | None = None) -> str:
     """The lead's latest state (see :data:`LEAD_STATUS_ORDER`); ``''`` with no sent email."""
     for column, status in LEAD_STATUS_ORDER:
         if metrics[column] > 0:
@@ -479,18 +504,34 @@ def lead_status(metrics: Mapping[str, int], _: Mapping[str, Counter] | None = No
     return ""
 
 
-def _min_key(tally: Counter) -> Any:
-    return min(tally, default=None)
+def _state_field(f: Field) -> Callable[[list], Hashable]:
+    """A tally's value of one state (a :data:`Field` other than the tenant)."""
+    if f == DAY:
+        return send_day
+    if f == DAY_NUMBER:
+        return lambda s: s[SENT_AT] // DAY_MS
+    if f == MONTH:
+        return lambda s: month_start(send_day(s))
+    assert isinstance(f, int), f
+    return lambda s: s[f]
 
 
-def _max_key(tally: Counter) -> Any:
-    return max(tally, default=None)
+def _first_day(tally: Tally) -> date | None:
+    """The first day of a tally of day numbers (:data:`DAY_NUMBER`)."""
+    n = min(tally, default=None)
+    return None if n is None else utc_day(n * DAY_MS)
+
+
+def _last_day(tally: Tally) -> date | None:
+    n = max(tally, default=None)
+    return None if n is None else utc_day(n * DAY_MS)
 
 
 CAMPAIGN_ANALYTICS = Rollup(
     table="campaign_analytics",
     key_columns=("company_id", "campaign_id", "day"),
     key=lambda tenant, s: (tenant, s[CAMPAIGN], send_day(s)),
+    fields=(TENANT, CAMPAIGN, DAY),
     metrics=CAMPAIGN_METRICS,
 )
 
@@ -498,6 +539,7 @@ MAILBOX_ANALYTICS = Rollup(
     table="mailbox_analytics",
     key_columns=("company_id", "mailbox_id", "day"),
     key=lambda tenant, s: (tenant, s[MAILBOX], send_day(s)),
+    fields=(TENANT, MAILBOX, DAY),
     metrics=MAILBOX_METRICS,
 )
 
@@ -506,6 +548,8 @@ SEQUENCE_STEP_ANALYTICS = Rollup(
     key_columns=("company_id", "campaign_id", "sequence_step_id", "day"),
     # emails sent outside a sequence have no step: they count in campaign_analytics only
     key=lambda tenant, s: None if s[STEP] is None else (tenant, s[CAMPAIGN], s[STEP], send_day(s)),
+    fields=(TENANT, CAMPAIGN, STEP, DAY),
+    needs=STEP,
     metrics=CAMPAIGN_METRICS,
 )
 
@@ -514,12 +558,16 @@ LEAD_ANALYTICS = Rollup(
     key_columns=("company_id", "lead_id"),
     # an erased lead's emails (LEAD None) count in every table but this one
     key=lambda tenant, s: None if s[LEAD] is None else (tenant, s[LEAD]),
+    fields=(TENANT, LEAD),
+    needs=LEAD,
     metrics=LEAD_METRICS,
-    tallies=(("send_day", send_day), ("campaign", lambda s: s[CAMPAIGN])),
+    # day numbers, not dates: a date costs ~2 µs to pickle (a global looked up per
+    # entry written), and a lead's tally is written for every lead a rebuild makes
+    tallies=(("send_day", DAY_NUMBER), ("campaign", CAMPAIGN)),
     derived=(
         ("campaigns", lambda m, t: len(t["campaign"])),
-        ("first_sent_day", lambda m, t: _min_key(t["send_day"])),
-        ("last_sent_day", lambda m, t: _max_key(t["send_day"])),
+        ("first_sent_day", lambda m, t: _first_day(t["send_day"])),
+        ("last_sent_day", lambda m, t: _last_day(t["send_day"])),
         ("status", lead_status),
         ("campaign_ids", lambda m, t: sorted(t["campaign"])),
     ),
@@ -530,8 +578,9 @@ BILLING_SENDS = Rollup(
     table="billing_analytics",
     key_columns=("company_id", "month"),
     key=lambda tenant, s: (tenant, month_start(send_day(s))),
+    fields=(TENANT, MONTH),
     metrics=(("billable_sends", None),),
-    tallies=(("mailbox", lambda s: s[MAILBOX]),),
+    tallies=(("mailbox", MAILBOX),),
     derived=(
         ("active_mailboxes", lambda m, t: len(t["mailbox"])),
         ("mailbox_ids", lambda m, t: sorted(t["mailbox"])),
@@ -553,6 +602,7 @@ WARMUP_ANALYTICS = Rollup(
     table="warmup_analytics",
     key_columns=("company_id", "mailbox_id", "day"),
     key=lambda tenant, s: (tenant, s[W_MAILBOX], send_day(s)),
+    fields=(TENANT, W_MAILBOX, DAY),
     metrics=(
         ("warmup_sent", None),
         ("landed", WU_LANDED),
@@ -577,12 +627,54 @@ WARMUP_ROLLUPS: tuple[Rollup, ...] = (WARMUP_ANALYTICS,)
 # --------------------------------------------------------------------------------------
 
 
-def _tally(value: Hashable, n: int) -> Counter:
-    """``Counter({value: n})`` at a third of the cost: a rebuild makes millions. (A
-    Counter's ``__init__`` only fills the dict it is; Counter adds no state of its own.)"""
-    tally: Counter = Counter.__new__(Counter)
-    dict.__setitem__(tally, value, n)
-    return tally
+def _untally(tally: Tally, value: Hashable) -> None:
+    """One ``value`` out of ``tally``."""
+    left = tally[value] - 1
+    if left:
+        tally[value] = left
+    else:
+        del tally[value]
+
+
+# slots that may hold strings shared by many states: campaign, mailbox, lead, step;
+# warm-up: mailbox, landing time (an int), its event id, folder
+assert (SENT_EVENT_ID, FLAGS) == (1, 6) and (W_MAILBOX, W_FOLDER) == (2, 5)
+
+
+class _Columns:
+    """Columns of many states (:data:`Field` -> one value per state), each made once."""
+
+    def __init__(self, tenants: list[str], states: list[list]) -> None:
+        self.states = states
+        self.made: dict[Field, list] = {TENANT: tenants}
+
+    def get(self, f: Field) -> list:
+        column = self.made.get(f)
+        if column is None:
+            if f == DAY_NUMBER:
+                column = [s[SENT_AT] // DAY_MS for s in self.states]
+            elif f == DAY:
+                numbers = self.get(DAY_NUMBER)
+                days = {n: utc_day(n * DAY_MS) for n in set(numbers)}
+                column = [days[n] for n in numbers]
+            elif f == MONTH:
+                day_column = self.get(DAY)
+                months = {d: month_start(d) for d in set(day_column)}
+                column = [months[d] for d in day_column]
+            else:
+                assert isinstance(f, int), f
+                column = [s[f] for s in self.states]
+            self.made[f] = column
+        return column
+
+    def keys(self, fields: tuple[Field, ...], needs: int | None) -> list[RowKey | None]:
+        """Each state's row key (None where slot ``needs`` is None)."""
+        keys: list[RowKey | None] = list(zip(*[self.get(f) for f in fields], strict=True))
+        if needs is not None:
+            keys = [
+                k if v is not None else None for k, v in zip(keys, self.get(needs), strict=True)
+            ]
+        return keys
 
 
 class AttributionRollups(Component):
@@ -611,7 +703,7 @@ class AttributionRollups(Component):
         self.rows: dict[str, MutableMapping[RowKey, list[int]]] = {
             r.table: new_map(f"{name}/rows/{r.table}") for r in self.rollups
         }
-        self.tallies: dict[str, MutableMapping[RowKey, list[Counter]]] = {
+        self.tallies: dict[str, MutableMapping[RowKey, list[Tally]]] = {
             r.table: new_map(f"{name}/tallies/{r.table}") for r in self.rollups if r.tallies
         }
         self._maps = [self.states, *self.rows.values(), *self.tallies.values()]
@@ -672,7 +764,8 @@ class AttributionRollups(Component):
         States of emails this partition does not hold yet (all of them in a rebuild from
         an empty store) are added together: their contributions are counted per row key
         and combination of flags first, so each row and tally is touched once per batch
-        instead of once per email. Known emails go through :meth:`restore`.
+        instead of once per email. Known emails go through :meth:`restore`. Takes the
+        value lists (the engine's copies) as the states: they must not be used after.
         """
         batch: dict[tuple[str, str], list] = {}
         merge = self.attribution.merge_states
@@ -681,71 +774,149 @@ class AttributionRollups(Component):
             k = (key[0], key[1])
             prev = batch.get(k)
             if prev is None:
-                batch[k] = adopt(value)
+                batch[k] = value if adopt is list else adopt(value)
             else:
                 merge(prev, value)
         states = self.states
-        fresh: list[tuple[str, list]] = []
+        fresh: list[list] = []
+        tenants: list[str] = []
         new: list[tuple[tuple[str, str], list]] = []
         known = get_many(states, list(batch))
-        for ((tenant, message_id), value), state in zip(batch.items(), known, strict=True):
-            if state is not None:
-                self.restore([tenant, message_id], value)
+        for ((tenant, message_id), state), held in zip(batch.items(), known, strict=True):
+            if held is not None:
+                self.restore([tenant, message_id], state)
                 continue
             tenant = intern(tenant)
-            state = [
-                intern(v) if type(v) is str and SENT_EVENT_ID < i < FLAGS else v
-                for i, v in enumerate(value)
-            ]
+            # interned: millions of states share a few campaigns, mailboxes and steps (the
+            # slots between SENT_EVENT_ID and FLAGS, unrolled: a rebuild's hottest loop)
+            a, b, c, d = state[2], state[3], state[4], state[5]
+            if type(a) is str:
+                state[2] = intern(a)
+            if type(b) is str:
+                state[3] = intern(b)
+            if type(c) is str:
+                state[4] = intern(c)
+            if type(d) is str:
+                state[5] = intern(d)
             new.append(((tenant, message_id), state))
             if state[SENT_AT] is not None:
-                fresh.append((tenant, state))
+                fresh.append(state)
+                tenants.append(tenant)
         insert_new(states, new)
         if fresh:
-            self._account_many(fresh)
+            self._account_many(tenants, fresh)
 
-    def _account_many(self, fresh: list[tuple[str, list]]) -> None:
-        """Add the contributions of new (sent) states: :meth:`_account` for many at once."""
+    def _account_many(self, tenants: list[str], fresh: list[list]) -> None:
+        """Add the contributions of new (sent) states, ``tenants[i]``'s ``fresh[i]``:
+        :meth:`_account` for many at once, their row keys and tallies computed column by
+        column from the rollups' :attr:`Rollup.fields`."""
         mark = self._incremental
+        columns = _Columns(tenants, fresh)
+        flags = columns.get(FLAGS)
         for rollup in self.rollups:
-            keyf, mask, bits_list = rollup.key, rollup.all_bits, rollup._metric_bits
+            mask, bits_list = rollup.all_bits, rollup._metric_bits
             table = rollup.table
-            keys = [keyf(tenant, state) for tenant, state in fresh]
+            keys = columns.keys(rollup.fields, rollup.needs)
+            masked = [f & mask for f in flags]
+            templates: dict[int, tuple[int, ...]] = {}  # flags -> one state's counters
+            for f in set(masked):
+                templates[f] = tuple([1 if bits is None or f & bits else 0 for bits in bits_list])
+            distinct = set(keys)
+            nones = keys.count(None)
+            distinct.discard(None)
+            if len(distinct) + nones == len(keys):
+                # a row per state (lead_analytics: one lead per email, mostly)
+                self._account_unique(rollup, columns, keys, masked, templates, nones, mark)
+                continue
             rows = self.rows[table]
-            counted = Counter(zip(keys, [state[FLAGS] & mask for _, state in fresh], strict=True))
-            distinct = list({key for key, _ in counted if key is not None})
-            held = dict(zip(distinct, get_many(rows, distinct), strict=True))
+            counted = Counter(zip(keys, masked, strict=True))
+            order = list(distinct)
+            found = get_many(rows, order)
+            held = dict(zip(order, found, strict=True))
             new_rows: dict[RowKey, list[int]] = {}
-            for (key, flags), n in counted.items():
+            for (key, f), n in counted.items():
                 if key is None:
                     continue
+                counts = templates[f]
                 row = new_rows.get(key) or held[key]
                 if row is None:
-                    new_rows[key] = [n if bits is None or flags & bits else 0 for bits in bits_list]
+                    new_rows[key] = list(counts) if n == 1 else [c * n for c in counts]
                 else:
-                    for i, bits in enumerate(bits_list):
-                        if bits is None or flags & bits:
+                    for i, c in enumerate(counts):
+                        if c:
                             row[i] += n
                 if mark:
                     self.dirty.add(table, key)
             insert_new(rows, list(new_rows.items()))
             if not rollup.tallies:
                 continue
-            fns = [fn for _, fn in rollup.tallies]
             tallies = self.tallies[table]
-            values = [tuple([fn(state) for fn in fns]) for _, state in fresh]
-            held = dict(zip(distinct, get_many(tallies, distinct), strict=True))
-            new_tallies: dict[RowKey, list[Counter]] = {}
+            # a row and its tallies are made and dropped together: only the keys whose
+            # row was there can have tallies
+            there = [key for key, row in zip(order, found, strict=True) if row is not None]
+            held_tallies = dict(zip(there, get_many(tallies, there), strict=True))
+            new_tallies: dict[RowKey, list[Tally]] = {}
+            values = zip(*[columns.get(f) for _, f in rollup.tallies], strict=True)
             for (key, vals), n in Counter(zip(keys, values, strict=True)).items():
                 if key is None:
                     continue
-                kept = new_tallies.get(key) or held[key]
+                kept = new_tallies.get(key) or held_tallies.get(key)
                 if kept is None:
-                    new_tallies[key] = [_tally(v, n) for v in vals]
+                    new_tallies[key] = [{v: n} for v in vals]
                 else:
                     for tally, v in zip(kept, vals, strict=True):
-                        tally[v] += n
+                        tally[v] = tally.get(v, 0) + n
             insert_new(tallies, list(new_tallies.items()))
+
+    def _account_unique(
+        self,
+        rollup: Rollup,
+        columns: _Columns,
+        keys: list[RowKey | None],
+        masked: list[int],
+        templates: dict[int, tuple[int, ...]],
+        nones: int,
+        mark: bool,
+    ) -> None:
+        """:meth:`_account_many` for one rollup where no two states share a row key: no
+        counting per key, the rows looked up in the states' order."""
+        table = rollup.table
+        tally_columns = [columns.get(f) for _, f in rollup.tallies]
+        if nones:
+            live = [i for i, key in enumerate(keys) if key is not None]
+            keys = [keys[i] for i in live]
+            masked = [masked[i] for i in live]
+            tally_columns = [[column[i] for i in live] for column in tally_columns]
+        present = cast(list[RowKey], keys)  # no None left
+        rows = self.rows[table]
+        found = get_many(rows, present)
+        new_rows: list[tuple[RowKey, list[int]]] = []
+        for key, f, row in zip(present, masked, found, strict=True):
+            if row is None:
+                new_rows.append((key, list(templates[f])))
+            else:
+                for i, c in enumerate(templates[f]):
+                    if c:
+                        row[i] += 1
+        if mark:
+            for key in present:
+                self.dirty.add(table, key)
+        insert_new(rows, new_rows)
+        if not rollup.tallies:
+            return
+        tallies = self.tallies[table]
+        # a row and its tallies are made and dropped together (see _account_many)
+        there = [key for key, row in zip(present, found, strict=True) if row is not None]
+        held = dict(zip(there, get_many(tallies, there), strict=True))
+        new_tallies: list[tuple[RowKey, list[Tally]]] = []
+        for key, vals in zip(present, zip(*tally_columns, strict=True), strict=True):
+            kept = held.get(key)
+            if kept is None:
+                new_tallies.append((key, [{v: 1} for v in vals]))
+            else:
+                for tally, v in zip(kept, vals, strict=True):
+                    tally[v] = tally.get(v, 0) + 1
+        insert_new(tallies, new_tallies)
 
     def forget(self, key: list) -> None:
         """A changelog tombstone: the message's state goes, and its contribution with it."""
@@ -770,9 +941,7 @@ class AttributionRollups(Component):
             tallies = self.tallies.get(rollup.table)
             if tallies is not None:
                 for tally, value in zip(tallies[key], values, strict=True):
-                    tally[value] -= 1
-                    if not tally[value]:
-                        del tally[value]
+                    _untally(tally, value)
             self.dirty.add(rollup.table, key)
 
     def keeps_state_in_store(self) -> bool:
@@ -824,9 +993,7 @@ class AttributionRollups(Component):
                     row[i] -= v
                 if tallies is not None:
                     for tally, value in zip(tallies[key], values, strict=True):
-                        tally[value] -= 1
-                        if not tally[value]:
-                            del tally[value]
+                        _untally(tally, value)
                 if mark:
                     self.dirty.add(table, key)
             if new is not None:
@@ -840,10 +1007,10 @@ class AttributionRollups(Component):
                 if tallies is not None:
                     kept = tallies.get(key)
                     if kept is None:
-                        tallies[key] = [Counter((value,)) for value in values]
+                        tallies[key] = [{value: 1} for value in values]
                     else:
                         for tally, value in zip(kept, values, strict=True):
-                            tally[value] += 1
+                            tally[value] = tally.get(value, 0) + 1
                 if mark:
                     self.dirty.add(table, key)
 
@@ -973,13 +1140,11 @@ class EmailRollups(AttributionRollups):
     def restore_many(self, entries: Sequence[tuple[list, list]]) -> None:
         erased = self.erased
         if erased is not None:
-            scrubbed = []
-            for key, value in entries:
-                if value[LEAD] is not None and erased(key[0], value[LEAD]):
-                    value = [*value[:LEAD], None, *value[LEAD + 1 :]]
+            for key, value in entries:  # the values are the engine's copies: in place
+                lead = value[LEAD]
+                if lead is not None and erased(key[0], lead):
+                    value[LEAD] = None
                     self._scrubbed.add((key[0], key[1]))
-                scrubbed.append((key, value))
-            entries = scrubbed
         super().restore_many(entries)
 
     def restored(self) -> None:

@@ -297,6 +297,14 @@ class PartitionDB:
         for m in self.maps.values():
             m.abandoned()
 
+    def imaged(self) -> None:
+        """Direct mode ends (a rebuild's entries are flushed): the next image writes what
+        is still in memory, and the marker then makes the store usable."""
+        assert not self.unflushed, "flush() first"
+        self.direct = False
+        for m in self.maps.values():
+            m.imaged()
+
     def flush(self) -> None:
         """Entries written without the write-ahead log (direct mode) into files (blocking)."""
         assert self.db is not None
