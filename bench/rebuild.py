@@ -22,42 +22,15 @@ import pickle
 import resource
 import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from bench.memory import emails
+from dev.changelog import MemoryChangelog
 from streams.engine import Engine, default_components, state_schema
 from streams.restore import BATCH
 from streams.store import Identity, StateStore
 
 PARTITION = 0
-
-
-class _Message:
-    __slots__ = ("_k", "_v")
-
-    def __init__(self, k: bytes, v: bytes | None) -> None:
-        self._k, self._v = k, v
-
-    def key(self) -> bytes:
-        return self._k
-
-    def value(self) -> bytes | None:
-        return self._v
-
-
-class MemorySource:
-    """A :class:`streams.restore.ChangelogSource` over records held in memory."""
-
-    def __init__(self, records: list[tuple[bytes, bytes | None]]) -> None:
-        self.messages = [_Message(k, v) for k, v in records]
-
-    def read(self, partition: int, low: int, high: int) -> Iterator[list[Any]]:
-        from streams.restore import decode_batch
-
-        for at in range(low, high, BATCH):
-            yield decode_batch(self.messages[at : min(at + BATCH, high)])
 
 
 def changelog(n: int, work_dir: Path) -> list[tuple[bytes, bytes | None]]:
@@ -93,7 +66,7 @@ def run(n: int, memory_items: int, work_dir: Path, profile: Path | None = None) 
     shutil.rmtree(root, ignore_errors=True)
     ident = Identity("bench", 1, state_schema(default_components, "window_ms=None"), "cl")
     engine = Engine(store=StateStore(root, memory_items, ident))
-    source = MemorySource(records)
+    source = MemoryChangelog(records, BATCH)
     gc.disable()  # as the rebuild process (streams.restore.main)
     cpu0, wall0, main0 = time.process_time(), time.perf_counter(), time.thread_time()
     prof = cProfile.Profile() if profile else None

@@ -17,10 +17,11 @@ from functools import partial
 import orjson
 import pytest
 
+from dev.changelog import MemoryChangelog
 from dev.workload import mixed_workload
 from sluice.privacy import Erasure, Registry, lead_ref
 from streams.engine import POSITION_TAG, Engine, default_components, state_schema
-from streams.restore import decode_batch, rebuild
+from streams.restore import rebuild
 from streams.rollups import (
     EMAIL_ROLLUPS,
     LEAD,
@@ -35,29 +36,6 @@ from topics.taxonomy import family_of
 
 PARTITIONS = 2
 WINDOW_MS = 3 * 86_400_000
-
-
-class _Message:
-    def __init__(self, k: bytes, v: bytes | None) -> None:
-        self._k, self._v = k, v
-
-    def key(self) -> bytes:
-        return self._k
-
-    def value(self) -> bytes | None:
-        return self._v
-
-
-class _Source:
-    """Changelog records as confluent-kafka hands them out, in batches."""
-
-    def __init__(self, records: list[tuple[bytes, bytes | None]], batch: int) -> None:
-        self.messages = [_Message(k, v) for k, v in records]
-        self.batch = batch
-
-    def read(self, partition: int, low: int, high: int):
-        for at in range(low, high, self.batch):
-            yield decode_batch(self.messages[at : min(at + self.batch, high)])
 
 
 def _changelog(window_ms: int | None) -> dict[int, list[tuple[bytes, bytes | None]]]:
@@ -157,7 +135,7 @@ def test_a_rebuild_equals_the_per_entry_reference(tmp_path, window_ms):
     slow = Engine(components, registry=registry)
     for p, records in log.items():
         assert sum(v is None for _, v in records) > 5  # tombstones in the way
-        rebuild(fast, _Source(records, 333), p, 0, len(records))  # type: ignore[arg-type]
+        rebuild(fast, MemoryChangelog(records, 333), p, 0, len(records))  # type: ignore[arg-type]
         _per_entry(slow, p, records)
         assert _contents(fast, p) == _contents(slow, p)
     assert store.budget.written > 3 * store.budget.capacity  # most of it went to disk
