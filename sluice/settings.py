@@ -205,6 +205,13 @@ class Settings(BaseSettings):
     sink_linger_s: float = Field(
         1.0, gt=0, description="Longest a partly filled sink batch waits before it is sent."
     )
+    sink_max_buffered: int = Field(
+        20_000,
+        ge=1_000,
+        description="Most events one sink may hold unsent (batched, queued or in flight) "
+        "before the worker stops reading until the sink's background sends catch up: a slow "
+        "destination costs throughput, not the worker's memory (~3 KB an event held).",
+    )
     sink_on_refused: OnRefused = Field(
         "dead_letter",
         description="What a route does while its destination refuses Sluice for good "

@@ -30,7 +30,7 @@ from typing import Any
 
 from sinks.pii import LEAD_TARGET, lead_of
 from sluice.privacy import Erasure, Registry, lead_ref
-from streams.state import Component, MapFactory, TablePart, Taken, memory_map
+from streams.state import Component, MapFactory, TablePart, Taken, memory_map, peek
 from topics.taxonomy import LEAD_ERASURE
 
 
@@ -81,6 +81,31 @@ SECRET, STATE, LEAD = 0, 1, 2
 ACTIVE, ERASING = 0, 1
 
 
+class SecretMint:
+    """New leads' secrets: 32 random bytes each from the OS's CSPRNG, as hex.
+
+    ``secrets.token_hex(32)`` makes one ``getrandom`` call per lead, measured at ~6 µs
+    of the hot loop per new lead (3.5 % of the worker's thread with PostHog on); this
+    draws :data:`POOL` secrets' worth in one call and hands them out in order. The same
+    source; a pooled secret is in the worker's memory a little earlier than it would be
+    otherwise, where every lead's secret lives anyway."""
+
+    POOL = 256
+
+    __slots__ = ("_hex", "_at")
+
+    def __init__(self) -> None:
+        self._hex = ""
+        self._at = 0
+
+    def __call__(self) -> str:
+        at = self._at
+        if at >= len(self._hex):
+            self._hex, at = secrets.token_hex(32 * self.POOL), 0
+        self._at = at + 64
+        return self._hex[at : at + 64]
+
+
 @dataclass(frozen=True)
 class Forget:
     """One erased lead's secret, to name its pseudonym in deletion requests."""
@@ -102,7 +127,7 @@ class LeadKeys(Component):
         self,
         registry: Registry | None = None,
         new_map: MapFactory = memory_map,
-        mint: Callable[[], str] = lambda: secrets.token_hex(32),
+        mint: Callable[[], str] | None = None,
         minting: bool = True,
     ) -> None:
         """``minting``: give new leads a secret (PostHog on); off, the secrets restored
@@ -112,7 +137,7 @@ class LeadKeys(Component):
         self.keys: MutableMapping[tuple[str, str], list] = new_map("leadkey/keys")
         # the keys being erased, kept beside the secrets (a reopened store knows them)
         self._erasing_kept: MutableMapping[tuple[str, str], int] = new_map("leadkey/erasing")
-        self.mint = mint
+        self.mint = mint or SecretMint()
         self.dirty: set[tuple[str, str]] = set()
         self.destroyed: set[tuple[str, str]] = set()  # tombstones to write
         self.erasing: set[tuple[str, str]] = set()
@@ -139,7 +164,9 @@ class LeadKeys(Component):
 
     def secret(self, tenant: str, lead: str) -> bytes | None:
         """The lead's secret; None when it has none (erased, or never seen here)."""
-        entry = self.keys.get((tenant, lead))
+        # peek: read once per PostHog event, never changed here (a get would count the
+        # entry as changed and write it into the next local image again)
+        entry = peek(self.keys, (tenant, lead))
         if entry is None or entry[STATE] != ACTIVE:
             return None
         return entry[SECRET].encode()
@@ -241,7 +268,7 @@ class LeadKeys(Component):
             self._erasing(key)
 
     def holds(self, tenant: str, lead: str) -> dict[str, int]:
-        entry = self.keys.get((tenant, lead))
+        entry = peek(self.keys, (tenant, lead))
         if entry is None:
             return {}
         return {"lead_key_erasing" if entry[STATE] == ERASING else "lead_key": 1}

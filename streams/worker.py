@@ -40,8 +40,10 @@ attribution state is not refuses to run (:func:`streams.rekey.misplaced`; run ``
 topics rekey``).
 
 Every decoded event is also handed to the sinks its route names (:mod:`streams.routing`),
-which buffer it in bounded batches. A sink that stays down fails the checkpoint, so events
-pile up only to :data:`MAX_PENDING` (then the reader stops taking: backpressure). A sink
+which buffer it in bounded batches and send them in the background; a sink holding more
+than ``SINK_MAX_BUFFERED`` unsent events stops the reader until it caught up (a slow
+destination costs throughput, not memory). A sink that stays down fails the checkpoint, so
+events pile up only to :data:`MAX_PENDING` (then the reader stops taking: backpressure). A sink
 whose destination refuses Sluice (401/403) stops its route instead, as ``SINK_ON_REFUSED``
 says: its events dead-lettered (``destination_refused``) while the checkpoint commits, or
 held, in which case the checkpoint fails before its snapshot.
@@ -107,6 +109,8 @@ log = logging.getLogger("sluice.worker")
 # Most unacknowledged events held between checkpoints before the reader stops taking more
 # (backpressure when ClickHouse is down: Kafka keeps the events, not our memory).
 MAX_PENDING = 200_000
+# how often the hot loop looks again at a sink it waits for (SINK_MAX_BUFFERED)
+SINK_WAIT_S = 0.01
 
 
 class Worker:
@@ -169,6 +173,7 @@ class Worker:
             "events": 0,
             "dead_letters": 0,
             "forwarded": 0,
+            "sink_waits": 0,  # times the reader waited for a sink (SINK_MAX_BUFFERED)
             "checkpoints": 0,
             "checkpoint_failures": 0,
             "last_flush": {},
@@ -276,11 +281,28 @@ class Worker:
                 await asyncio.sleep(0.05)
             if self.draining or time.monotonic() - self.last_checkpoint >= interval:
                 self._start_checkpoint()
+            await self._sinks_catch_up(interval)
             while self.progress.unflushed >= MAX_PENDING:
                 # backpressure: take nothing more until a checkpoint gets through
                 await asyncio.sleep(1.0)
                 await self.checkpoint()
                 seam.still_consuming(self.app.consumer)
+
+    async def _sinks_catch_up(self, interval: float) -> None:
+        """Read nothing more while a sink holds over ``SINK_MAX_BUFFERED`` unsent events
+        (its background sends are behind its destination): what bounds the sinks'
+        memory between checkpoints. Checkpoints still start on time meanwhile (their
+        flush is what gets a failing sink's events out, or fails and retries)."""
+        limit = self.settings.sink_max_buffered
+        router = self.router
+        if router.backlogged(limit) is None:
+            return
+        self.stats["sink_waits"] += 1
+        while not self.draining and router.backlogged(limit) is not None:
+            await asyncio.sleep(SINK_WAIT_S)
+            if time.monotonic() - self.last_checkpoint >= interval:
+                self._start_checkpoint()
+            seam.still_consuming(self.app.consumer)
 
     def _start_checkpoint(self) -> None:
         """Checkpoint in the background (reading and applying go on meanwhile)."""

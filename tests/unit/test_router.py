@@ -116,3 +116,65 @@ def test_restore_rejected_and_forget():
     router.forget({("t", 1)})
     assert [e.partition for e in ph.buffer] == [0]
     assert asyncio.run(router.flush()) == []
+
+
+class _Refused(Recording):
+    def state(self) -> SinkState:
+        from sinks.base import REFUSED
+
+        return SinkState(REFUSED, 0.0)
+
+
+def test_backlogged_names_a_sending_sink_over_the_limit_never_a_refused_one():
+    ph, hec = Recording("posthog"), _Refused("siem.hec")
+    router = Router({"posthog": [ph], "siem": [hec]})
+    ph.buffer = [env("email_sent")] * 5
+    hec.buffer = [env("admin_login")] * 50
+    assert router.backlogged(5) is None  # at the limit is not over it
+    assert router.backlogged(4) == "posthog"
+    ph.buffer = []
+    assert router.backlogged(4) is None  # refused: its events wait for the checkpoint
+
+
+def test_the_reader_waits_for_a_sink_over_its_limit_and_checkpoints_meanwhile(monkeypatch):
+    """Worker._sinks_catch_up: no return while the sink is behind; checkpoints on time."""
+    import types
+
+    from streams import worker as worker_mod
+
+    monkeypatch.setattr(worker_mod.seam, "still_consuming", lambda consumer: None)
+    ph = Recording("posthog")
+    ph.buffer = [env("email_sent")] * 10
+    started: list[float] = []
+    fake = types.SimpleNamespace(
+        settings=types.SimpleNamespace(sink_max_buffered=3),
+        router=Router({"posthog": [ph]}),
+        draining=False,
+        last_checkpoint=0.0,
+        stats={"sink_waits": 0},
+        app=types.SimpleNamespace(consumer=None),
+    )
+
+    def start_checkpoint() -> None:
+        started.append(1.0)
+        fake.last_checkpoint = float("inf")  # one per interval
+
+    fake._start_checkpoint = start_checkpoint
+
+    async def scenario() -> tuple[bool, bool]:
+        waiting = asyncio.ensure_future(worker_mod.Worker._sinks_catch_up(fake, 0.0))
+        await asyncio.sleep(0.1)
+        still_waiting = not waiting.done()
+        ph.buffer = ph.buffer[:3]  # the background sends caught up
+        await asyncio.wait_for(waiting, 5)
+        return still_waiting, waiting.done()
+
+    still_waiting, returned = asyncio.run(scenario())
+    assert still_waiting and returned
+    assert fake.stats["sink_waits"] == 1
+    assert started, "a checkpoint must start while the reader waits"
+
+    # a drain (shutdown, rebalance) ends the wait at once
+    ph.buffer = [env("email_sent")] * 10
+    fake.draining = True
+    asyncio.run(asyncio.wait_for(worker_mod.Worker._sinks_catch_up(fake, 60.0), 5))
