@@ -67,9 +67,9 @@ class TimedReceiver(HttpReceiver):
         super().__init__()
         self.arrived: dict[str, float] = {}  # PostHog uuid → first arrival (epoch s)
 
-    def _accept(self, path: str, body: bytes) -> bool:
+    def _accept(self, path: str, body: bytes, at_monotonic: float | None = None) -> bool:
         at = time.time()
-        ok = super()._accept(path, body)
+        ok = super()._accept(path, body, at_monotonic)
         if ok and path == "/batch/":
             uuids = [e["uuid"] for e in json.loads(body)["batch"]]
             with self.lock:
