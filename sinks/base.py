@@ -213,6 +213,10 @@ class Sink(Protocol):
     def buffered(self) -> int:
         """Events buffered and not yet durable."""
 
+    def unsent(self) -> int:
+        """Events in sealed batches, queued or being sent (:meth:`buffered` without the
+        open batch, which its size or age seals): what background sending works off."""
+
     def state(self) -> SinkState:
         """Where the sink stands with its destination (ok, retrying, refused)."""
 
@@ -436,7 +440,10 @@ class BatchingSink(ABC):
         ]
 
     def buffered(self) -> int:
-        return len(self._open) + sum(len(b.entries) for b in self._queue) + self._sending
+        return len(self._open) + self.unsent()
+
+    def unsent(self) -> int:
+        return sum(len(b.entries) for b in self._queue) + self._sending
 
     def state(self) -> SinkState:
         reason, detail, status = self._failure or ("", "", None)

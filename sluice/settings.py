@@ -208,7 +208,7 @@ class Settings(BaseSettings):
     sink_max_buffered: int = Field(
         20_000,
         ge=1_000,
-        description="Most events one sink may hold unsent (batched, queued or in flight) "
+        description="Most events one sink may hold in sealed batches (queued or in flight) "
         "before the worker stops reading until the sink's background sends catch up: a slow "
         "destination costs throughput, not the worker's memory (~3 KB an event held).",
     )

@@ -418,13 +418,14 @@ class Router:
         return {s.name: s.buffered() for s in self.all_sinks}
 
     def backlogged(self, limit: int) -> str | None:
-        """The first sink holding more than ``limit`` unsent events and still sending
-        (None if none): the hot loop waits for it (see ``SINK_MAX_BUFFERED``). A refused
+        """The first sink holding more than ``limit`` events in sealed batches and still
+        sending (None if none): the hot loop waits for it (see ``SINK_MAX_BUFFERED``).
+        The open batch does not count: nothing seals it while the reader waits. A refused
         sink is not waited for: it sends nothing before its next probe, and its route's
         events are dead-lettered or held by the checkpoint (held ones stop the reader at
         the pending limit)."""
         for sink in self.all_sinks:
-            if sink.buffered() > limit and sink.state().state != REFUSED:
+            if sink.unsent() > limit and sink.state().state != REFUSED:
                 return sink.name
         return None
 

@@ -38,6 +38,9 @@ class Recording:
     def buffered(self) -> int:
         return len(self.buffer)
 
+    def unsent(self) -> int:
+        return len(self.buffer)  # a double with no open batch
+
     def state(self) -> SinkState:
         return SinkState(OK, 0.0)
 
