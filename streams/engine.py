@@ -95,8 +95,9 @@ SHARD_COLUMN = "shard"  # sluice.olap.catalog.SHARD_COLUMN (a test checks they a
 #: meaning: a local store of another schema is then rebuilt from the changelog (which
 #: every version reads). The fingerprint also covers the components' tags and map names
 #: and the attribution window (:func:`state_schema`). 2: tallies are dicts, not Counters,
-#: and ``lead_analytics``'s hold day numbers, not dates.
-STATE_SCHEMA = 2
+#: and ``lead_analytics``'s hold day numbers, not dates. 3: a rollup row's tallies are in
+#: its row's entry (after its counters), not in a map of their own.
+STATE_SCHEMA = 3
 
 
 def default_components(
