@@ -115,8 +115,9 @@ def default_components(
     restored from the changelog are erased either way).
     """
     erased = registry.erased if registry is not None else None
+    erasing = registry.erasing if registry is not None else None
     return [
-        EmailRollups(window_ms=window_ms, new_map=new_map, erased=erased),
+        EmailRollups(window_ms=window_ms, new_map=new_map, erased=erased, erasing=erasing),
         WarmupRollups(new_map=new_map),
         # plan columns are set on months with plan events only; the billing view carries
         # them to the months after (sends of any partition), so no send row waits on them
@@ -184,8 +185,8 @@ def state_schema(components: Callable[..., Sequence[Component]], extra: str = ""
     and map names, and ``extra`` (settings that change the state, e.g. the window)."""
     names: list[str] = []
 
-    def recording(name: str = "") -> dict:
-        names.append(name)
+    def recording(name: str = "", json: bool = False) -> dict:
+        names.append(f"{name} (json)" if json else name)
         return {}
 
     probe = components(new_map=recording)

@@ -51,6 +51,7 @@ from collections.abc import (
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from functools import cached_property
+from operator import itemgetter
 from sys import intern
 from typing import Any, cast
 
@@ -658,7 +659,7 @@ class _Columns:
         column = self.made.get(f)
         if column is None:
             if f == DAY_NUMBER:
-                column = [s[SENT_AT] // DAY_MS for s in self.states]
+                column = [t // DAY_MS for t in self.get(SENT_AT)]
             elif f == DAY:
                 numbers = self.get(DAY_NUMBER)
                 days = {n: utc_day(n * DAY_MS) for n in set(numbers)}
@@ -669,7 +670,7 @@ class _Columns:
                 column = [months[d] for d in day_column]
             else:
                 assert isinstance(f, int), f
-                column = [s[f] for s in self.states]
+                column = list(map(itemgetter(f), self.states))
             self.made[f] = column
         return column
 
@@ -704,7 +705,8 @@ class AttributionRollups(Component):
         self.rollups = tuple(rollups)
         self._by_table = {r.table: r for r in self.rollups}
         name = tag.lstrip("\x00") or "email"
-        self.states: MutableMapping[tuple[str, str], list] = new_map(f"{name}/states")
+        # JSON on disk: a state is what the changelog's JSON gave (or will give) back
+        self.states: MutableMapping[tuple[str, str], list] = new_map(f"{name}/states", json=True)
         # table -> row key -> its counters, then its tallies (rollups that have some): one
         # entry per row (a rebuild writes one per lead, not two)
         self.rows: dict[str, MutableMapping[RowKey, list]] = {
@@ -771,16 +773,19 @@ class AttributionRollups(Component):
         instead of once per email. Known emails go through :meth:`restore`. Takes the
         value lists (the engine's copies) as the states: they must not be used after.
         """
-        batch: dict[tuple[str, str], list] = {}
         merge = self.attribution.merge_states
         adopt = self.attribution.adopt
-        for key, value in entries:
-            k = (key[0], key[1])
-            prev = batch.get(k)
-            if prev is None:
-                batch[k] = value if adopt is list else adopt(value)
-            else:
-                merge(prev, value)
+        keys = [(key[0], key[1]) for key, _ in entries]
+        values = [v for _, v in entries] if adopt is list else [adopt(v) for _, v in entries]
+        batch = dict(zip(keys, values, strict=True))
+        if len(batch) < len(keys):  # an email twice in the batch: joined, in order
+            batch = {}
+            for k, value in zip(keys, values, strict=True):
+                prev = batch.get(k)
+                if prev is None:
+                    batch[k] = value
+                else:
+                    merge(prev, value)
         states = self.states
         fresh: list[list] = []
         tenants: list[str] = []
@@ -817,11 +822,14 @@ class AttributionRollups(Component):
         mark = self._incremental
         columns = _Columns(tenants, fresh)
         flags = columns.get(FLAGS)
+        by_mask: dict[int, list[int]] = {}  # the flags each rollup looks at, per state
         for rollup in self.rollups:
             mask, bits_list = rollup.all_bits, rollup._metric_bits
             table = rollup.table
             keys = columns.keys(rollup.fields, rollup.needs)
-            masked = [f & mask for f in flags]
+            masked = by_mask.get(mask)
+            if masked is None:
+                masked = by_mask[mask] = list(map(mask.__and__, flags))
             templates: dict[int, tuple[int, ...]] = {}  # flags -> one state's counters
             for f in set(masked):
                 templates[f] = tuple([1 if bits is None or f & bits else 0 for bits in bits_list])
@@ -1107,12 +1115,16 @@ class EmailRollups(AttributionRollups):
         window_ms: int | None = None,
         new_map: MapFactory = memory_map,
         erased: Callable[[str, str | None], bool] | None = None,
+        erasing: Callable[[str], bool] | None = None,
     ) -> None:
         """``window_ms``: the attribution window (None: an event counts whenever it came);
-        ``erased(tenant, lead)``: whether a lead is erased (None: no erasure registry)."""
+        ``erased(tenant, lead)``: whether a lead is erased (None: no erasure registry);
+        ``erasing(tenant)``: whether the tenant has an erased lead at all (None: unknown,
+        every state restored is checked with ``erased``)."""
         attribution = EMAIL if window_ms is None else windowed_email(window_ms)
         super().__init__(attribution, rollups, "", new_map)
         self.erased = erased
+        self.erasing = erasing
         self._scrubbed: set[tuple[str, str]] = set()  # restored states emptied of a lead
 
     def apply(self, event: Mapping) -> bool:
@@ -1133,14 +1145,25 @@ class EmailRollups(AttributionRollups):
         super().restore(key, value)
 
     def restore_many(self, entries: Sequence[tuple[list, list]]) -> None:
-        erased = self.erased
-        if erased is not None:
-            for key, value in entries:  # the values are the engine's copies: in place
-                lead = value[LEAD]
-                if lead is not None and erased(key[0], lead):
-                    value[LEAD] = None
-                    self._scrubbed.add((key[0], key[1]))
+        erased, erasing = self.erased, self.erasing
+        if erased is not None and erasing is not None:
+            # a batch holds a few tenants: only those with erased leads are checked
+            tenants = {t for t in {key[0] for key, _ in entries} if erasing(t)}
+            if tenants:
+                self._scrub([e for e in entries if e[0][0] in tenants], erased)
+        elif erased is not None:
+            self._scrub(entries, erased)
         super().restore_many(entries)
+
+    def _scrub(
+        self, entries: Iterable[tuple[list, list]], erased: Callable[[str, str | None], bool]
+    ) -> None:
+        """Empty the lead slot of the states ``entries`` whose lead is erased."""
+        for key, value in entries:  # the values are the engine's copies: in place
+            lead = value[LEAD]
+            if lead is not None and erased(key[0], lead):
+                value[LEAD] = None
+                self._scrubbed.add((key[0], key[1]))
 
     def restored(self) -> None:
         super().restored()
