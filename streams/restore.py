@@ -47,8 +47,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import orjson
+
 from sluice.kafka import Range, read_ranges
-from streams.engine import Engine, decode_entry
+from streams.engine import Engine
 from streams.store import Changelog, describe
 
 log = logging.getLogger("sluice.restore")
@@ -143,8 +145,10 @@ def restore_now(
 
 
 def decode_batch(messages: Iterable[Any]) -> list[tuple[str, Any]]:
-    """Changelog records (confluent-kafka messages) as :meth:`Engine.join` takes them."""
-    return [decode_entry(m.key(), m.value()) for m in messages]
+    """Changelog records (confluent-kafka messages) as :meth:`Engine.join` takes them
+    (:func:`streams.engine.decode_entry`, inlined: one call less per record)."""
+    loads = orjson.loads
+    return [(loads(m.key()), None if (v := m.value()) is None else loads(v)) for m in messages]
 
 
 class ChangelogSource:
