@@ -4,8 +4,11 @@ Layout (``SLUICE_DATA_DIR/state/<app id>/<partition>/``, a RocksDB database each
 
     \\x00marker                 JSON: how far this store is consistent with the changelog
                                (see :class:`Marker`), and what it was made for
-    m<map name>\\xff<key JSON>   pickle((key, value)): an entry of one state map
-                               (``email/states``, ``email/rows/campaign_analytics``, ...)
+    m<map name>\\xff<key JSON>   an entry of one state map: the JSON of its value for the
+                               attribution states (``email/states``, ``warmup/states``:
+                               the key is the disk key's JSON), else pickle((key, value))
+                               (``email/rows/lead_analytics``: its counters, then its
+                               tallies; ``email/rows/campaign_analytics``, ...)
     l<changelog key>           JSON value: the last changelog entry of a component whose
                                state is small and kept in memory (audit chain, plan
                                changes, incidents), replayed into it at start-up
@@ -65,6 +68,7 @@ log = logging.getLogger("sluice.store")
 
 #: The on-disk format of a partition store. Bump it when the layout above changes; a store
 #: of another format is rebuilt (the schema fingerprint covers the components' shapes).
+#: 2: the attribution states are JSON, not pickles.
 STORE_FORMAT = 2
 
 MARKER_KEY = b"\x00marker"
