@@ -26,10 +26,10 @@ A rebuild is CPU-bound Python (decode, join, accumulate rows, encode and write t
 store entries per email — its state as JSON, its lead's row with the row's tallies as a
 pickle: ~16-18 µs of CPU per entry, ``python -m bench.rebuild``, against 19-29 µs with
 three entries per email, all pickles), so a large one runs in a process of its own
-(``python -m streams.restore rebuild``), several
-at once (``SLUICE_RESTORE_PROCESSES``, one per CPU by default), each with a share of the
-memory budget: it writes the partition's store and its image, the worker reopens it as a
-reused store, and its RSS never holds the rebuild. The cyclic garbage collector is off
+(``python -m streams.restore rebuild``), several at once (``SLUICE_RESTORE_PROCESSES``,
+one per CPU by default), each with a share of the memory budget: it writes the
+partition's store and its image, the worker reopens it as a reused store, and its RSS
+never holds the rebuild. The cyclic garbage collector is off
 while a batch is joined: the state is acyclic, and with millions of live objects each
 collection costs more than the batch (measured: half the rebuild's CPU).
 """
