@@ -140,6 +140,10 @@ class Registry:
         refs = self._by_tenant.get(tenant)
         return refs is not None and lead is not None and lead_ref(tenant, lead) in refs
 
+    def erasing(self, tenant: str) -> bool:
+        """Whether any lead of ``tenant`` is erased."""
+        return tenant in self._by_tenant
+
     def has(self, tenant: str, ref: str) -> bool:
         refs = self._by_tenant.get(tenant)
         return refs is not None and ref in refs

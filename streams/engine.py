@@ -95,8 +95,9 @@ SHARD_COLUMN = "shard"  # sluice.olap.catalog.SHARD_COLUMN (a test checks they a
 #: meaning: a local store of another schema is then rebuilt from the changelog (which
 #: every version reads). The fingerprint also covers the components' tags and map names
 #: and the attribution window (:func:`state_schema`). 2: tallies are dicts, not Counters,
-#: and ``lead_analytics``'s hold day numbers, not dates.
-STATE_SCHEMA = 2
+#: and ``lead_analytics``'s hold day numbers, not dates. 3: a rollup row's tallies are in
+#: its row's entry (after its counters), not in a map of their own.
+STATE_SCHEMA = 3
 
 
 def default_components(
@@ -114,8 +115,9 @@ def default_components(
     restored from the changelog are erased either way).
     """
     erased = registry.erased if registry is not None else None
+    erasing = registry.erasing if registry is not None else None
     return [
-        EmailRollups(window_ms=window_ms, new_map=new_map, erased=erased),
+        EmailRollups(window_ms=window_ms, new_map=new_map, erased=erased, erasing=erasing),
         WarmupRollups(new_map=new_map),
         # plan columns are set on months with plan events only; the billing view carries
         # them to the months after (sends of any partition), so no send row waits on them
@@ -183,8 +185,8 @@ def state_schema(components: Callable[..., Sequence[Component]], extra: str = ""
     and map names, and ``extra`` (settings that change the state, e.g. the window)."""
     names: list[str] = []
 
-    def recording(name: str = "") -> dict:
-        names.append(name)
+    def recording(name: str = "", json: bool = False) -> dict:
+        names.append(f"{name} (json)" if json else name)
         return {}
 
     probe = components(new_map=recording)

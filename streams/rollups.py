@@ -51,6 +51,7 @@ from collections.abc import (
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from functools import cached_property
+from operator import itemgetter
 from sys import intern
 from typing import Any, cast
 
@@ -398,7 +399,8 @@ class Rollup:
     ``metrics`` map each counter column to the flag bits whose presence it counts
     (``None`` = counts every sent message); ``tallies`` collect one value per message
     into a multiset (not written); ``derived`` columns are computed from counters and
-    tallies when a row is written. Value columns: metrics, then derived.
+    tallies when a row is written. Value columns: metrics, then derived. In the state a
+    row is one list: its counters, then its tallies (one map entry, one store entry).
 
     ``key`` and ``tallies`` must depend on the attribution (the winning send) only, never
     on flags: a flag-only change then touches counters alone (the hot path relies on it).
@@ -431,6 +433,11 @@ class Rollup:
         for _, b in self.metrics:
             bits |= b or 0
         return bits
+
+    @cached_property
+    def width(self) -> int:
+        """How many counters a row has (its tallies follow them in the row's list)."""
+        return len(self.metrics)
 
     @property
     def value_columns(self) -> tuple[str, ...]:
@@ -664,7 +671,7 @@ class _Columns:
         column = self.made.get(f)
         if column is None:
             if f == DAY_NUMBER:
-                column = [s[SENT_AT] // DAY_MS for s in self.states]
+                column = [t // DAY_MS for t in self.get(SENT_AT)]
             elif f == DAY:
                 numbers = self.get(DAY_NUMBER)
                 days = {n: utc_day(n * DAY_MS) for n in set(numbers)}
@@ -675,7 +682,7 @@ class _Columns:
                 column = [months[d] for d in day_column]
             else:
                 assert isinstance(f, int), f
-                column = [s[f] for s in self.states]
+                column = list(map(itemgetter(f), self.states))
             self.made[f] = column
         return column
 
@@ -710,15 +717,14 @@ class AttributionRollups(Component):
         self.rollups = tuple(rollups)
         self._by_table = {r.table: r for r in self.rollups}
         name = tag.lstrip("\x00") or "email"
-        self.states: MutableMapping[tuple[str, str], list] = new_map(f"{name}/states")
-        # table -> row key -> counters; tallies only for rollups that have some
-        self.rows: dict[str, MutableMapping[RowKey, list[int]]] = {
+        # JSON on disk: a state is what the changelog's JSON gave (or will give) back
+        self.states: MutableMapping[tuple[str, str], list] = new_map(f"{name}/states", json=True)
+        # table -> row key -> its counters, then its tallies (rollups that have some): one
+        # entry per row (a rebuild writes one per lead, not two)
+        self.rows: dict[str, MutableMapping[RowKey, list]] = {
             r.table: new_map(f"{name}/rows/{r.table}") for r in self.rollups
         }
-        self.tallies: dict[str, MutableMapping[RowKey, list[Tally]]] = {
-            r.table: new_map(f"{name}/tallies/{r.table}") for r in self.rollups if r.tallies
-        }
-        self._maps = [self.states, *self.rows.values(), *self.tallies.values()]
+        self._maps = [self.states, *self.rows.values()]
         self.dirty = DirtyRows(self._by_table)
         self.dirty_states: set[tuple[str, str]] = set()
         # events outside the attribution window, by type (a metric: replays count again)
@@ -779,16 +785,19 @@ class AttributionRollups(Component):
         instead of once per email. Known emails go through :meth:`restore`. Takes the
         value lists (the engine's copies) as the states: they must not be used after.
         """
-        batch: dict[tuple[str, str], list] = {}
         merge = self.attribution.merge_states
         adopt = self.attribution.adopt
-        for key, value in entries:
-            k = (key[0], key[1])
-            prev = batch.get(k)
-            if prev is None:
-                batch[k] = value if adopt is list else adopt(value)
-            else:
-                merge(prev, value)
+        keys = [(key[0], key[1]) for key, _ in entries]
+        values = [v for _, v in entries] if adopt is list else [adopt(v) for _, v in entries]
+        batch = dict(zip(keys, values, strict=True))
+        if len(batch) < len(keys):  # an email twice in the batch: joined, in order
+            batch = {}
+            for k, value in zip(keys, values, strict=True):
+                prev = batch.get(k)
+                if prev is None:
+                    batch[k] = value
+                else:
+                    merge(prev, value)
         states = self.states
         fresh: list[list] = []
         tenants: list[str] = []
@@ -825,11 +834,14 @@ class AttributionRollups(Component):
         mark = self._incremental
         columns = _Columns(tenants, fresh)
         flags = columns.get(FLAGS)
+        by_mask: dict[int, list[int]] = {}  # the flags each rollup looks at, per state
         for rollup in self.rollups:
             mask, bits_list = rollup.all_bits, rollup._metric_bits
             table = rollup.table
             keys = columns.keys(rollup.fields, rollup.needs)
-            masked = [f & mask for f in flags]
+            masked = by_mask.get(mask)
+            if masked is None:
+                masked = by_mask[mask] = list(map(mask.__and__, flags))
             templates: dict[int, tuple[int, ...]] = {}  # flags -> one state's counters
             for f in set(masked):
                 templates[f] = tuple([1 if bits is None or f & bits else 0 for bits in bits_list])
@@ -845,40 +857,34 @@ class AttributionRollups(Component):
             order = list(distinct)
             found = get_many(rows, order)
             held = dict(zip(order, found, strict=True))
-            new_rows: dict[RowKey, list[int]] = {}
+            new_rows: dict[RowKey, list] = {}
+            empty_tallies = len(rollup.tallies)
             for (key, f), n in counted.items():
                 if key is None:
                     continue
                 counts = templates[f]
                 row = new_rows.get(key) or held[key]
                 if row is None:
-                    new_rows[key] = list(counts) if n == 1 else [c * n for c in counts]
+                    row = new_rows[key] = list(counts) if n == 1 else [c * n for c in counts]
+                    if empty_tallies:
+                        row.extend([{} for _ in range(empty_tallies)])  # filled below
                 else:
                     for i, c in enumerate(counts):
                         if c:
                             row[i] += n
                 if mark:
                     self.dirty.add(table, key)
-            insert_new(rows, list(new_rows.items()))
-            if not rollup.tallies:
-                continue
-            tallies = self.tallies[table]
-            # a row and its tallies are made and dropped together: only the keys whose
-            # row was there can have tallies
-            there = [key for key, row in zip(order, found, strict=True) if row is not None]
-            held_tallies = dict(zip(there, get_many(tallies, there), strict=True))
-            new_tallies: dict[RowKey, list[Tally]] = {}
-            values = zip(*[columns.get(f) for _, f in rollup.tallies], strict=True)
-            for (key, vals), n in Counter(zip(keys, values, strict=True)).items():
-                if key is None:
-                    continue
-                kept = new_tallies.get(key) or held_tallies.get(key)
-                if kept is None:
-                    new_tallies[key] = [{v: n} for v in vals]
-                else:
-                    for tally, v in zip(kept, vals, strict=True):
+            if rollup.tallies:
+                # before insert_new: it may take the rows fetched out of memory
+                width = rollup.width
+                values = zip(*[columns.get(f) for _, f in rollup.tallies], strict=True)
+                for (key, vals), n in Counter(zip(keys, values, strict=True)).items():
+                    if key is None:
+                        continue
+                    row = new_rows.get(key) or held[key]
+                    for tally, v in zip(row[width:], vals, strict=True):
                         tally[v] = tally.get(v, 0) + n
-            insert_new(tallies, list(new_tallies.items()))
+            insert_new(rows, list(new_rows.items()))
 
     def _account_unique(
         self,
@@ -902,33 +908,33 @@ class AttributionRollups(Component):
         present = cast(list[RowKey], keys)  # no None left
         rows = self.rows[table]
         found = get_many(rows, present)
-        new_rows: list[tuple[RowKey, list[int]]] = []
-        for key, f, row in zip(present, masked, found, strict=True):
-            if row is None:
-                new_rows.append((key, list(templates[f])))
-            else:
-                for i, c in enumerate(templates[f]):
-                    if c:
-                        row[i] += 1
+        new_rows: list[tuple[RowKey, list]] = []
+        append = new_rows.append
+        if not tally_columns:
+            for key, f, row in zip(present, masked, found, strict=True):
+                if row is None:
+                    append((key, list(templates[f])))
+                else:
+                    for i, c in enumerate(templates[f]):
+                        if c:
+                            row[i] += 1
+        else:
+            width = rollup.width
+            for key, f, row, vals in zip(
+                present, masked, found, zip(*tally_columns, strict=True), strict=True
+            ):
+                if row is None:
+                    append((key, [*templates[f], *[{v: 1} for v in vals]]))
+                else:
+                    for i, c in enumerate(templates[f]):
+                        if c:
+                            row[i] += 1
+                    for tally, v in zip(row[width:], vals, strict=True):
+                        tally[v] = tally.get(v, 0) + 1
         if mark:
             for key in present:
                 self.dirty.add(table, key)
         insert_new(rows, new_rows)
-        if not rollup.tallies:
-            return
-        tallies = self.tallies[table]
-        # a row and its tallies are made and dropped together (see _account_many)
-        there = [key for key, row in zip(present, found, strict=True) if row is not None]
-        held = dict(zip(there, get_many(tallies, there), strict=True))
-        new_tallies: list[tuple[RowKey, list[Tally]]] = []
-        for key, vals in zip(present, zip(*tally_columns, strict=True), strict=True):
-            kept = held.get(key)
-            if kept is None:
-                new_tallies.append((key, [{v: 1} for v in vals]))
-            else:
-                for tally, v in zip(kept, vals, strict=True):
-                    tally[v] = tally.get(v, 0) + 1
-        insert_new(tallies, new_tallies)
 
     def forget(self, key: list) -> None:
         """A changelog tombstone: the message's state goes, and its contribution with it."""
@@ -950,9 +956,8 @@ class AttributionRollups(Component):
             row = self.rows[rollup.table][key]
             for i, v in enumerate(counts):
                 row[i] -= v
-            tallies = self.tallies.get(rollup.table)
-            if tallies is not None:
-                for tally, value in zip(tallies[key], values, strict=True):
+            if values:
+                for tally, value in zip(row[rollup.width :], values, strict=True):
                     _untally(tally, value)
             self.dirty.add(rollup.table, key)
 
@@ -990,7 +995,7 @@ class AttributionRollups(Component):
             self._account_flags(tenant, before[FLAGS], after, mark)
             return
         counted = before is not None and before[SENT_AT] is not None  # else counts nowhere
-        all_rows, all_tallies, dirty = self.rows, self.tallies, self.dirty
+        all_rows, dirty = self.rows, self.dirty
         for rollup in self.rollups:
             old = rollup.contribution(tenant, before) if counted else None  # type: ignore[arg-type]
             new = rollup.contribution(tenant, after)
@@ -998,15 +1003,15 @@ class AttributionRollups(Component):
                 continue
             table = rollup.table
             rows = all_rows[table]
-            tallies = all_tallies.get(table)
+            width = rollup.width
             # each value fetched is changed before the next fetch (rule of SpillMap)
             if old is not None:
                 key, counts, values = old
                 row = rows[key]
                 for i, v in enumerate(counts):
                     row[i] -= v
-                if tallies is not None:
-                    for tally, value in zip(tallies[key], values, strict=True):
+                if values:
+                    for tally, value in zip(row[width:], values, strict=True):
                         _untally(tally, value)
                 if mark:
                     dirty.add(table, key)
@@ -1014,16 +1019,12 @@ class AttributionRollups(Component):
                 key, counts, values = new
                 target = rows.get(key)
                 if target is None:
-                    rows[key] = list(counts)
+                    rows[key] = [*counts, *[{value: 1} for value in values]]
                 else:
                     for i, v in enumerate(counts):
                         target[i] += v
-                if tallies is not None:
-                    kept = tallies.get(key)
-                    if kept is None:
-                        tallies[key] = [{value: 1} for value in values]
-                    else:
-                        for tally, value in zip(kept, values, strict=True):
+                    if values:
+                        for tally, value in zip(target[width:], values, strict=True):
                             tally[value] = tally.get(value, 0) + 1
                 if mark:
                     dirty.add(table, key)
@@ -1048,9 +1049,11 @@ class AttributionRollups(Component):
     # -- rows ----------------------------------------------------------------------------
     def value(self, table: str, key: RowKey) -> tuple:
         rollup = self._by_table[table]
-        counters = peek(self.rows[table], key) or [0] * len(rollup.metrics)
-        tallies = peek(self.tallies[table], key) if table in self.tallies else None
-        return rollup.values(counters, tallies)
+        row = peek(self.rows[table], key)
+        if row is None:
+            return rollup.values([0] * rollup.width, None)
+        width = rollup.width
+        return rollup.values(row[:width], row[width:] if rollup.tallies else None)
 
     def _take_rewrites(self) -> None:
         """Mark the next rows of a rewrite after a restore dirty (see :meth:`restored`)."""
@@ -1126,12 +1129,16 @@ class EmailRollups(AttributionRollups):
         window_ms: int | None = None,
         new_map: MapFactory = memory_map,
         erased: Callable[[str, str | None], bool] | None = None,
+        erasing: Callable[[str], bool] | None = None,
     ) -> None:
         """``window_ms``: the attribution window (None: an event counts whenever it came);
-        ``erased(tenant, lead)``: whether a lead is erased (None: no erasure registry)."""
+        ``erased(tenant, lead)``: whether a lead is erased (None: no erasure registry);
+        ``erasing(tenant)``: whether the tenant has an erased lead at all (None: unknown,
+        every state restored is checked with ``erased``)."""
         attribution = EMAIL if window_ms is None else windowed_email(window_ms)
         super().__init__(attribution, rollups, "", new_map)
         self.erased = erased
+        self.erasing = erasing
         self._scrubbed: set[tuple[str, str]] = set()  # restored states emptied of a lead
 
     def apply(self, event: Mapping) -> bool:
@@ -1152,14 +1159,25 @@ class EmailRollups(AttributionRollups):
         super().restore(key, value)
 
     def restore_many(self, entries: Sequence[tuple[list, list]]) -> None:
-        erased = self.erased
-        if erased is not None:
-            for key, value in entries:  # the values are the engine's copies: in place
-                lead = value[LEAD]
-                if lead is not None and erased(key[0], lead):
-                    value[LEAD] = None
-                    self._scrubbed.add((key[0], key[1]))
+        erased, erasing = self.erased, self.erasing
+        if erased is not None and erasing is not None:
+            # a batch holds a few tenants: only those with erased leads are checked
+            tenants = {t for t in {key[0] for key, _ in entries} if erasing(t)}
+            if tenants:
+                self._scrub([e for e in entries if e[0][0] in tenants], erased)
+        elif erased is not None:
+            self._scrub(entries, erased)
         super().restore_many(entries)
+
+    def _scrub(
+        self, entries: Iterable[tuple[list, list]], erased: Callable[[str, str | None], bool]
+    ) -> None:
+        """Empty the lead slot of the states ``entries`` whose lead is erased."""
+        for key, value in entries:  # the values are the engine's copies: in place
+            lead = value[LEAD]
+            if lead is not None and erased(key[0], lead):
+                value[LEAD] = None
+                self._scrubbed.add((key[0], key[1]))
 
     def restored(self) -> None:
         super().restored()
@@ -1202,11 +1220,8 @@ class EmailRollups(AttributionRollups):
         # rows of a lead whose emails live elsewhere (none here) go too
         for table in ERASABLE_TABLES:
             rows = self.rows[table]
-            tallies = self.tallies.get(table)
             for key in leads | {k for k in list(rows) if matches(k[0], k[1])}:
                 rows.pop(key, None)
-                if tallies is not None:
-                    tallies.pop(key, None)
                 self.dirty.keys[table].discard(key)
 
     def holds(self, tenant: str, lead: str) -> dict[str, int]:

@@ -45,7 +45,7 @@ import itertools
 import logging
 import pickle
 from collections import Counter
-from collections.abc import Hashable, Iterator, MutableMapping
+from collections.abc import Hashable, Iterable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -87,7 +87,7 @@ class Written:
 
     def add_all(self, keys: list[Hashable]) -> None:
         bits, mask = self.bits, WRITTEN_BITS - 1
-        for h in [hash(key) & mask for key in keys]:
+        for h in map(mask.__and__, map(hash, keys)):
             bits[h >> 3] |= 1 << (h & 7)
 
     def may_hold(self, key: Hashable) -> bool:
@@ -170,6 +170,12 @@ class SpillMap(MutableMapping):
     Keys are tuples of strings, numbers, None and dates (the disk key is the map's prefix
     and their JSON); values anything picklable. On disk an entry is the pickle of
     ``(key, value)``, so iteration gives back the keys exactly.
+
+    ``json``: a map whose keys are tuples of strings, integers and None and whose values
+    are what JSON gives back exactly (lists, strings, integers, None: the attribution
+    states, which come from the changelog's JSON): on disk an entry is then the JSON of
+    its value alone, the key read back from the disk key (measured: 20,000 states
+    encoded into a write batch in 0.2 µs each, 0.65 µs as pickles of ``(key, value)``).
     """
 
     __slots__ = (
@@ -184,11 +190,15 @@ class SpillMap(MutableMapping):
         "size",
         "disk",
         "written",
+        "json",
         "_absent",
     )
 
-    def __init__(self, store: Owner, name: str, prefix: bytes, size: int = 0) -> None:
+    def __init__(
+        self, store: Owner, name: str, prefix: bytes, size: int = 0, json: bool = False
+    ) -> None:
         self.store = store
+        self.json = json
         self.name = name
         self.prefix = prefix
         self.hot: dict[Hashable, Any] = {}
@@ -244,7 +254,7 @@ class SpillMap(MutableMapping):
         if raw is None:
             self._absent = key
             return default
-        _, value = pickle.loads(raw)
+        value = self._value(raw)
         self._add(key, value)
         if not direct:
             self.changed.add(key)
@@ -254,7 +264,7 @@ class SpillMap(MutableMapping):
         """``[self.get(k) for k in keys]`` (None for a missing key), the keys not in memory
         read from disk in one RocksDB multi-get: a rebuild's bulk path."""
         hot = self.hot
-        out = [hot.get(k, _MISSING) for k in keys]
+        out = list(map(hot.get, keys, itertools.repeat(_MISSING, len(keys))))
         direct = self.store.direct
         if not direct:
             self.changed.update(k for k, v in zip(keys, out, strict=True) if v is not _MISSING)
@@ -262,13 +272,13 @@ class SpillMap(MutableMapping):
             return [None if v is _MISSING else v for v in out]
         written = self.written
         if written is not None:  # a rebuild: the filter, then RocksDB for what it may hold
-            bits, mask = written.bits, WRITTEN_BITS - 1
+            bits, mask, removed = written.bits, WRITTEN_BITS - 1, self.removed
+            missing = [i for i, v in enumerate(out) if v is _MISSING]
+            hashes = map(mask.__and__, map(hash, map(keys.__getitem__, missing)))
             wanted = [
                 i
-                for i, v in enumerate(out)
-                if v is _MISSING
-                and bits[(h := hash(keys[i]) & mask) >> 3] >> (h & 7) & 1
-                and keys[i] not in self.removed
+                for i, h in zip(missing, hashes, strict=True)
+                if bits[h >> 3] >> (h & 7) & 1 and keys[i] not in removed
             ]
         else:
             gone = self._gone
@@ -276,10 +286,11 @@ class SpillMap(MutableMapping):
         if wanted:
             raws = self._db().get([self._disk_key(keys[i]) for i in wanted])
             loaded = 0
+            load = self._value
             for i, raw in zip(wanted, raws, strict=True):
                 if raw is None:
                     continue
-                _, value = pickle.loads(raw)
+                value = load(raw)
                 # no room made in between: every value handed out stays in memory until the
                 # caller's next access (the rule of this module), whatever the budget says
                 hot[keys[i]] = value
@@ -298,7 +309,20 @@ class SpillMap(MutableMapping):
         if not self.disk or self._gone(key):
             return default
         raw = self._db().get(self._disk_key(key))
-        return default if raw is None else pickle.loads(raw)[1]
+        return default if raw is None else self._value(raw)
+
+    def _value(self, raw: bytes) -> Any:
+        """An entry's value from its bytes on disk."""
+        return orjson.loads(raw) if self.json else pickle.loads(raw)[1]
+
+    def _blobs(self, keys: list[Hashable], values: Iterable[Any]) -> list[bytes]:
+        """The bytes on disk of entries ``keys[i]``: ``values[i]``, to be kept a while."""
+        if self.json:
+            # copied: orjson's bytes are a larger allocation shrunk in place, and many of
+            # them alive at once are slow (measured: 20,000 states encoded and kept, 2.7 µs
+            # each; each copied, or put into a write batch at once, 0.2-0.8 µs)
+            return [bytes(memoryview(b)) for b in map(orjson.dumps, values)]
+        return list(map(pickle.dumps, zip(keys, values, strict=True), itertools.repeat(5)))
 
     def __getitem__(self, key: Hashable) -> Any:
         value = self.get(key, _MISSING)
@@ -383,16 +407,15 @@ class SpillMap(MutableMapping):
         if self.store.direct:
             victims = list(itertools.islice(hot, n))
             batch = WriteBatch(raw_mode=True)
-            prefix, pop, dumps, jdumps, put = (
-                self.prefix,
-                hot.pop,
-                pickle.dumps,
-                orjson.dumps,
-                batch.put,
-            )
-            blobs = [dumps((key, pop(key)), 5) for key in victims]
-            for key, blob in zip(victims, blobs, strict=True):
-                put(prefix + jdumps(key), blob)
+            put, pop, prefix, jdumps = batch.put, hot.pop, self.prefix, orjson.dumps
+            # each entry's bytes go into the batch at once (see _blobs)
+            if self.json:
+                for key in victims:
+                    put(prefix + jdumps(key), jdumps(pop(key)))
+            else:
+                pdumps = pickle.dumps
+                for key in victims:
+                    put(prefix + jdumps(key), pdumps((key, pop(key)), 5))
             self._db().write(batch, self.store.no_wal)
             self.store.unflushed = True
             if not self.disk and self.written is None and not self.store.scratch:
@@ -423,9 +446,11 @@ class SpillMap(MutableMapping):
         state lock); those entries stay in memory until :meth:`stored` or
         :meth:`abandoned`. One cut at a time."""
         assert not self.flying and not self.flying_removed, f"{self.name}: a cut is in flight"
-        hot, prefix, dumps = self.hot, self.prefix, pickle.dumps
+        hot, prefix = self.hot, self.prefix
+        changed = list(self.changed)
+        blobs = self._blobs(changed, map(hot.__getitem__, changed))
         cut = MapCut(
-            puts=[(prefix + orjson.dumps(k), dumps((k, hot[k]), 5)) for k in self.changed],
+            puts=list(zip(map(prefix.__add__, map(orjson.dumps, changed)), blobs, strict=True)),
             deletes=[prefix + orjson.dumps(k) for k in self.removed],
             size=self.size,
         )
@@ -485,11 +510,15 @@ class SpillMap(MutableMapping):
         if not self.disk:
             return
         prefix = self.prefix
+        start = len(prefix)
         # a RocksDB iterator reads the snapshot it was opened on, whatever is written later
         for k, raw in self._db().items(from_key=prefix):
             if not k.startswith(prefix):
                 break
-            key, value = pickle.loads(raw)  # the key exactly as it was
+            if self.json:
+                key, value = tuple(orjson.loads(k[start:])), orjson.loads(raw)  # type: ignore[index]
+            else:
+                key, value = pickle.loads(raw)  # the key exactly as it was
             if self._gone(key):
                 continue
             now = self.hot.get(key, _MISSING)

@@ -47,10 +47,13 @@ ChangelogValue = list  # JSON-able; the engine prefixes the partition number
 #: Makes one named map of a component's state (``"email/states"``, ...). The name is
 #: stable across processes: the partition's local store (:mod:`streams.store`) keeps each
 #: map under it, so a restarted worker reopens the map instead of rebuilding it.
-MapFactory = Callable[[str], MutableMapping]
+#: ``new_map(name, json=False)``: a map named ``name``; ``json``: its keys are tuples of
+#: strings, integers and None and its values are what JSON gives back exactly (a store map
+#: then keeps them as JSON: :class:`streams.spill.SpillMap`)
+MapFactory = Callable[..., MutableMapping]
 
 
-def memory_map(name: str = "") -> dict:
+def memory_map(name: str = "", json: bool = False) -> dict:
     """The default :data:`MapFactory`: a plain dict (``SLUICE_STATE_STORE=memory``)."""
     return {}
 

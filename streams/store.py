@@ -4,8 +4,11 @@ Layout (``SLUICE_DATA_DIR/state/<app id>/<partition>/``, a RocksDB database each
 
     \\x00marker                 JSON: how far this store is consistent with the changelog
                                (see :class:`Marker`), and what it was made for
-    m<map name>\\xff<key JSON>   pickle((key, value)): an entry of one state map
-                               (``email/states``, ``email/rows/campaign_analytics``, ...)
+    m<map name>\\xff<key JSON>   an entry of one state map: the JSON of its value for the
+                               attribution states (``email/states``, ``warmup/states``:
+                               the key is the disk key's JSON), else pickle((key, value))
+                               (``email/rows/lead_analytics``: its counters, then its
+                               tallies; ``email/rows/campaign_analytics``, ...)
     l<changelog key>           JSON value: the last changelog entry of a component whose
                                state is small and kept in memory (audit chain, plan
                                changes, incidents), replayed into it at start-up
@@ -65,7 +68,8 @@ log = logging.getLogger("sluice.store")
 
 #: The on-disk format of a partition store. Bump it when the layout above changes; a store
 #: of another format is rebuilt (the schema fingerprint covers the components' shapes).
-STORE_FORMAT = 1
+#: 2: the attribution states are JSON, not pickles.
+STORE_FORMAT = 2
 
 MARKER_KEY = b"\x00marker"
 SCRATCH_MAX_AGE_S = 2 * 86_400
@@ -214,12 +218,13 @@ class PartitionDB:
         raw = self.db.get(MARKER_KEY)
         return None if raw is None else Marker.loads(raw)
 
-    def map(self, name: str) -> SpillMap:
-        """The map ``name`` (made once per name; reopened with its size from the marker)."""
+    def map(self, name: str, json: bool = False) -> SpillMap:
+        """The map ``name`` (made once per name; reopened with its size from the marker);
+        ``json``: its entries are kept as JSON (see :class:`streams.spill.SpillMap`)."""
         if name in self.maps:
             raise ValueError(f"partition {self.partition}: two maps named {name!r}")
         size = self.marker.sizes.get(name, 0) if self.marker is not None else 0
-        m = SpillMap(self, name, MAP_TAG + name.encode() + SEP, size)
+        m = SpillMap(self, name, MAP_TAG + name.encode() + SEP, size, json=json)
         self.maps[name] = m
         self.budget.maps.append(m)
         return m

@@ -98,15 +98,13 @@ def _per_entry(engine: Engine, partition: int, records: list) -> None:
 
 
 def _contents(engine: Engine, partition: int) -> dict:
-    """Every attribution component's states, rows and tallies (dicts, in full)."""
+    """Every attribution component's states and rows with their tallies (dicts, in full)."""
     out = {}
     for component in engine.partitions[partition].components:
         if isinstance(component, AttributionRollups):
             out[(component.tag, "states")] = {k: list(v) for k, v in component.states.items()}
-            for table, rows in component.rows.items():
+            for table, rows in component.rows.items():  # counters, then tallies
                 out[(component.tag, table)] = dict(rows.items())
-            for table, tallies in component.tallies.items():
-                out[(component.tag, table, "tallies")] = dict(tallies.items())
     return out
 
 
