@@ -5,8 +5,6 @@ Pure: no engine. tests/unit/test_olap_reader.py runs the same inputs against chD
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from sluice.olap.audit import CONFLICTS_SQL, VERIFY_SQL, where_tenant
@@ -491,11 +489,16 @@ def test_query_parameters_are_refused(sql: str) -> None:
 # ------------------------------------------------------------------ the text itself
 
 
-def test_a_megabyte_of_sql_is_refused_before_parsing() -> None:
-    started = time.perf_counter()
+def test_a_megabyte_of_sql_is_refused_before_parsing(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sluice.olap import readguard
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("an over-long query reached the tokenizer or the parser")
+
+    monkeypatch.setattr(readguard, "_tokens", never)
+    monkeypatch.setattr(readguard.sqlglot, "parse", never)
     message = refused("SELECT " + "1 + " * 250_000 + "1")
     assert message == f"refused: query longer than {MAX_SQL_CHARS} characters"
-    assert time.perf_counter() - started < 0.05
 
 
 @pytest.mark.parametrize(
@@ -514,15 +517,14 @@ def test_a_megabyte_of_sql_is_refused_before_parsing() -> None:
         "SELECT '" + "x" * (MAX_SQL_CHARS - 9) + "'",
     ],
 )
-def test_pathological_input_is_answered_quickly(sql: str) -> None:
+@pytest.mark.timeout(30)  # a stall guard, not a speed check (bench/ measures speed)
+def test_pathological_input_is_answered(sql: str) -> None:
     # measured: ~2.5 µs per character of ordinary SQL, up to ~15 µs per token for long
-    # operator chains; anything larger is refused on its size
-    started = time.perf_counter()
+    # operator chains; anything larger is refused on its size (MAX_SQL_CHARS, MAX_TOKENS)
     try:
         check_read(sql, ALLOWED)
     except ReadRefused as exc:
         assert "\n" not in str(exc)
-    assert time.perf_counter() - started < 1.0
 
 
 def test_nesting_beyond_the_limit_is_refused_by_name() -> None:
