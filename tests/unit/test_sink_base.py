@@ -216,3 +216,57 @@ def test_in_flight_is_bounded():
         return peak
 
     assert asyncio.run(main()) == 3
+
+
+async def _until(condition: Any, limit_s: float = 5.0) -> bool:
+    """Wait for ``condition()`` (a generous limit: this checks *whether*, not how fast)."""
+    deadline = time.monotonic() + limit_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return True
+
+
+def test_a_partly_filled_batch_is_sent_when_its_linger_is_up_without_another_write():
+    async def main() -> Scripted:
+        sink = Scripted(max_events=100, linger_s=0.05)
+        sink.write(envs(5))  # then nothing: no write seals it, and no flush comes
+        assert await _until(lambda: sorted(sink.received) == list(range(5)))
+        assert sink.calls[0][1] == 5 and sink.buffered() == 0
+        # again after the batch the timer was armed for was dropped (a revoke)
+        sink.write(envs(3, start=10, partition=1))
+        sink.forget({("events.email", 1)})
+        sink.write(envs(2, start=20))
+        assert await _until(lambda: 20 in sink.received and 21 in sink.received)
+        assert 10 not in sink.received
+        await sink.close()
+        return sink
+
+    asyncio.run(main())
+
+
+def test_a_flush_goes_on_sending_the_batches_sealed_while_it_waits():
+    async def main() -> None:
+        release = asyncio.Event()
+        sink = Scripted(max_events=10, max_in_flight=4)
+        original = sink.send
+
+        async def slow_first(items: list[Any]) -> None:
+            if 0 in items:
+                await release.wait()  # the batch the flush waits for is slow
+            await original(items)
+
+        sink.send = slow_first  # type: ignore[method-assign]
+        sink.write(envs(10))
+        flushing = asyncio.ensure_future(sink.flush())
+        await asyncio.sleep(0)
+        sink.write(envs(10, start=100))  # sealed (full) while the flush waits
+        # sent beside the flush's slow batch, not after the flush
+        assert await _until(lambda: 100 in sink.received)
+        assert not flushing.done() and 0 not in sink.received
+        release.set()
+        assert await flushing == []
+        assert sorted(sink.received) == list(range(10)) + list(range(100, 110))
+
+    asyncio.run(main())
