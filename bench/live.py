@@ -61,20 +61,23 @@ def rsyslog(root: Any) -> Rsyslog | None:
 
 class TimedReceiver(HttpReceiver):
     """:class:`HttpReceiver` that also keeps the wall-clock arrival of every PostHog event
-    (``time.time()`` when its batch request was read, before parsing), by uuid."""
+    (``time.time()`` when its batch request was read, before parsing), by uuid.
+    ``deferred``: see :class:`HttpReceiver` (the arrival is still the request's)."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, deferred: bool = False) -> None:
+        super().__init__(deferred=deferred)
         self.arrived: dict[str, float] = {}  # PostHog uuid → first arrival (epoch s)
 
-    def _accept(self, path: str, body: bytes, at_monotonic: float | None = None) -> bool:
-        at = time.time()
-        ok = super()._accept(path, body, at_monotonic)
+    def _accept(
+        self, path: str, body: bytes, at: float | None = None, epoch: float | None = None
+    ) -> bool:
+        arrived = time.time() if epoch is None else epoch
+        ok = super()._accept(path, body, at, epoch)
         if ok and path == "/batch/":
             uuids = [e["uuid"] for e in json.loads(body)["batch"]]
             with self.lock:
                 for u in uuids:
-                    self.arrived.setdefault(u, at)
+                    self.arrived.setdefault(u, arrived)
         return ok
 
 

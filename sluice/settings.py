@@ -215,11 +215,13 @@ class Settings(BaseSettings):
         "seals it, events or not); PostHog has POSTHOG_LINGER_S.",
     )
     sink_max_buffered: int = Field(
-        20_000,
+        100_000,
         ge=1_000,
         description="Most events one sink may hold in sealed batches (queued or in flight) "
         "before the worker stops reading until the sink's background sends catch up: a slow "
-        "destination costs throughput, not the worker's memory (~3 KB an event held).",
+        "destination costs throughput, not the worker's memory (~3 KB an event held). Keep it "
+        "above what a sink takes in during one checkpoint's flush (rate × flush seconds): "
+        "below, every checkpoint stalls the reader.",
     )
     sink_on_refused: OnRefused = Field(
         "dead_letter",

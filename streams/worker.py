@@ -142,6 +142,7 @@ class Worker:
         self.forwarder = Forwarder(kafka_config(settings))
         self.registry_writer = RegistryWriter(kafka_config(settings), self.catalog.erasures.name)
         self.draining = False
+        self._next_wait_log = 0.0  # monotonic: the next "reader waited" line (rate-limited)
         self.last_checkpoint = time.monotonic()
         self.gc = gcpolicy.GcPolicy()  # full collections once a minute, not once a second
         # the state: a batch is applied, or a snapshot taken, under it
@@ -174,6 +175,7 @@ class Worker:
             "dead_letters": 0,
             "forwarded": 0,
             "sink_waits": 0,  # times the reader waited for a sink (SINK_MAX_BUFFERED)
+            "sink_wait_s": 0.0,
             "checkpoints": 0,
             "checkpoint_failures": 0,
             "last_flush": {},
@@ -295,14 +297,21 @@ class Worker:
         flush is what gets a failing sink's events out, or fails and retries)."""
         limit = self.settings.sink_max_buffered
         router = self.router
-        if router.backlogged(limit) is None:
+        sink = router.backlogged(limit)
+        if sink is None:
             return
         self.stats["sink_waits"] += 1
+        started = time.monotonic()
         while not self.draining and router.backlogged(limit) is not None:
             await asyncio.sleep(SINK_WAIT_S)
             if time.monotonic() - self.last_checkpoint >= interval:
                 self._start_checkpoint()
             seam.still_consuming(self.app.consumer)
+        waited = time.monotonic() - started
+        self.stats["sink_wait_s"] = self.stats.get("sink_wait_s", 0.0) + waited
+        if waited >= 1.0 or self._next_wait_log <= started:
+            self._next_wait_log = started + 30.0
+            log.info("reader waited %.2f s for sink %s (SINK_MAX_BUFFERED=%d)", waited, sink, limit)
 
     def _start_checkpoint(self) -> None:
         """Checkpoint in the background (reading and applying go on meanwhile)."""

@@ -51,8 +51,8 @@ class HttpReceiver:
         and a real destination's parsing happens on machines of its own). No faults and
         no poison ids then."""
         self.deferred = deferred
-        # deferred requests: (monotonic arrival, path, Content-Encoding, raw body)
-        self.pending: list[tuple[float, str, str | None, bytes]] = []
+        # deferred requests: (monotonic arrival, epoch arrival, path, Content-Encoding, body)
+        self.pending: list[tuple[float, float, str, str | None, bytes]] = []
         self.lock = threading.Lock()
         self.faults: list[Fault] = []
         self.poison: set[str] = set()
@@ -132,9 +132,9 @@ class HttpReceiver:
         """Record the deferred requests (see ``deferred``), each at its arrival time."""
         with self.lock:
             pending, self.pending = self.pending, []
-        for at, path, encoding, raw in pending:
+        for at, epoch, path, encoding, raw in pending:
             body = gzip.decompress(raw) if encoding == "gzip" else raw
-            if not self._accept(path, body, at):
+            if not self._accept(path, body, at, epoch):
                 raise AssertionError(f"deferred {path} request refused: {body[:200]!r}")
 
     def _handle(self, h: BaseHTTPRequestHandler) -> None:
@@ -144,9 +144,8 @@ class HttpReceiver:
         if self.deferred and (path == "/batch/" or path.startswith("/services/collector")):
             assert not self.faults and not self.poison, "a deferred receiver injects nothing"
             with self.lock:
-                self.pending.append(
-                    (time.monotonic(), path, h.headers.get("Content-Encoding"), raw)
-                )
+                arrived = (time.monotonic(), time.time())
+                self.pending.append((*arrived, path, h.headers.get("Content-Encoding"), raw))
                 self.requests[path] += 1
             return self._answer(h, 200, {})
         body = gzip.decompress(raw) if h.headers.get("Content-Encoding") == "gzip" else raw
@@ -191,9 +190,11 @@ class HttpReceiver:
         except OSError:
             pass
 
-    def _accept(self, path: str, body: bytes, at: float | None = None) -> bool:
-        """Record an accepted request (that arrived at monotonic ``at``: now by default);
-        False if it carries a poison id (→ 400)."""
+    def _accept(
+        self, path: str, body: bytes, at: float | None = None, epoch: float | None = None
+    ) -> bool:
+        """Record an accepted request (that arrived at monotonic ``at``, epoch ``epoch``:
+        now by default); False if it carries a poison id (→ 400)."""
         if path == "/batch/":
             events = json.loads(body)["batch"]
             if any(e["uuid"] in self.poison for e in events):

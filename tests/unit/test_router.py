@@ -156,6 +156,7 @@ def test_the_reader_waits_for_a_sink_over_its_limit_and_checkpoints_meanwhile(mo
         last_checkpoint=0.0,
         stats={"sink_waits": 0},
         app=types.SimpleNamespace(consumer=None),
+        _next_wait_log=0.0,
     )
 
     def start_checkpoint() -> None:
