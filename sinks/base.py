@@ -1,9 +1,8 @@
 """The Sink protocol, and batching with retries, written once for every sink.
 
 A sink buffers what the router writes (``write`` never blocks and never fails), sends
-full batches in the background (and partly filled ones once their linger is up: a timer
-seals them, whether more events come or not), and makes everything written before
-``flush`` durable when ``flush`` returns. The worker acknowledges events to Kafka only after that.
+full batches in the background, and makes everything written before ``flush`` durable
+when ``flush`` returns. The worker acknowledges events to Kafka only after that.
 
 Errors::
 
@@ -350,15 +349,12 @@ class BatchingSink(ABC):
         self.observer: SinkObserver = observer or NullObserver()
         self._open: list[tuple[Envelope, Any]] = []
         self._opened_at = 0.0
-        self._linger_timer: asyncio.TimerHandle | None = None  # seals an aged batch
         self._seq = 0
         self._queue: deque[_Batch] = deque()
         self._sending = 0  # events in batches being sent right now
         self._rejected: list[Rejected] = []
         self._pump: asyncio.Task[None] | None = None
         self._pump_paused = False
-        self._flush_target = 0  # while paused: the last batch the waiting flush needs
-        self._sealed: asyncio.Future[None] | None = None  # a sender waiting for a batch
         self._not_before = 0.0  # monotonic: a Retry-After applies to every request
         # where the sink stands with its destination (SinkState)
         self._state = OK
@@ -386,7 +382,6 @@ class BatchingSink(ABC):
 
     async def close(self) -> None:
         """Stop the background sender; subclasses close their connections too."""
-        self._disarm()
         if self._pump is not None:
             self._pump.cancel()
             await asyncio.gather(self._pump, return_exceptions=True)
@@ -405,7 +400,6 @@ class BatchingSink(ABC):
                 continue
             if not self._open:
                 self._opened_at = now
-                self._arm(self.limits.linger_s)
             self._open.append((env, item))
             if len(self._open) >= self.limits.max_events:
                 self._seal()
@@ -413,20 +407,12 @@ class BatchingSink(ABC):
             self._seal()
 
     async def flush(self) -> list[Rejected]:
-        """Seal the open batch and deliver every batch sealed so far.
-
-        The background sender stops first (one sender at a time), and this one goes on
-        starting the batches sealed while it waits (as many as ``max_in_flight`` allows,
-        and only while older ones are still in flight): a checkpoint's flush never holds
-        back the events routed during it (bounded: it returns once everything sealed
-        before it started is delivered and what it started meanwhile is back).
-        """
         started = time.perf_counter()
         self._seal(kick=False)
         target = self._seq
         deadline = time.monotonic() + self.limits.flush_deadline_s
         # One sender at a time: stop the background pump, then drive what's queued.
-        self._pump_paused, self._flush_target = True, target
+        self._pump_paused = True
         try:
             if self._pump is not None:
                 await asyncio.gather(self._pump, return_exceptions=True)
@@ -539,38 +525,8 @@ class BatchingSink(ABC):
             self._seq += 1
             self._queue.append(_Batch(self._seq, self._open))
             self._open = []
-            if self._sealed is not None and not self._sealed.done():
-                self._sealed.set_result(None)  # a sender with room may start it now
-        self._disarm()
         if kick:
             self._kick()
-
-    def _arm(self, delay: float) -> None:
-        """Seal the open batch ``delay`` s from now if no write or flush did: without
-        it, a partly filled batch would wait for the next write after its linger (or
-        for the checkpoint's flush) when events stop or come slowly."""
-        if self._linger_timer is not None:
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return  # no loop (a synchronous test): write() and flush() seal
-        self._linger_timer = loop.call_later(max(0.0, delay), self._linger_due)
-
-    def _disarm(self) -> None:
-        if self._linger_timer is not None:
-            self._linger_timer.cancel()
-            self._linger_timer = None
-
-    def _linger_due(self) -> None:
-        self._linger_timer = None
-        if not self._open:
-            return
-        left = self._opened_at + self.limits.linger_s - time.monotonic()
-        if left > 0.001:  # the batch open now was opened after the one this was armed for
-            self._arm(left)
-        else:
-            self._seal()
 
     def _kick(self) -> None:
         """Start the background sender for full batches, if a loop runs and none is."""
@@ -599,16 +555,10 @@ class BatchingSink(ABC):
             )
 
     async def _drain(self, deadline: float, upto: int | None) -> None:
-        """Send queued batches, at most max_in_flight at once: every one (the background
-        sender, ``upto`` None), or (a flush) those with seq <= upto, and newer ones only
-        while one of those is still in flight (they would otherwise wait for the flush
-        to end; a failure of one fails the flush, which is conservative: it is queued
-        again like any other). The background sender paused by a flush goes on like the
-        flush would (up to the flush's target), then stops."""
-        running: dict[asyncio.Task[None], int] = {}
+        """Send queued batches (seq <= upto), at most max_in_flight at once."""
+        running: set[asyncio.Task[None]] = set()
         failure: BaseException | None = None
         while True:
-            limit = upto if upto is not None or not self._pump_paused else self._flush_target
             # A refused sink sends one batch at a time: the first is the probe, and the
             # others only go once it was accepted.
             in_flight = 1 if self._state == REFUSED else self.limits.max_in_flight
@@ -616,27 +566,14 @@ class BatchingSink(ABC):
                 self._queue
                 and failure is None
                 and len(running) < in_flight
-                and (
-                    limit is None
-                    or self._queue[0].seq <= limit
-                    or any(seq <= limit for seq in running.values())
-                )
+                and (upto is None or self._queue[0].seq <= upto)
+                and not (upto is None and self._pump_paused)
             ):
-                batch = self._queue.popleft()
-                running[asyncio.create_task(self._deliver(batch, deadline))] = batch.seq
+                running.add(asyncio.create_task(self._deliver(self._queue.popleft(), deadline)))
             if not running:
                 break
-            waiting: set[asyncio.Future[Any]] = set(running)
-            if len(running) < in_flight and failure is None:
-                # room for one more: wake up too when a batch is sealed meanwhile
-                self._sealed = asyncio.get_running_loop().create_future()
-                waiting.add(self._sealed)
-            done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-            self._sealed = None
+            done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
-                if task not in running:
-                    continue  # the wake-up
-                del running[task]
                 exc = task.exception()
                 if exc is not None and failure is None:
                     failure = exc

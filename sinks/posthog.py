@@ -10,10 +10,9 @@ Idempotency key
 Limits
     ``POSTHOG_BATCH_MAX`` events per request (1000; about 0.5 MB before gzip), up to
     ``SINK_MAX_IN_FLIGHT`` requests at once, a partial batch waits at most
-    ``POSTHOG_LINGER_S`` (0.5 s, the SDK's flush interval). A refused batch (4xx) is
-    split until the refused events are alone; those go to ``events.dlq`` (stage
-    ``posthog``). 401/403/408/429/5xx and timeouts are retried with backoff (honouring
-    ``Retry-After``).
+    ``SINK_LINGER_S``. A refused batch (4xx) is split until the refused events are
+    alone; those go to ``events.dlq`` (stage ``posthog``). 401/403/408/429/5xx and
+    timeouts are retried with backoff (honouring ``Retry-After``).
 No silent drops
     The SDK's ``capture()`` queues into a bounded in-memory queue (10,000) and drops
     when it is full, and costs ~43 µs per event. Sluice does not use that queue: it

@@ -45,12 +45,9 @@ def build_sinks(
         refused_probe_s=s.sink_refused_probe_s,
     )
 
-    def limits(max_events: int, linger_s: float | None = None) -> BatchLimits:
+    def limits(max_events: int) -> BatchLimits:
         return BatchLimits(
-            max_events,
-            s.sink_linger_s if linger_s is None else linger_s,
-            s.sink_max_in_flight,
-            s.sink_flush_deadline_s,
+            max_events, s.sink_linger_s, s.sink_max_in_flight, s.sink_flush_deadline_s
         )
 
     timeout = s.sink_timeout_s
@@ -68,7 +65,7 @@ def build_sinks(
                 pseudonymizer=Pseudonymizer(key),
                 sampler=Sampler(s.posthog_sample_rates),
                 gzip=s.posthog_gzip,
-                limits=limits(s.posthog_batch_max, s.posthog_linger_s),
+                limits=limits(s.posthog_batch_max),
                 timeout_s=timeout,
                 policy=policy,
                 observer=observer,

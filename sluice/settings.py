@@ -154,12 +154,6 @@ class Settings(BaseSettings):
     posthog_batch_max: int = Field(
         1000, gt=0, le=10_000, description="Most events in one PostHog /batch/ request."
     )
-    posthog_linger_s: float = Field(
-        0.5,
-        gt=0,
-        description="Longest a partly filled PostHog batch waits before it is sent (the "
-        "posthog SDK's own flush interval; SINK_LINGER_S is the other sinks').",
-    )
     posthog_gzip: bool = Field(True, description="Gzip PostHog request bodies.")
     posthog_sample_rates: dict[str, float] = Field(
         default_factory=dict,
@@ -209,10 +203,7 @@ class Settings(BaseSettings):
     sink_retry_max_s: float = Field(10.0, gt=0, description="Cap of the retry backoff.")
     sink_max_in_flight: int = Field(4, gt=0, le=32, description="Concurrent requests per sink.")
     sink_linger_s: float = Field(
-        1.0,
-        gt=0,
-        description="Longest a partly filled sink batch waits before it is sent (a timer "
-        "seals it, events or not); PostHog has POSTHOG_LINGER_S.",
+        1.0, gt=0, description="Longest a partly filled sink batch waits before it is sent."
     )
     sink_max_buffered: int = Field(
         100_000,
