@@ -128,6 +128,14 @@ def test_dead_letter_keeps_the_rollups_flowing_and_loses_nothing(
             # the key is fixed at PostHog: the next probe (the oldest batch of new events)
             # ends the refusal, no restart
             rx.faults = []
+            # events that come before a probe is due are dead-lettered like the others (a
+            # refused sink asks once per SINK_REFUSED_PROBE_S, with a real batch): produce
+            # once it is due, or the test would race the probe interval
+            wait_for(
+                "the next probe to be due",
+                lambda: posthog_state(dep)["next_probe_in_s"] == 0,
+                dep,
+            )
             dep.produce(later.events)
             wait_for("posthog to accept again", lambda: posthog_state(dep)["state"] == "ok", dep)
             dep.wait_drained()
