@@ -10,7 +10,13 @@ route + sink preparation; the whole ``process``). No broker, no checkpoints and 
 sending (sinks point at a closed port and the loop never lets their senders run), so
 it is a microbenchmark of the Python work per event, for comparing commits on one
 machine, not a throughput figure of the worker (that is ``python -m bench.run``).
-``--profile FILE`` writes a cProfile of the whole-``process`` pass.
+``--profile FILE`` writes a cProfile of the whole-``process`` pass. ``--checkpoint``
+then times a checkpoint's CPU work over that state, step by step: the snapshot (what
+runs under the state lock), the changelog's serialization into librdkafka's queue (a
+producer with no broker: nothing is sent), and the rows written into an embedded chDB
+store (a fresh one in a temporary directory). ``--store rocksdb`` gives the worker its
+default local store (each partition opened first, as on assignment), so the snapshot
+includes the store's cut.
 """
 
 from __future__ import annotations
@@ -51,9 +57,11 @@ class FakeMessage:
         return self._value
 
 
-def _env(sinks: bool, data_dir: str) -> None:
+def _env(sinks: bool, data_dir: str, store: str) -> None:
     os.environ["SLUICE_DATA_DIR"] = data_dir
-    os.environ["SLUICE_STATE_STORE"] = "memory"
+    os.environ["SLUICE_STATE_STORE"] = store
+    os.environ["CLICKHOUSE_URL"] = f"chdb://{data_dir}/olap"
+    os.environ.setdefault("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9")  # nothing is sent
     if sinks:  # every sink on, at a port nobody listens on (nothing is sent anyway)
         os.environ.update(
             {
@@ -75,8 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--sinks", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--profile", default=None)
+    parser.add_argument("--checkpoint", action="store_true")
+    parser.add_argument("--store", choices=["memory", "rocksdb"], default="memory")
     args = parser.parse_args(argv)
-    _env(args.sinks, tempfile.mkdtemp(prefix="sluice-hotpath-"))
+    _env(args.sinks, tempfile.mkdtemp(prefix="sluice-hotpath-"), args.store)
 
     from avro_schemas.codec import Codec
     from bench.workload import build
@@ -156,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     s = figures["route + sink preparation"]
     print(f"{'route + sink preparation':<34} {s:7.3f} s  {s / n * 1e6:6.2f} µs/event")
     worker = Worker(settings)  # fresh state and sinks for the whole pass
+    if args.store == "rocksdb":
+        for partition in sorted({m.partition() for m in messages}):
+            worker.engine.open(partition)
     profiler = cProfile.Profile() if args.profile else None
     loop = asyncio.new_event_loop()
     if profiler is not None:
@@ -164,11 +177,57 @@ def main(argv: list[str] | None = None) -> int:
     if profiler is not None:
         profiler.disable()
         profiler.dump_stats(args.profile)
+    if args.checkpoint:
+        checkpoint_steps(worker, n)
     worker.gc.stop()
     for task in asyncio.all_tasks(loop):
         task.cancel()
     loop.close()
     return 0
+
+
+def checkpoint_steps(worker: Any, n: int) -> None:
+    """Time one checkpoint's CPU work over the worker's state (see the module doc)."""
+
+    def step(name: str, fn: Any) -> Any:
+        started, cpu0 = time.perf_counter(), time.process_time()
+        out = fn()
+        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu0
+        print(
+            f"checkpoint: {name:<22} {seconds:7.3f} s  {seconds / n * 1e6:6.2f} µs/event  "
+            f"cpu {cpu:6.3f} s"
+        )
+        return out
+
+    if os.environ.get("HOTPATH_PROFILE_SNAPSHOT"):
+        import cProfile as _cp
+
+        prof = _cp.Profile()
+        ckpt = step("snapshot", lambda: prof.runcall(worker.engine.snapshot))
+        prof.dump_stats(os.environ["HOTPATH_PROFILE_SNAPSHOT"])
+    else:
+        ckpt = step("snapshot", worker.engine.snapshot)
+    rows = sum(len(r) for r in ckpt.rows.values())
+    print(
+        f"checkpoint: {len(ckpt.changelog):,} changelog entries, {rows:,} rows "
+        + ", ".join(f"{t} {len(r):,}" for t, r in ckpt.rows.items())
+    )
+    step("changelog queued", lambda: worker.changelog.write(ckpt.changelog))
+    worker.olap  # noqa: B018 - the store exists and is migrated before the timing
+    from streams.worker import _Warehouse
+
+    write = lambda: _Warehouse(worker).write(ckpt.rows)  # noqa: E731
+    if os.environ.get("HOTPATH_PROFILE_ROWS"):
+        import cProfile as _cp
+
+        prof = _cp.Profile()
+        step("rows into chDB", lambda: prof.runcall(write))
+        prof.dump_stats(os.environ["HOTPATH_PROFILE_ROWS"])
+    else:
+        step("rows into chDB", write)
+    if ckpt.cuts:
+        ends = {p: 1 for p in ckpt.cuts}
+        step("local store written", lambda: worker.engine.persist(ckpt, ends))
 
 
 if __name__ == "__main__":

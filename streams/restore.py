@@ -126,6 +126,7 @@ def finish(engine: Engine, partition: int, result: Restored) -> None:
     ps.changelog_position = max(ps.changelog_position, result.high)
     if result.mode == "reused" or result.entries:
         engine.restored([partition])
+    ps.joining = False  # complete up to the changelog's end: the marker may follow it
 
 
 def restore_now(

@@ -475,18 +475,22 @@ class Rollup:
         return tuple(bits for _, bits in self.metrics)
 
     def values(self, counters: Sequence[int], tallies: Sequence[Tally] | None) -> tuple:
-        """The value columns of one row."""
+        """The value columns of one row (once per dirty row at every checkpoint: the
+        names are looked up once per rollup, not per row)."""
         if not self.derived:
             return tuple(counters)
-        named = dict(zip((m for m, _ in self.metrics), counters, strict=True))
-        tallied = dict(
-            zip(
-                (t for t, _ in self.tallies),
-                tallies or [{}] * len(self.tallies),
-                strict=True,
-            )
+        metric_names, tally_names, derive = self._value_parts
+        named = dict(zip(metric_names, counters, strict=True))
+        tallied = dict(zip(tally_names, tallies or [{}] * len(tally_names), strict=True))
+        return (*counters, *[fn(named, tallied) for fn in derive])
+
+    @cached_property
+    def _value_parts(self) -> tuple[tuple[str, ...], tuple[str, ...], tuple[Derive, ...]]:
+        return (
+            tuple(m for m, _ in self.metrics),
+            tuple(t for t, _ in self.tallies),
+            tuple(fn for _, fn in self.derived),
         )
-        return (*counters, *(fn(named, tallied) for _, fn in self.derived))
 
 
 CAMPAIGN_METRICS: tuple[tuple[str, int | None], ...] = (

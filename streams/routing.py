@@ -280,6 +280,14 @@ class Router:
                 if self._on_routed is not None:
                     self._on_routed(sink.name, len(batch))
 
+    def unrouted(self, records: Iterable[Mapping[str, Any]]) -> None:
+        """No sink is configured: count, per destination, the events that would have gone
+        there (the status's ``unconfigured``) without an :class:`Envelope` per event."""
+        counts = self.unconfigured
+        for record in records:
+            for dest in sink_targets(record):
+                counts[dest] = counts.get(dest, 0) + 1
+
     def on_refused(self, sink: str) -> str:
         """What the route of this sink does while its destination refuses Sluice."""
         return self._on_refused_by_sink.get(sink, self._on_refused)

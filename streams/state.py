@@ -223,7 +223,7 @@ class DirtyRows:
 
     def take(self) -> dict[str, list[RowKey]]:
         """Snapshot and clear, in a stable order (tidy inserts, stable tokens)."""
-        out = {t: sorted(keys, key=sort_key) for t, keys in self.keys.items() if keys}
+        out = {t: sorted_keys(keys) for t, keys in self.keys.items() if keys}
         for keys in self.keys.values():
             keys.clear()
         return out
@@ -232,3 +232,15 @@ class DirtyRows:
 def sort_key(key: RowKey) -> tuple:
     """Order row keys of mixed types (str, date, None) deterministically."""
     return tuple("" if part is None else str(part) for part in key)
+
+
+def sorted_keys(keys: Iterable[RowKey]) -> list[RowKey]:
+    """Row keys in a deterministic order: their own where they compare (the common case,
+    several times faster than :func:`sort_key`'s strings), else :func:`sort_key`'s (a
+    ``None`` or mixed types in one column)."""
+    keys = list(keys)
+    try:
+        keys.sort()
+    except TypeError:
+        keys.sort(key=sort_key)
+    return keys

@@ -329,8 +329,9 @@ class Worker:
         engine = self.engine
         families = self.families
         specs = self.specs
-        routed: list[Envelope] = []
+        routed: list[Any] = []  # envelopes, or only the records when no sink is on
         add = routed.append
+        routing = bool(self.router.sinks)
         consumed: dict[str, int] = {}
         letters: list[tuple[Message, DecodeError]] = []
         for message in messages:
@@ -351,7 +352,11 @@ class Worker:
                 home = spec.home(record, partition, key)
                 if home == partition:
                     engine.apply(partition, topic, offset, family, record)
-                    add(Envelope(record, topic, partition, offset, key, value))
+                    add(
+                        Envelope(record, topic, partition, offset, key, value)
+                        if routing
+                        else record
+                    )
                 else:  # another partition's state: its home applies (and routes) it
                     origin = f"{partition}:{offset}"
                     forward = Forward(topic, home, spec.record_key(record), value, origin)
@@ -359,7 +364,10 @@ class Worker:
                     self.stats["forwarded"] += 1
                     self.health.forwarded.labels(family).inc()
             applied[TP(topic, partition)] = offset + 1
-        self.router.write(routed)
+        if routing:
+            self.router.write(routed)
+        else:
+            self.router.unrouted(routed)
         for family, n in consumed.items():
             self.health.consumed.labels(family).inc(n)
         self.progress.unflushed += len(messages)

@@ -89,6 +89,17 @@ def test_a_destination_without_a_sink_is_counted_not_failed():
     assert asyncio.run(router.flush()) == []
 
 
+def test_unrouted_records_count_as_their_envelopes_would():
+    """The worker with no sink at all hands records, not envelopes: the same counts."""
+    types = ["email_opened", "security_login_failed", "admin_role_changed", "infra_latency"]
+    by_envelope, by_record = Router({}), Router({})
+    envelopes = [env(t) for t in types * 3]
+    by_envelope.write(envelopes)
+    by_record.unrouted(e.record for e in envelopes)
+    assert by_record.unconfigured == by_envelope.unconfigured
+    assert by_record.unconfigured == {"posthog": 3, "siem": 6, "observability": 3}
+
+
 def test_unknown_destination_names_are_refused():
     with pytest.raises(ValueError):
         Router({"audit_log": [Recording("x")]})

@@ -29,7 +29,7 @@ from dev.workload import mixed_workload
 from sluice.privacy import Erasure, Registry, lead_ref
 from streams.engine import DAY_MS, Engine, default_components, state_schema
 from streams.erasure import ERASING, LeadKeys
-from streams.restore import Restored, restore_now
+from streams.restore import Restored, begin, finish, restore_now
 from streams.rollups import LEAD
 from streams.store import MARKER_KEY, Changelog, Identity, StateStore
 from topics.taxonomy import family_of
@@ -221,6 +221,53 @@ def test_a_kill_between_the_changelog_and_the_image_replays_exactly(tmp_path, wo
     assert all(r.mode == "reused" and r.low == marker[p] for p, r in restored.items())
     assert sum(r.entries for r in restored.values()) > 0, "the tail was joined"
     cluster.apply(again, cluster.committed, len(workload))  # the replay, then the rest
+    cluster.checkpoint(again, len(workload))
+    cluster.drain(again)
+    assert cluster.tables() == reference(workload)
+    again.close()
+
+
+def test_an_image_cut_before_a_restore_finished_never_claims_what_it_joined(tmp_path, workload):
+    """A checkpoint's snapshot while a reused partition still joins the changelog tail,
+    its image written after the restore finished, then kill -9: the image's marker is the
+    partition's position at the snapshot, so the restart joins the tail again (found by
+    tests/faults/test_scale_out.py: a marker past the join, the joined entries only in
+    memory, a whole member's work lost behind it after the kill)."""
+    cluster = Cluster(workload)
+    quarter = len(workload) // 4
+    a = cluster.engine(tmp_path / "a")
+    cluster.start(a)
+    cluster.apply(a, 0, quarter)
+    cluster.checkpoint(a, quarter)
+    a.close()  # a's store: up to a quarter
+    b = cluster.engine(tmp_path / "b")  # another member takes every partition over
+    cluster.start(b)
+    cluster.apply(b, quarter, 2 * quarter)
+    cluster.checkpoint(b, 2 * quarter)
+    b.close()
+    marker = {p: len(cluster.log[p]) for p in range(PARTITIONS)}
+
+    back = cluster.engine(tmp_path / "a")  # the partitions come back to a's old store
+    results = {p: begin(back, p, cluster.info(p)) for p in range(PARTITIONS)}
+    assert {r.mode for r in results.values()} == {"reused"}
+    ckpt = back.snapshot()  # a checkpoint's snapshot, before the tails are joined
+    assert ckpt.cuts, "the reused partitions are images: they are cut"
+    joined = 0
+    for p, result in results.items():
+        tail = cluster.log[p][result.low : result.high]
+        back.join(tail, p)
+        joined += len(tail)
+        finish(back, p, result)
+    assert joined > 0, "b's work is in the tails"
+    # the checkpoint goes on: its image is written once the restores are done
+    back.persist(ckpt, {p: len(entries) for p, entries in cluster.log.items()})
+    back.persisted(ckpt)
+    back.close()  # kill -9: the joined entries were only in memory
+
+    again = cluster.engine(tmp_path / "a")
+    restored = cluster.start(again)
+    assert all(r.low < marker[p] for p, r in restored.items()), restored
+    cluster.apply(again, cluster.committed, len(workload))
     cluster.checkpoint(again, len(workload))
     cluster.drain(again)
     assert cluster.tables() == reference(workload)
