@@ -972,8 +972,10 @@ class AttributionRollups(Component):
         self._incremental = True
 
     def restored(self) -> None:
-        # don't resend the restored states to the changelog they came from
-        self.dirty_states.clear()
+        # dirty_states are kept: joins never add to them, so what they hold are events
+        # applied before a rebalance that kept the partition here (their offsets are
+        # read again, and a replay changes nothing, so only these marks get them into
+        # the changelog)
         if self._incremental:
             self._incremental = False  # the rows the restores changed are marked already
             return

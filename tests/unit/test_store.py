@@ -274,6 +274,40 @@ def test_an_image_cut_before_a_restore_finished_never_claims_what_it_joined(tmp_
     again.close()
 
 
+def test_events_applied_before_a_kept_partition_joins_a_tail_still_reach_the_changelog(
+    tmp_path, workload
+):
+    """A partition kept across a rebalance joins what another member wrote meanwhile;
+    events this worker applied before (not yet checkpointed: their offsets are read
+    again, and a replay changes nothing) must still reach the changelog."""
+    cluster = Cluster(workload)
+    quarter = len(workload) // 4
+    a = cluster.engine(tmp_path / "a")
+    cluster.start(a)
+    cluster.apply(a, 0, quarter)
+    cluster.checkpoint(a, quarter)
+    cluster.apply(a, quarter, 2 * quarter)  # applied, not checkpointed yet
+    b = cluster.engine(tmp_path / "b")  # held the partitions a while (a was frozen)
+    cluster.start(b)
+    cluster.apply(b, 2 * quarter, 3 * quarter)
+    cluster.checkpoint(b, 3 * quarter)
+    b.close()
+    for p in range(PARTITIONS):  # back to a, still in its memory: kept
+        result = begin(a, p, cluster.info(p))
+        assert result.mode == "kept" and result.low < result.high
+        a.join(cluster.log[p][result.low : result.high], p)
+        result.entries = result.high - result.low
+        finish(a, p, result)
+    cluster.checkpoint(a, 3 * quarter)
+    rebuilt = Engine()  # what any other member would restore
+    for p in range(PARTITIONS):
+        rebuilt.join(cluster.log[p], p)
+    for p in range(PARTITIONS):
+        want = {k: list(v) for k, v in a.partitions[p].email.states.items()}
+        assert {k: list(v) for k, v in rebuilt.state(p).email.states.items()} == want, p
+    a.close()
+
+
 def test_rows_lost_with_an_olap_failure_are_written_after_a_restart(tmp_path, workload):
     """The OLAP write failed (changelog durable, no image), then the worker died: the
     restart marks the rows the tail changes, though the replayed events change nothing."""
