@@ -98,6 +98,9 @@ class Changelog(Protocol):
     def ends(self) -> Mapping[int, int]:
         """Per partition, the offset after the last entry written and acknowledged."""
 
+    def runs(self) -> Mapping[int, tuple[int, int]]:
+        """Per partition, the last run of consecutive offsets written and acknowledged."""
+
 
 class Forwarder(Protocol):
     """Produces records read at the wrong partition to their home (blocking: a thread)."""
@@ -308,7 +311,10 @@ class Checkpointer:
     async def _store(self, ckpt: Checkpoint) -> None:
         """Step 6: the local stores' images (a failure only logs: see the module doc)."""
         try:
-            await self.run_blocking(self.engine.persist, ckpt, dict(self.ports.changelog.ends()))
+            changelog = self.ports.changelog
+            await self.run_blocking(
+                self.engine.persist, ckpt, dict(changelog.ends()), dict(changelog.runs())
+            )
         except Exception as exc:
             log.warning("local state store not written (%s); the next checkpoint retries", exc)
             async with self.state_lock:

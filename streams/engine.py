@@ -460,11 +460,17 @@ class Engine:
                 # what the marker may claim is decided now, with the cut: a restore that
                 # finishes before the image is written must not lend it its offset
                 cut.base = ps.changelog_position
-                cut.wrote = len(ckpt.changelog) > entries_before and not ps.joining
+                cut.settled = not ps.joining
+                cut.wrote = len(ckpt.changelog) > entries_before and cut.settled
         return ckpt
 
     # -- the local store ----------------------------------------------------------------
-    def persist(self, ckpt: Checkpoint, ends: Mapping[int, int]) -> None:
+    def persist(
+        self,
+        ckpt: Checkpoint,
+        ends: Mapping[int, int],
+        runs: Mapping[int, tuple[int, int]] | None = None,
+    ) -> None:
         """Write each partition's cut and marker (blocking: run in a thread), once the
         checkpoint's changelog is flushed and its OLAP rows are written. ``ends``: per
         changelog partition, the offset after the last entry this worker wrote and had
@@ -476,7 +482,13 @@ class Engine:
         past them), or the end of the snapshot's own entries of the partition (``ends``
         counts only when the snapshot wrote some: the writer's end may be of entries this
         worker wrote in an earlier assignment of the partition, which a restore in
-        progress may not have joined again yet)."""
+        progress may not have joined again yet). ``runs``: per partition, the last run of
+        consecutive offsets this worker wrote (:meth:`streams.fetch.ChangelogWriter.runs`):
+        the marker follows it only when it starts at or before the position — a gap
+        before it holds another writer's entries (a member that took the partition over
+        while this one was frozen past its session), which this state has not joined: the
+        marker stays at the position then, and the next restore joins them. None: not
+        known (tools and tests), the snapshot's own entries count up to ``ends``."""
         assert self.store is not None and self.store.identity is not None
         for partition, cut in ckpt.cuts.items():
             with self._io:
@@ -484,7 +496,12 @@ class Engine:
                 db = ps.db if ps is not None else None
                 if ps is None or db is None or db is not cut.db or db.db is None:
                     continue  # moved away meanwhile: its next open checks the old image
-                offset = max(cut.base, ends.get(partition, 0) if cut.wrote else 0)
+                if runs is None:
+                    own = ends.get(partition, 0) if cut.wrote else 0
+                else:
+                    run = runs.get(partition)
+                    own = run[1] if cut.settled and run and run[0] <= cut.base else 0
+                offset = max(cut.base, own)
                 db.write(cut, self.store.identity, offset)
 
     def write_image(self, partition: int) -> None:

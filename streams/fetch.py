@@ -183,18 +183,32 @@ class ChangelogWriter(AckedProducer):
         )
         self.topic = topic
         self._ends: dict[int, int] = {}
+        self._runs: dict[int, tuple[int, int]] = {}  # see runs()
 
     def _delivered(self, err: Any, msg: Any) -> None:
         if err is not None:
             self._errors.append(str(err))
             return
         partition, offset = msg.partition(), msg.offset()
-        if offset is not None and offset >= 0 and offset + 1 > self._ends.get(partition, 0):
+        if offset is None or offset < 0:
+            return
+        if offset + 1 > self._ends.get(partition, 0):
             self._ends[partition] = offset + 1
+        run = self._runs.get(partition)
+        if run is None or offset > run[1]:  # the first, or another writer's came between
+            self._runs[partition] = (offset, offset + 1)
+        elif offset == run[1]:
+            self._runs[partition] = (run[0], offset + 1)
 
     def ends(self) -> dict[int, int]:
         """Per partition, the offset after the last entry acknowledged so far."""
         return dict(self._ends)
+
+    def runs(self) -> dict[int, tuple[int, int]]:
+        """Per partition, the last run of consecutive offsets this writer had acknowledged,
+        ``(first, end)``: a marker may cover it only from a position inside it (a gap
+        before it holds another writer's entries, which the state may not have)."""
+        return dict(self._runs)
 
     def write(self, entries: Iterable[tuple[int, str, list | None]]) -> None:
         """Queue ``(partition, key, value)`` entries (key: the engine's JSON string; value

@@ -167,6 +167,7 @@ class StoreCut:
     # marker covers those, once acknowledged: streams.engine.Engine.persist)
     base: int = 0
     wrote: bool = False
+    settled: bool = False  # not joining the changelog at the snapshot
 
 
 def _options() -> Options:

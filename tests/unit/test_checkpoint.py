@@ -112,6 +112,9 @@ class World:
             def ends(self) -> dict[int, int]:
                 return dict(world.ends)
 
+            def runs(self) -> dict[int, tuple[int, int]]:
+                return {p: (0, end) for p, end in world.ends.items()}  # the only writer
+
         class Warehouse:
             def write(self, rows: dict[str, list[list]]) -> None:
                 world._maybe_fail("olap")
@@ -377,9 +380,9 @@ def test_the_store_image_follows_the_olap_rows_and_precedes_the_commit(tmp_path,
     order = rig.world.calls
     persist = rig.engine.persist
 
-    def recorded(ckpt: Any, ends: Any) -> None:
+    def recorded(ckpt: Any, ends: Any, runs: Any = None) -> None:
         order.append("image")
-        persist(ckpt, ends)
+        persist(ckpt, ends, runs)
 
     monkeypatch.setattr(rig.engine, "persist", recorded)
     rig.apply(sent(1), sent(2))

@@ -274,6 +274,47 @@ def test_an_image_cut_before_a_restore_finished_never_claims_what_it_joined(tmp_
     again.close()
 
 
+def test_a_frozen_member_writing_after_its_successor_keeps_its_marker_before_the_gap(
+    tmp_path, workload
+):
+    """A worker frozen past its session (its partitions went to another member, which
+    wrote entries) wakes up and finishes a checkpoint: its entries land after the other
+    member's, which its state never joined. Its image's marker must stay before that
+    gap, so the next restore of its store joins them."""
+    cluster = Cluster(workload)
+    quarter = len(workload) // 4
+    a = cluster.engine(tmp_path / "a")
+    cluster.start(a)
+    cluster.apply(a, 0, quarter)
+    cluster.checkpoint(a, quarter)
+    positions = {p: a.partitions[p].changelog_position for p in range(PARTITIONS)}
+    b = cluster.engine(tmp_path / "b")  # took every partition over while a was frozen
+    cluster.start(b)
+    cluster.apply(b, quarter, 2 * quarter)
+    cluster.checkpoint(b, 2 * quarter)
+    b.close()
+    cluster.apply(a, quarter, quarter + 300)  # a wakes up: the same events, once more
+    ckpt = a.snapshot()
+    runs = {}
+    for p in range(PARTITIONS):
+        first = len(cluster.log[p])
+        cluster.log[p].extend((k, v) for q, k, v in ckpt.changelog if q == p)
+        runs[p] = (first, len(cluster.log[p]))  # a's own run, after b's entries
+    a.persist(ckpt, {p: end for p, (_, end) in runs.items()}, runs)
+    a.persisted(ckpt)
+    assert {p: a.partitions[p].changelog_position for p in range(PARTITIONS)} == positions
+    a.close()  # its commit is refused (the generation moved on); the process goes
+
+    back = cluster.engine(tmp_path / "a")
+    restored = cluster.start(back)
+    assert all(r.low == positions[p] for p, r in restored.items()), restored
+    cluster.apply(back, cluster.committed, len(workload))
+    cluster.checkpoint(back, len(workload))
+    cluster.drain(back)
+    assert cluster.tables() == reference(workload)
+    back.close()
+
+
 def test_events_applied_before_a_kept_partition_joins_a_tail_still_reach_the_changelog(
     tmp_path, workload
 ):
