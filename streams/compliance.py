@@ -129,7 +129,10 @@ class AuditLog(Component):
             by_tenant[tenant].append((event_id, entry))
         self.pending.clear()
         self.in_flight.clear()
-        self.dirty_log.clear()
+        # entries numbered here before a rebalance that kept the partition, not yet in
+        # the changelog: their events come again but are numbered already (apply), so
+        # only these marks still get them there (joins never add any)
+        unlogged, self.dirty_log = self.dirty_log, set()
         for tenant, items in by_tenant.items():
             items.sort(key=lambda item: item[1][SEQ])
             expected, prev, valid = 1, GENESIS_HASH, 0
@@ -150,6 +153,7 @@ class AuditLog(Component):
             else:
                 self.heads.pop(tenant, None)
             self.pending.update((tenant, eid) for eid, e in kept if not e[WRITTEN])
+        self.dirty_log = {key for key in unlogged if key in self.entries}
 
     def stats(self) -> dict[str, int]:
         return {"audit_entries": len(self.entries), "audit_unwritten": len(self.pending)}

@@ -318,34 +318,38 @@ def test_a_frozen_member_writing_after_its_successor_keeps_its_marker_before_the
 def test_events_applied_before_a_kept_partition_joins_a_tail_still_reach_the_changelog(
     tmp_path, workload
 ):
-    """A partition kept across a rebalance joins what another member wrote meanwhile;
-    events this worker applied before (not yet checkpointed: their offsets are read
-    again, and a replay changes nothing) must still reach the changelog."""
+    """A partition kept across a rebalance joins the changelog after its position (here:
+    its own last checkpoint's entries, whose image was not written). Events it applied
+    after that checkpoint's snapshot (their offsets not committed: read again, and a
+    replay changes nothing) must still reach the changelog: states and audit entries."""
     cluster = Cluster(workload)
     quarter = len(workload) // 4
     a = cluster.engine(tmp_path / "a")
     cluster.start(a)
     cluster.apply(a, 0, quarter)
     cluster.checkpoint(a, quarter)
-    cluster.apply(a, quarter, 2 * quarter)  # applied, not checkpointed yet
-    b = cluster.engine(tmp_path / "b")  # held the partitions a while (a was frozen)
-    cluster.start(b)
-    cluster.apply(b, 2 * quarter, 3 * quarter)
-    cluster.checkpoint(b, 3 * quarter)
-    b.close()
-    for p in range(PARTITIONS):  # back to a, still in its memory: kept
+    cluster.apply(a, quarter, 2 * quarter)
+    cluster.checkpoint(a, 2 * quarter, image_fails=True)  # committed, no image
+    cluster.apply(a, 2 * quarter, 3 * quarter)  # the batch after the last snapshot
+    for p in range(PARTITIONS):  # the rebalance keeps every partition here
         result = begin(a, p, cluster.info(p))
         assert result.mode == "kept" and result.low < result.high
         a.join(cluster.log[p][result.low : result.high], p)
         result.entries = result.high - result.low
         finish(a, p, result)
+    cluster.apply(a, cluster.committed, 3 * quarter)  # read again: changes nothing
     cluster.checkpoint(a, 3 * quarter)
     rebuilt = Engine()  # what any other member would restore
     for p in range(PARTITIONS):
         rebuilt.join(cluster.log[p], p)
+    audited = 0
     for p in range(PARTITIONS):
         want = {k: list(v) for k, v in a.partitions[p].email.states.items()}
         assert {k: list(v) for k, v in rebuilt.state(p).email.states.items()} == want, p
+        audit = a.partitions[p].by_tag["\x00audit"].entries  # the compliance chain too
+        assert set(rebuilt.state(p).by_tag["\x00audit"].entries) == set(audit), p
+        audited += len(audit)
+    assert audited > 0
     a.close()
 
 
