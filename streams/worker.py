@@ -272,6 +272,7 @@ class Worker:
     async def hot_loop(self) -> None:
         """Fetch batches from the reader, apply them, checkpoint every interval."""
         interval = self.settings.sluice_flush_interval_s
+        self.gc.prepare()  # start-up's garbage collected before any event is waiting
         while True:
             seam.still_consuming(self.app.consumer)
             messages = await self.fetcher.fetch()

@@ -37,6 +37,23 @@ def test_first_tick_freezes_start_up_and_stops_automatic_full_collections(policy
     assert policy.full_collections == 0
 
 
+def test_prepare_collects_before_events_so_the_first_tick_only_freezes(policy, monkeypatch):
+    collections = []
+    collect = gc.collect
+    monkeypatch.setattr(gc, "collect", lambda *a: collections.append(a) or collect(*a))
+    policy.prepare()
+    assert len(collections) == 1 and gc.get_freeze_count() > 0
+    policy.prepare()  # once
+    assert len(collections) == 1
+    later = [object() for _ in range(3)], {"restored": ["state"]}  # made after prepare()
+    frozen = gc.get_freeze_count()
+    policy.tick()
+    assert policy.started and len(collections) == 1  # no second full collection
+    assert gc.get_freeze_count() > frozen, "what came since is frozen too"
+    assert gc.get_threshold() == (YOUNG, 10, NEVER)
+    del later
+
+
 def test_full_collection_once_per_interval(policy):
     policy.tick()
     policy.clock_.now += 59.0
