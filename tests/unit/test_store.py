@@ -145,6 +145,24 @@ class Cluster:
                 return
         raise AssertionError("never drained")
 
+    def member(self, root: Path, upto: int) -> Engine:
+        """A worker that restores every partition, reads from the last commit up to
+        ``upto`` and checkpoints it."""
+        engine = self.engine(root)
+        self.start(engine)
+        self.apply(engine, self.committed, upto)
+        self.checkpoint(engine, upto)
+        return engine
+
+    def finish(self, engine: Engine) -> None:
+        """Read from the last commit to the end (the replay, then the rest), write it all,
+        and check the OLAP against the workload's reference."""
+        self.apply(engine, self.committed, len(self.events))
+        self.checkpoint(engine, len(self.events))
+        self.drain(engine)
+        assert self.tables() == reference(self.events)
+        engine.close()
+
     def tables(self) -> dict[tuple, tuple]:
         """The OLAP as readers see it (FINAL), without rows that count nothing."""
         return {k: v for k, (_, v) in self.olap.items() if any(x not in (0, None, "") for x in v)}
@@ -235,16 +253,8 @@ def test_an_image_cut_before_a_restore_finished_never_claims_what_it_joined(tmp_
     memory, a whole member's work lost behind it after the kill)."""
     cluster = Cluster(workload)
     quarter = len(workload) // 4
-    a = cluster.engine(tmp_path / "a")
-    cluster.start(a)
-    cluster.apply(a, 0, quarter)
-    cluster.checkpoint(a, quarter)
-    a.close()  # a's store: up to a quarter
-    b = cluster.engine(tmp_path / "b")  # another member takes every partition over
-    cluster.start(b)
-    cluster.apply(b, quarter, 2 * quarter)
-    cluster.checkpoint(b, 2 * quarter)
-    b.close()
+    cluster.member(tmp_path / "a", quarter).close()  # a's store: up to a quarter
+    cluster.member(tmp_path / "b", 2 * quarter).close()  # another member took over
     marker = {p: len(cluster.log[p]) for p in range(PARTITIONS)}
 
     back = cluster.engine(tmp_path / "a")  # the partitions come back to a's old store
@@ -267,11 +277,7 @@ def test_an_image_cut_before_a_restore_finished_never_claims_what_it_joined(tmp_
     again = cluster.engine(tmp_path / "a")
     restored = cluster.start(again)
     assert all(r.low < marker[p] for p, r in restored.items()), restored
-    cluster.apply(again, cluster.committed, len(workload))
-    cluster.checkpoint(again, len(workload))
-    cluster.drain(again)
-    assert cluster.tables() == reference(workload)
-    again.close()
+    cluster.finish(again)
 
 
 def test_a_frozen_member_writing_after_its_successor_keeps_its_marker_before_the_gap(
@@ -283,16 +289,10 @@ def test_a_frozen_member_writing_after_its_successor_keeps_its_marker_before_the
     gap, so the next restore of its store joins them."""
     cluster = Cluster(workload)
     quarter = len(workload) // 4
-    a = cluster.engine(tmp_path / "a")
-    cluster.start(a)
-    cluster.apply(a, 0, quarter)
-    cluster.checkpoint(a, quarter)
+    a = cluster.member(tmp_path / "a", quarter)
     positions = {p: a.partitions[p].changelog_position for p in range(PARTITIONS)}
-    b = cluster.engine(tmp_path / "b")  # took every partition over while a was frozen
-    cluster.start(b)
-    cluster.apply(b, quarter, 2 * quarter)
-    cluster.checkpoint(b, 2 * quarter)
-    b.close()
+    # another member took every partition over while a was frozen
+    cluster.member(tmp_path / "b", 2 * quarter).close()
     cluster.apply(a, quarter, quarter + 300)  # a wakes up: the same events, once more
     ckpt = a.snapshot()
     runs = {}
@@ -308,11 +308,7 @@ def test_a_frozen_member_writing_after_its_successor_keeps_its_marker_before_the
     back = cluster.engine(tmp_path / "a")
     restored = cluster.start(back)
     assert all(r.low == positions[p] for p, r in restored.items()), restored
-    cluster.apply(back, cluster.committed, len(workload))
-    cluster.checkpoint(back, len(workload))
-    cluster.drain(back)
-    assert cluster.tables() == reference(workload)
-    back.close()
+    cluster.finish(back)
 
 
 def test_events_applied_before_a_kept_partition_joins_a_tail_still_reach_the_changelog(
@@ -324,10 +320,7 @@ def test_events_applied_before_a_kept_partition_joins_a_tail_still_reach_the_cha
     replay changes nothing) must still reach the changelog: states and audit entries."""
     cluster = Cluster(workload)
     quarter = len(workload) // 4
-    a = cluster.engine(tmp_path / "a")
-    cluster.start(a)
-    cluster.apply(a, 0, quarter)
-    cluster.checkpoint(a, quarter)
+    a = cluster.member(tmp_path / "a", quarter)
     cluster.apply(a, quarter, 2 * quarter)
     cluster.checkpoint(a, 2 * quarter, image_fails=True)  # committed, no image
     cluster.apply(a, 2 * quarter, 3 * quarter)  # the batch after the last snapshot
