@@ -10,7 +10,8 @@ route + sink preparation; the whole ``process``). No broker, no checkpoints and 
 sending (sinks point at a closed port and the loop never lets their senders run), so
 it is a microbenchmark of the Python work per event, for comparing commits on one
 machine, not a throughput figure of the worker (that is ``python -m bench.run``).
-``--profile FILE`` writes a cProfile of the whole-``process`` pass. ``--checkpoint``
+``--profile FILE`` writes a cProfile of the whole-``process`` pass (and, with
+``--checkpoint``, one per checkpoint step beside it: ``FILE.snapshot`` ...). ``--checkpoint``
 then times a checkpoint's CPU work over that state, step by step: the snapshot (what
 runs under the state lock), the changelog's serialization into librdkafka's queue (a
 producer with no broker: nothing is sent), and the rows written into an embedded chDB
@@ -178,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         profiler.disable()
         profiler.dump_stats(args.profile)
     if args.checkpoint:
-        checkpoint_steps(worker, n)
+        checkpoint_steps(worker, n, args.profile)
     worker.gc.stop()
     for task in asyncio.all_tasks(loop):
         task.cancel()
@@ -186,27 +187,24 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def checkpoint_steps(worker: Any, n: int) -> None:
-    """Time one checkpoint's CPU work over the worker's state (see the module doc)."""
+def checkpoint_steps(worker: Any, n: int, profile: str | None) -> None:
+    """Time one checkpoint's CPU work over the worker's state (see the module doc);
+    ``profile``: each step's cProfile goes to ``<profile>.<step>``."""
 
     def step(name: str, fn: Any) -> Any:
+        profiler = cProfile.Profile() if profile else None
         started, cpu0 = time.perf_counter(), time.process_time()
-        out = fn()
+        out = fn() if profiler is None else profiler.runcall(fn)
         seconds, cpu = time.perf_counter() - started, time.process_time() - cpu0
+        if profiler is not None:
+            profiler.dump_stats(f"{profile}.{name.split()[0]}")
         print(
             f"checkpoint: {name:<22} {seconds:7.3f} s  {seconds / n * 1e6:6.2f} µs/event  "
             f"cpu {cpu:6.3f} s"
         )
         return out
 
-    if os.environ.get("HOTPATH_PROFILE_SNAPSHOT"):
-        import cProfile as _cp
-
-        prof = _cp.Profile()
-        ckpt = step("snapshot", lambda: prof.runcall(worker.engine.snapshot))
-        prof.dump_stats(os.environ["HOTPATH_PROFILE_SNAPSHOT"])
-    else:
-        ckpt = step("snapshot", worker.engine.snapshot)
+    ckpt = step("snapshot", worker.engine.snapshot)
     rows = sum(len(r) for r in ckpt.rows.values())
     print(
         f"checkpoint: {len(ckpt.changelog):,} changelog entries, {rows:,} rows "
@@ -216,18 +214,10 @@ def checkpoint_steps(worker: Any, n: int) -> None:
     worker.olap  # noqa: B018 - the store exists and is migrated before the timing
     from streams.worker import _Warehouse
 
-    write = lambda: _Warehouse(worker).write(ckpt.rows)  # noqa: E731
-    if os.environ.get("HOTPATH_PROFILE_ROWS"):
-        import cProfile as _cp
-
-        prof = _cp.Profile()
-        step("rows into chDB", lambda: prof.runcall(write))
-        prof.dump_stats(os.environ["HOTPATH_PROFILE_ROWS"])
-    else:
-        step("rows into chDB", write)
+    step("rows into chDB", lambda: _Warehouse(worker).write(ckpt.rows))
     if ckpt.cuts:
-        ends = {p: 1 for p in ckpt.cuts}
-        step("local store written", lambda: worker.engine.persist(ckpt, ends))
+        runs = {p: (0, 1) for p in ckpt.cuts}  # nothing was sent: any run will do
+        step("local store written", lambda: worker.engine.persist(ckpt, runs))
 
 
 if __name__ == "__main__":

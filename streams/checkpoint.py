@@ -95,9 +95,6 @@ class Changelog(Protocol):
 
     def flush(self) -> None: ...
 
-    def ends(self) -> Mapping[int, int]:
-        """Per partition, the offset after the last entry written and acknowledged."""
-
     def runs(self) -> Mapping[int, tuple[int, int]]:
         """Per partition, the last run of consecutive offsets written and acknowledged."""
 
@@ -311,10 +308,7 @@ class Checkpointer:
     async def _store(self, ckpt: Checkpoint) -> None:
         """Step 6: the local stores' images (a failure only logs: see the module doc)."""
         try:
-            changelog = self.ports.changelog
-            await self.run_blocking(
-                self.engine.persist, ckpt, dict(changelog.ends()), dict(changelog.runs())
-            )
+            await self.run_blocking(self.engine.persist, ckpt, dict(self.ports.changelog.runs()))
         except Exception as exc:
             log.warning("local state store not written (%s); the next checkpoint retries", exc)
             async with self.state_lock:

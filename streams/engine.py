@@ -425,7 +425,6 @@ class Engine:
             imaged = ps.db is not None and not ps.db.direct
             logged = ps.logged if imaged else ()
             image_log: list[tuple[str, list | None]] = []  # the logged entries, for the image
-            entries_before = len(ckpt.changelog)
             for tag, t in taken.items():
                 keep = tag in logged
                 for key, value in t.changelog:
@@ -461,34 +460,24 @@ class Engine:
                 # finishes before the image is written must not lend it its offset
                 cut.base = ps.changelog_position
                 cut.settled = not ps.joining
-                cut.wrote = len(ckpt.changelog) > entries_before and cut.settled
         return ckpt
 
     # -- the local store ----------------------------------------------------------------
-    def persist(
-        self,
-        ckpt: Checkpoint,
-        ends: Mapping[int, int],
-        runs: Mapping[int, tuple[int, int]] | None = None,
-    ) -> None:
+    def persist(self, ckpt: Checkpoint, runs: Mapping[int, tuple[int, int]]) -> None:
         """Write each partition's cut and marker (blocking: run in a thread), once the
-        checkpoint's changelog is flushed and its OLAP rows are written. ``ends``: per
-        changelog partition, the offset after the last entry this worker wrote and had
-        acknowledged. Then :meth:`persisted` (or, if this raised, :meth:`unpersisted`).
+        checkpoint's changelog is flushed and its OLAP rows are written. ``runs``: per
+        changelog partition, the last run of consecutive offsets ``(first, end)`` this
+        worker wrote and had acknowledged (:meth:`streams.fetch.ChangelogWriter.runs`).
+        Then :meth:`persisted` (or, if this raised, :meth:`unpersisted`).
 
         The marker is what the cut holds, as of the snapshot: the partition's changelog
         position then (not now: a restore joining entries meanwhile put them in memory,
         not in this cut — a kill -9 after this image would lose them behind a marker
-        past them), or the end of the snapshot's own entries of the partition (``ends``
-        counts only when the snapshot wrote some: the writer's end may be of entries this
-        worker wrote in an earlier assignment of the partition, which a restore in
-        progress may not have joined again yet). ``runs``: per partition, the last run of
-        consecutive offsets this worker wrote (:meth:`streams.fetch.ChangelogWriter.runs`):
-        the marker follows it only when it starts at or before the position — a gap
-        before it holds another writer's entries (a member that took the partition over
-        while this one was frozen past its session), which this state has not joined: the
-        marker stays at the position then, and the next restore joins them. None: not
-        known (tools and tests), the snapshot's own entries count up to ``ends``."""
+        past them), or the end of this worker's run of entries when the partition was
+        not joining at the snapshot and the run starts at or before that position. A gap
+        before the run holds another writer's entries (a member that took the partition
+        over while this one was frozen past its session), which this state has not
+        joined: the marker stays at the position then, and the next restore joins them."""
         assert self.store is not None and self.store.identity is not None
         for partition, cut in ckpt.cuts.items():
             with self._io:
@@ -496,11 +485,8 @@ class Engine:
                 db = ps.db if ps is not None else None
                 if ps is None or db is None or db is not cut.db or db.db is None:
                     continue  # moved away meanwhile: its next open checks the old image
-                if runs is None:
-                    own = ends.get(partition, 0) if cut.wrote else 0
-                else:
-                    run = runs.get(partition)
-                    own = run[1] if cut.settled and run and run[0] <= cut.base else 0
+                run = runs.get(partition)
+                own = run[1] if cut.settled and run and run[0] <= cut.base else 0
                 offset = max(cut.base, own)
                 db.write(cut, self.store.identity, offset)
 
@@ -878,7 +864,7 @@ def changelog_key(*parts: object, tag: str = "") -> str:
     for part in items:
         kind = type(part)
         if kind is str:
-            out.append(_dumps(part).decode())
+            out.append(orjson.dumps(part).decode())
         elif kind is int:
             out.append(str(part))
         elif part is None:
@@ -886,6 +872,3 @@ def changelog_key(*parts: object, tag: str = "") -> str:
         else:  # floats, bools, dates, lists...: the stdlib's own text
             return json.dumps(list(items), ensure_ascii=False)
     return "[" + ", ".join(out) + "]"
-
-
-_dumps = orjson.dumps

@@ -182,7 +182,6 @@ class ChangelogWriter(AckedProducer):
             {"batch.size": 1_000_000, "queue.buffering.max.messages": 1_000_000},
         )
         self.topic = topic
-        self._ends: dict[int, int] = {}
         self._runs: dict[int, tuple[int, int]] = {}  # see runs()
 
     def _delivered(self, err: Any, msg: Any) -> None:
@@ -192,8 +191,6 @@ class ChangelogWriter(AckedProducer):
         partition, offset = msg.partition(), msg.offset()
         if offset is None or offset < 0:
             return
-        if offset + 1 > self._ends.get(partition, 0):
-            self._ends[partition] = offset + 1
         run = self._runs.get(partition)
         if run is None or offset > run[1]:  # the first, or another writer's came between
             self._runs[partition] = (offset, offset + 1)
@@ -201,8 +198,9 @@ class ChangelogWriter(AckedProducer):
             self._runs[partition] = (run[0], offset + 1)
 
     def ends(self) -> dict[int, int]:
-        """Per partition, the offset after the last entry acknowledged so far."""
-        return dict(self._ends)
+        """Per partition, the offset after the last entry acknowledged so far (a run
+        always ends at the latest one)."""
+        return {partition: end for partition, (_, end) in self._runs.items()}
 
     def runs(self) -> dict[int, tuple[int, int]]:
         """Per partition, the last run of consecutive offsets this writer had acknowledged,

@@ -100,16 +100,11 @@ class GcPolicy:
 
     def _start(self, now: float) -> None:
         self._defaults = gc.get_threshold()
-        if not self.prepared:
-            gc.collect()  # what start-up left behind, before freezing the rest
-        gc.freeze()
+        self.prepare()  # unless the reader's start did: the count walks every frozen object
+        gc.freeze()  # what came since (a restore's state)
         gc.set_threshold(YOUNG, MIDDLE, NEVER)
         self.started = True
         self._last_full = now
-        if not self.prepared:
-            self.frozen = gc.get_freeze_count()
-        # the count walks every frozen object (measured 0.4 s at a first batch after a
-        # restore): the one prepare() took, not a new one
         log.info(
             "gc: %d start-up objects frozen; full collections every %.0f s",
             self.frozen,
@@ -132,7 +127,7 @@ class GcPolicy:
         """Back to Python's defaults: thresholds restored, frozen objects unfrozen."""
         if self.started and self._defaults is not None:
             gc.set_threshold(*self._defaults)
-        if self.started or self.prepared:
+        if self.prepared:  # _start() prepares too
             gc.unfreeze()
         self.started = False
         self.prepared = False

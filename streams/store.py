@@ -162,12 +162,10 @@ class StoreCut:
     rewrite: bool = False
     db: PartitionDB | None = None  # the database it was cut from
     marker: Marker | None = None  # filled in by PartitionDB.write
-    # at the snapshot: every changelog entry before ``base`` was in the state, and
-    # whether the snapshot's own changelog entries include some of this partition (the
-    # marker covers those, once acknowledged: streams.engine.Engine.persist)
+    # at the snapshot: every changelog entry before ``base`` was in the state; settled:
+    # the partition was not joining the changelog (streams.engine.Engine.persist)
     base: int = 0
-    wrote: bool = False
-    settled: bool = False  # not joining the changelog at the snapshot
+    settled: bool = False
 
 
 def _options() -> Options:

@@ -19,7 +19,7 @@ class Acked:
 
 def _writer() -> ChangelogWriter:
     writer = ChangelogWriter.__new__(ChangelogWriter)  # no producer: only the callbacks
-    writer._errors, writer._ends, writer._runs = [], {}, {}
+    writer._errors, writer._runs = [], {}
     return writer
 
 

@@ -380,9 +380,9 @@ def test_the_store_image_follows_the_olap_rows_and_precedes_the_commit(tmp_path,
     order = rig.world.calls
     persist = rig.engine.persist
 
-    def recorded(ckpt: Any, ends: Any, runs: Any = None) -> None:
+    def recorded(ckpt: Any, runs: Any) -> None:
         order.append("image")
-        persist(ckpt, ends, runs)
+        persist(ckpt, runs)
 
     monkeypatch.setattr(rig.engine, "persist", recorded)
     rig.apply(sent(1), sent(2))

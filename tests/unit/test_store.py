@@ -126,7 +126,8 @@ class Cluster:
             try:
                 if image_fails:
                     raise OSError("No space left on device")
-                engine.persist(ckpt, {p: len(entries) for p, entries in self.log.items()})
+                # this fake's workers write one after the other: every entry is one run
+                engine.persist(ckpt, {p: (0, len(entries)) for p, entries in self.log.items()})
             except OSError:
                 engine.unpersisted(ckpt)  # what the checkpoint does (and it commits)
             else:
@@ -270,7 +271,7 @@ def test_an_image_cut_before_a_restore_finished_never_claims_what_it_joined(tmp_
         finish(back, p, result)
     assert joined > 0, "b's work is in the tails"
     # the checkpoint goes on: its image is written once the restores are done
-    back.persist(ckpt, {p: len(entries) for p, entries in cluster.log.items()})
+    back.persist(ckpt, {p: (0, len(entries)) for p, entries in cluster.log.items()})
     back.persisted(ckpt)
     back.close()  # kill -9: the joined entries were only in memory
 
@@ -300,7 +301,7 @@ def test_a_frozen_member_writing_after_its_successor_keeps_its_marker_before_the
         first = len(cluster.log[p])
         cluster.log[p].extend((k, v) for q, k, v in ckpt.changelog if q == p)
         runs[p] = (first, len(cluster.log[p]))  # a's own run, after b's entries
-    a.persist(ckpt, {p: end for p, (_, end) in runs.items()}, runs)
+    a.persist(ckpt, runs)
     a.persisted(ckpt)
     assert {p: a.partitions[p].changelog_position for p in range(PARTITIONS)} == positions
     a.close()  # its commit is refused (the generation moved on); the process goes
