@@ -6,7 +6,8 @@
 1. Python, confluent-kafka and Sluice's codec (what the ``limit`` contender loads);
 2. the worker's modules (Faust, aiokafka, aiohttp, rocksdict, the OTel SDK, the sinks);
 3. pandas, which clickhouse-connect imports at the first insert whenever it is installed
-   (the worker imports it when the store opens, ``sluice.olap.client``);
+   (a worker on the embedded store imports it when the store opens; one writing to a
+   server does not load it at all: ``sluice.olap.client.without_dataframes``);
 4. an embedded chDB store opened and asked one query (``CLICKHOUSE_URL=chdb://``).
 
 The differences are the fixed costs of each layer; what grows with the work is measured

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import sys
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -126,21 +127,50 @@ def connect(
             if secret:
                 detail = detail.replace(secret, "***")
         raise OlapError(f"cannot open ClickHouse at {redact_url(url)}: {detail}") from None
-    _import_insert_dependencies()
+    if path is not None:
+        _import_insert_dependencies()
+    else:
+        without_dataframes()
     return OlapClient(client, url, cluster)
 
 
 def _import_insert_dependencies() -> None:
-    """Import pandas now, if installed, rather than at the first insert.
+    """Import pandas now, if installed, rather than at the first insert (embedded store).
 
     clickhouse-connect imports pandas lazily inside its first ``insert()`` (to check
     whether the rows are a DataFrame). That import holds the GIL for ~0.7 s, which in the
     worker lands in its first checkpoint while events are flowing: 7 % of the worker's
     samples in a 200,000-event bench run (py-spy, 2026-12-02). At start-up it costs the
-    same once, before any event is taken.
+    same once, before any event is taken. chDB needs pandas and pyarrow itself.
     """
     with contextlib.suppress(ImportError):
         import pandas  # noqa: F401
+
+
+def without_dataframes() -> bool:
+    """Keep clickhouse-connect from importing pandas and numpy for a server client.
+
+    Sluice inserts plain lists, never DataFrames or arrays, but clickhouse-connect's
+    insert asks ``options.pd`` / ``options.np`` whether the rows are one, and that first
+    question imports pandas and numpy (73 MiB of the worker's RSS, ``python -m
+    bench.footprint``) wherever they are installed — in the image they are, for chDB.
+
+    XXX A debt: ``clickhouse_connect.driver.options`` resolves ``pd`` and ``np`` lazily
+    through a module ``__getattr__`` and caches them as module globals (tested with
+    clickhouse-connect 1.12); setting them to None first answers "not installed". Only
+    done while neither was resolved yet (nothing else in the process asked), so a process
+    that uses pandas keeps it; ``tests/contract/test_olap_client.py`` checks the
+    mechanism is still there. Returns True when it took effect.
+    """
+    from clickhouse_connect.driver import options
+
+    names = vars(options)
+    if "pd" in names or "np" in names or "pandas" in sys.modules or "numpy" in sys.modules:
+        return False
+    options.pd = None  # type: ignore[attr-defined]
+    options.pd_time_test = None  # type: ignore[attr-defined]
+    options.np = None  # type: ignore[attr-defined]
+    return True
 
 
 class OlapClient:
