@@ -54,8 +54,13 @@ def deployment(ctx: RunContext, label: str = "sluice", **kwargs: Any) -> BenchDe
     )
 
 
-def watch_worker(dep: Deployment, total: int, timeout: float = 900) -> tuple[float, float]:
-    """Poll the worker's status: (first event consumed, all consumed and checkpointed)."""
+def watch_worker(
+    dep: Deployment, total: int, timeout: float = 900, peaks: dict[str, int] | None = None
+) -> tuple[float, float]:
+    """Poll the worker's status: (first event consumed, all consumed and checkpointed).
+
+    ``peaks``, if given, gets the most events seen unflushed (consumed, not checkpointed)
+    and, per sink, the most it held buffered: where the worker's memory can go."""
     url = f"http://127.0.0.1:{dep.web_port}/sluice/status/"
     first: float | None = None
     deadline = time.monotonic() + timeout
@@ -69,6 +74,12 @@ def watch_worker(dep: Deployment, total: int, timeout: float = 900) -> tuple[flo
             time.sleep(0.2)  # not listening yet
             continue
         now = time.monotonic()
+        if peaks is not None:
+            seen = {"unflushed": status["unflushed_events"]} | {
+                f"buffered.{sink}": n for sink, n in status["sinks"]["buffered"].items()
+            }
+            for name, n in seen.items():
+                peaks[name] = max(peaks.get(name, 0), n)
         if first is None and status["events"] > 0:
             first = now
         if status["events"] >= total and status["unflushed_events"] == 0:
@@ -167,7 +178,9 @@ def run(
             assert dep.worker is not None
             watcher = RssWatcher(dep.worker.pid).start()
             try:
-                first, consumed_at = watch_worker(dep, len(events), timeout=ctx.timeout)
+                peaks: dict[str, int] = {}
+                first, consumed_at = watch_worker(dep, len(events), ctx.timeout, peaks)
+                detail["peak_held_events"] = peaks
                 peak = watcher.stop()
                 dep.wait_drained(timeout=ctx.timeout)
                 detail["flush_seconds"] = scrape_flush_times(dep)

@@ -12,6 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import posthog.request
 import pytest
 
+from sinks.base import Envelope
 from sinks.pii import Pseudonymizer
 from sinks.posthog import POSTHOG_PROPERTIES, PostHogSink, to_posthog
 
@@ -66,7 +67,8 @@ def test_the_sink_posts_what_the_sdk_posts(receiver):
     item = to_posthog(EVENT, POSTHOG_PROPERTIES["email_opened"], Pseudonymizer(b"k" * 32))
     posthog.request.batch_post("phc_test", host=url, gzip=True, batch=[item])
     sink = PostHogSink("phc_test", url, pseudonymizer=Pseudonymizer(b"k" * 32), gzip=True)
-    sink._post([item])  # noqa: SLF001 - one request, as flush sends it
+    prepared = sink.prepare(Envelope(EVENT, "events.email", 0, 0))  # what the sink buffers
+    sink._post([prepared])  # noqa: SLF001 - one request, as flush sends it
     sdk, ours = got
     assert ours["path"] == sdk["path"] == "/batch/"
     assert ours["content_type"] == sdk["content_type"] == "application/json"

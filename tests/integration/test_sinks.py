@@ -140,7 +140,7 @@ def test_posthog_400_rejects_exactly_the_bad_events():
         rx.poison = bad
         rejected = asyncio.run(run_sink(posthog_sink(rx), records))
         got = rx.posthog_uuids()
-    assert {r.envelope.record["event_id"] for r in rejected} == bad
+    assert {records[r.envelope.offset]["event_id"] for r in rejected} == bad
     assert {r.sink for r in rejected} == {"posthog"} and {r.reason for r in rejected} == {
         "http_400"
     }
@@ -314,7 +314,7 @@ def test_hec_collector_gets_ecs_records_through_faults():
         )
         rejected = asyncio.run(run_sink(sink, records))
         ids, hec = rx.hec_ids(), list(rx.hec)
-    assert {r.envelope.record["event_id"] for r in rejected} == bad
+    assert {records[r.envelope.offset]["event_id"] for r in rejected} == bad
     assert set(ids) == {r["event_id"] for r in records} - bad
     doc = next(r["event"] for r in hec if r["event"]["event"]["action"] == "security_login_failed")
     assert doc["event"]["outcome"] == "failure" and doc["event"]["category"] == ["authentication"]

@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import json
 import math
 from pathlib import Path
 
+import orjson
 import pytest
 
 import sinks.posthog as posthog_sink
 from sinks.pii import Pseudonymizer
-from sinks.posthog import PostHogSink, encode_batch, ingestion_url, to_posthog
+from sinks.posthog import PostHogSink, encode_batch, encode_message, ingestion_url, to_posthog
 from sluice import __version__
 
 US, EU = "https://us.i.posthog.com/batch/", "https://eu.i.posthog.com/batch/"
@@ -90,9 +92,13 @@ def test_lib_version_is_sluices_and_the_body_is_plain_json():
     message = to_posthog(event, {}, Pseudonymizer(b"k"))
     assert message["properties"]["$lib"] == "sluice"
     assert message["properties"]["$lib_version"] == __version__
-    assert (
-        encode_batch({"batch": [{"x": math.nan, "y": math.inf}]})
-        == b'{"batch":[{"x":null,"y":null}]}'
-    )
+    assert encode_message({"x": math.nan, "y": math.inf}) == b'{"x":null,"y":null}'
     # orjson refuses ints past 64 bits; the fallback still writes JSON, NaN as null
-    assert encode_batch({"n": 2**70, "x": math.nan}) == b'{"n": 1180591620717411303424, "x": null}'
+    big = encode_message({"n": 2**70, "x": math.nan})
+    assert big == b'{"n": 1180591620717411303424, "x": null}'
+    body = encode_batch([encode_message(message), b'{"x":1}'], "phc_k", "2026-12-02T00:00:00")
+    assert json.loads(body) == {
+        "batch": [json.loads(orjson.dumps(message)), {"x": 1}],
+        "sent_at": "2026-12-02T00:00:00",
+        "api_key": "phc_k",
+    }

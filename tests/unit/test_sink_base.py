@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from sinks.base import (
+    RELEASED,
     BatchingSink,
     BatchLimits,
     Envelope,
@@ -170,6 +171,26 @@ def test_a_permanent_refusal_is_bisected_down_to_the_bad_events():
     assert sorted(r.envelope.offset for r in rejected) == [7, 33]
     assert {r.sink for r in rejected} == {"scripted"} and rejected[0].reason == "http_400"
     assert sorted(sink.received) == [i for i in range(64) if i not in (7, 33)]
+
+
+def test_a_sink_holds_what_it_prepared_not_the_decoded_records():
+    async def main() -> tuple[Scripted, list]:
+        sink = Scripted(poison={3}, max_events=64)
+        batch = [e._replace(key=b"k", value=b"raw-%d" % e.offset) for e in envs(8)]
+        sink.write(batch)
+        # what the buffer pins: its open batch and its sealed ones
+        held = [env for env, _ in sink._open]  # noqa: SLF001
+        held += [env for b in sink._queue for env, _ in b.entries]  # noqa: SLF001
+        assert len(held) == 8 and {env.record is RELEASED for env in held} == {True}
+        return sink, await sink.flush()
+
+    sink, rejected = asyncio.run(main())
+    # a dead letter needs only the position and the raw bytes, which stay
+    assert [(r.envelope.offset, r.envelope.key, r.envelope.value) for r in rejected] == [
+        (3, b"k", b"raw-3")
+    ]
+    assert rejected[0].envelope.record is RELEASED
+    assert sorted(sink.received) == [0, 1, 2, 4, 5, 6, 7]
 
 
 def test_full_batches_are_sent_in_the_background_before_flush():
