@@ -181,9 +181,13 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     """``sluice worker``: check the seam, open the OLAP store, run until SIGTERM."""
     import faust
 
+    from sluice.malloc import limit_arenas
+
+    arenas = limit_arenas(settings.sluice_malloc_arenas)  # before any thread is started
     seam.check()
     ensure_changelog(settings)
     worker = create_worker(settings)
+    worker.started_with.append(arenas)
     worker.olap  # open and migrate the OLAP store before taking any event  # noqa: B018
     worker.load_registry()  # the erased leads, before any state is restored
     faust.Worker(worker.app, loglevel=loglevel, quiet=True).execute_from_commandline()

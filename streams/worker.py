@@ -118,6 +118,7 @@ class Worker:
 
     def __init__(self, settings: Settings, olap: OlapClient | None = None) -> None:
         self.settings = settings
+        self.started_with: list[str] = []  # facts of the start, logged once logging is set up
         self.catalog = Catalog.from_settings(settings)
         # the erased leads: read whole before any state is restored (load_registry)
         self.registry = Registry()
@@ -272,6 +273,8 @@ class Worker:
     async def hot_loop(self) -> None:
         """Fetch batches from the reader, apply them, checkpoint every interval."""
         interval = self.settings.sluice_flush_interval_s
+        for fact in self.started_with:
+            log.info("%s", fact)
         self.gc.prepare()  # start-up's garbage collected before any event is waiting
         while True:
             seam.still_consuming(self.app.consumer)
