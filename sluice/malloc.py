@@ -4,10 +4,11 @@ glibc gives a thread that finds the arenas busy an arena of its own, up to 8 per
 and memory freed in one arena is reused only by the threads on it. The worker allocates
 from many threads: the event loop, librdkafka's (a main thread and one per broker for
 each of the reader, the changelog producer and the forwarder), the reader's fetch thread,
-the sinks' request threads and the OpenTelemetry exporter. Measured with
-``python -m bench.run --only peer --http-store`` on 2 cores (bench/README.md), the
-every-route worker's peak RSS is ~100 MiB lower with two arenas than with glibc's
-default, at the same throughput.
+the sinks' request threads and the OpenTelemetry exporter. In the benchmark
+(bench/README.md, 2 cores) the every-route worker's peak RSS was lower with two arenas on
+average, at the same throughput: 200,000 events 367–460 MiB (five runs) against 408–464
+(three), 600,000 events 729–955 MiB (three) against 1,020 (one). The runs spread widely,
+so that is a direction, not a measured size.
 
 So the worker caps them (:func:`limit_arenas`, ``SLUICE_MALLOC_ARENAS``) before it starts
 a thread: ``mallopt(M_ARENA_MAX, n)`` through :mod:`ctypes`, as the ``MALLOC_ARENA_MAX``
@@ -21,10 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import logging
 import os
-
-log = logging.getLogger("sluice.malloc")
 
 M_ARENA_MAX = -8  # glibc's malloc.h
 ENV = "MALLOC_ARENA_MAX"
@@ -37,7 +35,7 @@ def limit_arenas(arenas: int) -> str:
     if arenas <= 0:
         return "malloc arenas: glibc's default (SLUICE_MALLOC_ARENAS=0)"
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return "malloc arenas: not glibc, left alone"

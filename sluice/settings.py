@@ -210,7 +210,7 @@ class Settings(BaseSettings):
         ge=1_000,
         description="Most events one sink may hold in sealed batches (queued or in flight) "
         "before the worker stops reading until the sink's background sends catch up: a slow "
-        "destination costs throughput, not the worker's memory (~3 KB an event held). Keep it "
+        "destination costs throughput, not the worker's memory (~0.6 KB an event held). Keep it "
         "above what a sink takes in during one checkpoint's flush (rate × flush seconds): "
         "below, every checkpoint stalls the reader.",
     )
@@ -280,9 +280,9 @@ class Settings(BaseSettings):
         le=256,
         description="With glibc: the most malloc arenas the worker's threads share "
         "(mallopt M_ARENA_MAX, exported as MALLOC_ARENA_MAX to the processes it starts). "
-        "glibc's default, up to 8 per core, left the worker's peak memory ~100 MiB higher in "
-        "the benchmark for the same throughput. 0: glibc's default. A MALLOC_ARENA_MAX set "
-        "in the environment wins.",
+        "With glibc's default, up to 8 per core, the worker's peak memory was higher in the "
+        "benchmark (bench/README.md). 0: glibc's default. A MALLOC_ARENA_MAX set in the "
+        "environment wins.",
     )
     kafka_timeout_s: float = Field(
         15.0,
