@@ -59,6 +59,7 @@ from rocksdict import (
     Options,
     Rdict,
     WriteBatch,
+    WriteBufferManager,
     WriteOptions,
 )
 
@@ -168,7 +169,16 @@ class StoreCut:
     settled: bool = False
 
 
+#: Memtable memory of every partition store of a process together: what one store could
+#: hold on its own before (two 32 MiB memtables). Without a shared bound a worker held up
+#: to 64 MiB per partition it owns: the stores are written once per checkpoint, and state
+#: of a few hundred thousand emails never filled a memtable, so it stayed in memory.
+MEMTABLE_BUDGET = 64 * 1024 * 1024
+_write_buffers: WriteBufferManager | None = None
+
+
 def _options() -> Options:
+    global _write_buffers
     options = Options(raw_mode=True)
     options.create_if_missing(True)
     options.set_compression_type(DBCompressionType.lz4())
@@ -176,6 +186,9 @@ def _options() -> Options:
     # one checkpoint's changes; lookups go through the block cache and bloom filters)
     options.set_write_buffer_size(32 * 1024 * 1024)
     options.set_max_write_buffer_number(2)
+    if _write_buffers is None:  # one per process, shared by all its stores; never stalls
+        _write_buffers = WriteBufferManager(MEMTABLE_BUDGET, False)
+    options.set_write_buffer_manager(_write_buffers)
     table = BlockBasedOptions()
     table.set_bloom_filter(10, False)  # a miss (a new email) must not read a block
     options.set_block_based_table_factory(table)

@@ -805,3 +805,33 @@ def _states(engine: Engine) -> dict:
         out[(p, "rows")] = {t: dict(m.items()) for t, m in ps.email.rows.items()}
         out[(p, "positions")] = dict(ps.positions)
     return out
+
+
+def test_the_stores_of_a_process_share_one_memtable_budget(tmp_path):
+    """Each store alone may hold two 32 MiB memtables; together they stay within
+    MEMTABLE_BUDGET (without the shared manager, four stores written 20 MiB each held
+    80 MiB of memtables: written once per checkpoint, they never filled one)."""
+    from rocksdict import AccessType, Rdict, WriteBatch, WriteOptions
+
+    from streams import store
+
+    dbs = [
+        Rdict(
+            str(tmp_path / f"p{i}"), options=store._options(), access_type=AccessType.read_write()
+        )
+        for i in range(4)
+    ]
+    value = b"v" * 300
+    try:
+        for db in dbs:
+            for start in range(0, 64_000, 4_000):
+                batch = WriteBatch(raw_mode=True)
+                for k in range(start, start + 4_000):
+                    batch.put(b"k%08d" % k, value)
+                db.write(batch, WriteOptions())
+        held = [db.property_int_value("rocksdb.cur-size-all-mem-tables") for db in dbs]
+        assert sum(held) <= store.MEMTABLE_BUDGET, [h >> 20 for h in held]
+        assert all(db[b"k%08d" % 63_999] == value for db in dbs)  # flushed, not lost
+    finally:
+        for db in dbs:
+            db.close()
