@@ -174,11 +174,10 @@ class StoreCut:
 #: to 64 MiB per partition it owns: the stores are written once per checkpoint, and state
 #: of a few hundred thousand emails never filled a memtable, so it stayed in memory.
 MEMTABLE_BUDGET = 64 * 1024 * 1024
-_write_buffers: WriteBufferManager | None = None
+_WRITE_BUFFERS = WriteBufferManager(MEMTABLE_BUDGET, False)  # False: never stalls a writer
 
 
 def _options() -> Options:
-    global _write_buffers
     options = Options(raw_mode=True)
     options.create_if_missing(True)
     options.set_compression_type(DBCompressionType.lz4())
@@ -186,9 +185,7 @@ def _options() -> Options:
     # one checkpoint's changes; lookups go through the block cache and bloom filters)
     options.set_write_buffer_size(32 * 1024 * 1024)
     options.set_max_write_buffer_number(2)
-    if _write_buffers is None:  # one per process, shared by all its stores; never stalls
-        _write_buffers = WriteBufferManager(MEMTABLE_BUDGET, False)
-    options.set_write_buffer_manager(_write_buffers)
+    options.set_write_buffer_manager(_WRITE_BUFFERS)  # one per process, for all its stores
     table = BlockBasedOptions()
     table.set_bloom_filter(10, False)  # a miss (a new email) must not read a block
     options.set_block_based_table_factory(table)
