@@ -97,8 +97,9 @@ def test_allowed_reads_return_what_the_original_sql_returns(store: SimpleNamespa
         "ORDER BY day, campaign_id LIMIT 1 BY day",
         f"SELECT day, sent, row_number() OVER (PARTITION BY day ORDER BY sent DESC) AS rn "
         f"FROM campaign_analytics_v WHERE {where} ORDER BY day, rn LIMIT 10",
-        f"SELECT day FROM mailbox_analytics_v WHERE {where} UNION ALL SELECT day FROM "
-        f"campaign_analytics_v WHERE {where} AND sent < 3 ORDER BY day",
+        # ORDER BY after a UNION ALL binds to its last SELECT only: order the union outside
+        f"SELECT day FROM (SELECT day FROM mailbox_analytics_v WHERE {where} UNION ALL "
+        f"SELECT day FROM campaign_analytics_v WHERE {where} AND sent < 3) ORDER BY day",
         f"SELECT concat(company_id, '/', campaign_id), toStartOfMonth(day), "
         f"if(sent > 500, 'big', 'small'), 'it''s', 'back\\\\slash' FROM campaign_analytics_v "
         f"WHERE {where} ORDER BY campaign_id LIMIT 3",
