@@ -71,8 +71,6 @@ from streams.state import (
 )
 
 DAY_MS = 86_400_000
-# rows a checkpoint rewrites per component after a restore (the rest in the next ones)
-REWRITE_BATCH = 100_000
 
 # --------------------------------------------------------------------------------------
 # Email attribution state
@@ -979,8 +977,8 @@ class AttributionRollups(Component):
         if self._incremental:
             self._incremental = False  # the rows the restores changed are marked already
             return
-        # Every row is rewritten (the OLAP may lag the changelog), REWRITE_BATCH per
-        # checkpoint: a state far beyond memory is never all in one checkpoint.
+        # Every row is rewritten (the OLAP may lag the changelog), a batch per checkpoint
+        # (Engine.snapshot: mark_rewrites): a state far beyond memory is never all in one.
         self._rewrite = self._all_row_keys()
 
     def rewrite_pending(self) -> bool:
@@ -1061,15 +1059,18 @@ class AttributionRollups(Component):
         width = rollup.width
         return rollup.values(row[:width], row[width:] if rollup.tallies else None)
 
-    def _take_rewrites(self) -> None:
-        """Mark the next rows of a rewrite after a restore dirty (see :meth:`restored`)."""
-        if self._rewrite is None:
-            return
+    def mark_rewrites(self, limit: int) -> int:
+        """Mark the next ``limit`` rows of a rewrite after a restore dirty (see
+        :meth:`restored`); return how many."""
+        if self._rewrite is None or limit <= 0:
+            return 0
+        n = 0
         for n, (table, key) in enumerate(self._rewrite, 1):
             self.dirty.add(table, key)
-            if n >= REWRITE_BATCH:
-                return  # the rest at the next checkpoints
+            if n >= limit:
+                return n  # the rest at the next checkpoints
         self._rewrite = None
+        return n
 
     def take_dirty_rows(self) -> dict[str, list[tuple[RowKey, tuple]]]:
         """Snapshot and clear the dirty rows: table -> [(key, value columns)].
@@ -1085,7 +1086,6 @@ class AttributionRollups(Component):
         return out
 
     def take(self) -> Taken:
-        self._take_rewrites()
         states = sorted(self.dirty_states)
         self.dirty_states.clear()
         return Taken(

@@ -187,6 +187,11 @@ class Component(ABC):
         per checkpoint (a restart meanwhile must rewrite them all again)."""
         return False
 
+    def mark_rewrites(self, limit: int) -> int:
+        """Mark up to ``limit`` more rows of the rewrite :meth:`rewrite_pending` reports
+        dirty (the snapshot takes them); return how many."""
+        return 0
+
     def erase(self, tenant: str, refs: Set[str]) -> None:  # noqa: B027
         """``tenant``'s leads whose :func:`sluice.privacy.lead_ref` is in ``refs`` are
         erased: forget whatever identifies them (a component without lead data: nothing)."""

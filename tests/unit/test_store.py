@@ -649,7 +649,7 @@ def test_a_rebuild_interrupted_before_its_first_image_is_rebuilt_again(tmp_path,
 def test_rows_still_to_rewrite_after_a_rebuild_are_rewritten_after_a_restart(
     tmp_path, workload, monkeypatch
 ):
-    monkeypatch.setattr("streams.rollups.REWRITE_BATCH", 50)
+    monkeypatch.setattr("streams.engine.REWRITE_ROWS", 50)
     cluster = Cluster(workload)
     engine = cluster.engine(tmp_path / "old")
     cluster.start(engine)
