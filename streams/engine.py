@@ -326,6 +326,8 @@ class Engine:
         self.forwards: list[Forward] = []
         # partitions being restored now (streams.restore.Restorer): no rewrites meanwhile
         self.restoring: set[int] = set()
+        # per partition, the rows of its rewrite marked so far (for the log line)
+        self.rewritten: dict[int, int] = {}
 
     def _new_state(self, partition: int, db: PartitionDB | None) -> PartitionState:
         components = self.factory() if db is None else self.factory(new_map=db.map)
@@ -478,18 +480,28 @@ class Engine:
         return ckpt
 
     def _mark_rewrites(self, budget: int) -> None:
-        """Mark up to ``budget`` rows of the pending rewrites dirty, partition by partition."""
+        """Mark up to ``budget`` rows of the pending rewrites dirty, partition by partition
+        (logged when a partition's last rows are marked)."""
         for partition, ps in self.partitions.items():
-            for component in ps.components:
-                if budget <= 0:
-                    return
-                if component.rewrite_pending():
-                    budget -= component.mark_rewrites(budget)
-                    if not component.rewrite_pending():
-                        log.info(
-                            "partition %d: the last rows of its rewrite are in this checkpoint",
-                            partition,
-                        )
+            pending = [c for c in ps.components if c.rewrite_pending()]
+            if not pending:
+                continue
+            if budget <= 0:
+                return
+            marked = 0
+            for component in pending:
+                marked += component.mark_rewrites(budget - marked)
+            budget -= marked
+            self.rewritten[partition] = self.rewritten.get(partition, 0) + marked
+            if not any(c.rewrite_pending() for c in pending):
+                rows = self.rewritten.pop(partition)
+                if rows:
+                    log.info(
+                        "partition %d: its rewrite's last rows (%d in all) go out with "
+                        "this checkpoint",
+                        partition,
+                        rows,
+                    )
 
     # -- the local store ----------------------------------------------------------------
     def persist(self, ckpt: Checkpoint, runs: Mapping[int, tuple[int, int]]) -> None:
@@ -751,6 +763,7 @@ class Engine:
         and in their local store, which stays on disk for a return)."""
         for partition in list(partitions):
             ps = self.partitions.pop(partition, None)
+            self.rewritten.pop(partition, None)
             if ps is not None:
                 with self._io:
                     for component in ps.components:

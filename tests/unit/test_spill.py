@@ -3,6 +3,7 @@ write their image only when cut, and never let an unwritten change leave memory.
 
 from __future__ import annotations
 
+import logging
 import random
 import zlib
 from datetime import date
@@ -213,8 +214,9 @@ def test_an_engine_whose_state_mostly_lives_on_disk_computes_the_same(tmp_path):
     assert not store.root.exists()
 
 
-def test_after_a_restore_rows_are_rewritten_a_batch_per_checkpoint(tmp_path, monkeypatch):
+def test_after_a_restore_rows_are_rewritten_a_batch_per_checkpoint(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr("streams.engine.REWRITE_ROWS", 300)
+    caplog.set_level(logging.INFO, logger="sluice.engine")
     wl = mixed_workload(emails=1500, seed=12)
     memory = Engine()
     expected, changelog = _feed(memory, wl.events, 10_000, 1_000)
@@ -233,6 +235,11 @@ def test_after_a_restore_rows_are_rewritten_a_batch_per_checkpoint(tmp_path, mon
             sizes.append(sum(sum(map(len, t[""].rows.values())) for t in ckpt.taken.values()))
             _keep(restored, ckpt, got, {})
         assert len(sizes) > 3 and max(sizes) <= 300, sizes
+        # one line per partition when its rewrite is through, with every row it marked
+        done = [r.args for r in caplog.records if "rewrite's last rows" in r.getMessage()]
+        assert sorted(p for p, _ in done) == sorted(restored.partitions)
+        # (sizes counts the email component's rows; the warm-up component rewrites too)
+        assert all(n > 0 for _, n in done) and sum(n for _, n in done) >= sum(sizes)
         assert {k: v for k, v in got.items() if k in expected} == {
             k: expected[k] for k in got if k in expected
         }
