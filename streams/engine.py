@@ -93,7 +93,7 @@ _EMAIL, _TAGGED, _POSITION, _UNKNOWN = range(4)
 ERASED_HERE = "erasure/applied"
 VERSION_COLUMNS = ("updated", "_version")
 #: Rows a snapshot marks for rewriting after full rebuilds (every row: the OLAP may lag
-#: the changelog), over all partitions. None while a partition of this worker is being
+#: the changelog), over all partitions; none while a partition of this worker is being
 #: restored (:attr:`Engine.restoring`): the rebuilds get the cores first, since they
 #: hold up reading, and the rewrite is a repair. A batch costs ~25 µs a row (read from
 #: the store, assembled, written to ClickHouse): 50,000 keep a checkpoint near a second,
