@@ -93,13 +93,16 @@ _EMAIL, _TAGGED, _POSITION, _UNKNOWN = range(4)
 ERASED_HERE = "erasure/applied"
 VERSION_COLUMNS = ("updated", "_version")
 #: Rows a snapshot marks for rewriting after full rebuilds (every row: the OLAP may lag
-#: the changelog), over all partitions; none while a partition of this worker is being
-#: restored (:attr:`Engine.restoring`): the rebuilds get the cores first, since they
-#: hold up reading, and the rewrite is a repair. A batch costs ~25 µs a row (read from
-#: the store, assembled, written to ClickHouse): 50,000 keep a checkpoint near a second,
-#: so heartbeats and rebalances are not held up (measured at 5 M emails: 200,000 rows
-#: per checkpoint took 5-10 s and delayed a third worker's join by ~20 s).
+#: the changelog), over all partitions (:attr:`Engine.rewrite_rows`); none while a
+#: partition of this worker is being restored (:attr:`Engine.restoring`): the rebuilds
+#: get the cores first, since they hold up reading, and the rewrite is a repair. A row
+#: costs ~25 µs (read from the store, assembled, written to ClickHouse): 50,000 keep a
+#: checkpoint near a second, so heartbeats and rebalances are not held up (measured at
+#: 5 M emails: 200,000 rows per checkpoint took 5-10 s and delayed a third worker's join
+#: by ~20 s). The worker paces it by its interval instead (:data:`REWRITE_ROWS_PER_S`):
+#: a quarter of a core, however often it checkpoints.
 REWRITE_ROWS = 50_000
+REWRITE_ROWS_PER_S = 10_000
 SHARD_COLUMN = "shard"  # sluice.olap.catalog.SHARD_COLUMN (a test checks they agree)
 
 #: The version of the state's meaning. Bump it when a component's state changes shape or
@@ -328,6 +331,7 @@ class Engine:
         self.restoring: set[int] = set()
         # per partition, the rows of its rewrite marked so far (for the log line)
         self.rewritten: dict[int, int] = {}
+        self.rewrite_rows = REWRITE_ROWS  # rows of pending rewrites each snapshot marks
 
     def _new_state(self, partition: int, db: PartitionDB | None) -> PartitionState:
         components = self.factory() if db is None else self.factory(new_map=db.map)
@@ -435,7 +439,7 @@ class Engine:
         ckpt = Checkpoint(forwards=self.forwards)
         self.forwards = []
         if not self.restoring:
-            self._mark_rewrites(REWRITE_ROWS)
+            self._mark_rewrites(self.rewrite_rows)
         for partition, ps in self.partitions.items():
             taken = {c.tag: c.take() for c in ps.components}
             ckpt.taken[partition] = taken
@@ -478,6 +482,11 @@ class Engine:
                 cut.base = ps.changelog_position
                 cut.settled = not ps.joining
         return ckpt
+
+    def pace_rewrites(self, interval_s: float) -> None:
+        """Snapshots taken every ``interval_s`` seconds: rewrite at most
+        :data:`REWRITE_ROWS_PER_S` rows a second."""
+        self.rewrite_rows = max(1_000, int(REWRITE_ROWS_PER_S * interval_s))
 
     def _mark_rewrites(self, budget: int) -> None:
         """Mark up to ``budget`` rows of the pending rewrites dirty, partition by partition

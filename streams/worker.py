@@ -124,6 +124,7 @@ class Worker:
         self.registry = Registry()
         self._registry_offset: int | None = None
         self.engine = Engine.for_settings(settings, self.registry, persistent=True)
+        self.engine.pace_rewrites(settings.sluice_flush_interval_s)
         self.codec = Codec(settings=settings)
         self._olap = olap
         self._reader: OlapReader | None = None

@@ -249,6 +249,17 @@ def test_after_a_restore_rows_are_rewritten_a_batch_per_checkpoint(tmp_path, mon
         restored.close()
 
 
+def test_the_worker_paces_the_rewrite_by_its_checkpoint_interval(monkeypatch):
+    monkeypatch.setattr("streams.engine.REWRITE_ROWS_PER_S", 10_000)
+    engine = Engine()
+    assert engine.rewrite_rows == 50_000  # tools that snapshot in a loop (rekey)
+    engine.pace_rewrites(2.0)
+    assert engine.rewrite_rows == 20_000
+    engine.pace_rewrites(0.01)
+    assert engine.rewrite_rows == 1_000  # never nothing: a rewrite always ends
+    engine.close()
+
+
 def test_bulk_restore_equals_one_by_one(tmp_path):
     """restore_many (a rebuild's batches) computes what restore (one entry at a time)
     does, duplicates and out-of-order states included."""
