@@ -257,6 +257,8 @@ def test_the_worker_paces_the_rewrite_by_its_checkpoint_interval(monkeypatch):
     assert engine.rewrite_rows == 20_000
     engine.pace_rewrites(0.01)
     assert engine.rewrite_rows == 1_000  # never nothing: a rewrite always ends
+    engine.pace_rewrites(3_600.0)
+    assert engine.rewrite_rows == 100_000  # a long interval: still a bounded snapshot
     engine.close()
 
 
