@@ -487,8 +487,8 @@ class Engine:
         """Snapshots taken every ``interval_s`` seconds: rewrite at most
         :data:`REWRITE_ROWS_PER_S` rows a second, and never more than twice
         :data:`REWRITE_ROWS` in one snapshot (a long interval must not make one huge)."""
-        rows = int(REWRITE_ROWS_PER_S * min(interval_s, 3_600.0))
-        self.rewrite_rows = min(max(1_000, rows), 2 * REWRITE_ROWS)
+        rows = min(max(1_000.0, REWRITE_ROWS_PER_S * interval_s), 2 * REWRITE_ROWS)
+        self.rewrite_rows = int(rows)  # bounded as a float first: no overflow, however long
 
     def _mark_rewrites(self, budget: int) -> None:
         """Mark up to ``budget`` rows of the pending rewrites dirty, partition by partition

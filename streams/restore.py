@@ -253,7 +253,11 @@ class Restorer:
         self._slots = asyncio.Semaphore(max(1, processes))
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="sluice-restore")
         self.last: dict[int, Restored] = {}
-        self.running = engine.restoring  # the engine rewrites no rows while it is not empty
+
+    @property
+    def running(self) -> set[int]:
+        """The partitions being restored: the engine's (it rewrites no rows meanwhile)."""
+        return self.engine.restoring
 
     async def _blocking(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
