@@ -179,6 +179,8 @@ class Outcome:
     seconds: float = 0.0
     error: str | None = None
     step: str | None = None  # the step that failed
+    #: seconds each step took, in order (``snapshot`` includes waiting for the state lock)
+    steps: dict[str, float] = field(default_factory=dict)
 
 
 async def in_thread(fn: Callable[..., T], *args: Any) -> T:
@@ -221,6 +223,15 @@ class Checkpointer:
 
     async def _steps(self) -> Outcome:
         ports, progress = self.ports, self.progress
+        laps: dict[str, float] = {}
+        mark = time.perf_counter()
+
+        def lap(name: str) -> None:
+            nonlocal mark
+            now = time.perf_counter()
+            laps[name] = laps.get(name, 0.0) + now - mark
+            mark = now
+
         step = "0 leftover rows"
         if self.leftover:
             try:
@@ -231,6 +242,7 @@ class Checkpointer:
             except Exception as exc:
                 return _failed(step, exc)
             self.leftover = {}
+            lap("leftover")
 
         step = "1 snapshot"
         if ports.sinks.held():
@@ -243,6 +255,7 @@ class Checkpointer:
             generation = ports.group.generation()
             offsets = progress.to_commit()
             events, progress.unflushed = progress.unflushed, 0
+        lap("snapshot")
         if late:
             self.on_late(late)
         if ckpt.empty() and not offsets and not events:
@@ -258,6 +271,7 @@ class Checkpointer:
             rejected = await ports.sinks.flush()
             for item in rejected:
                 await ports.dead_letters.rejected(item)
+            lap("sinks")
             step = "3 changelog"
             if ckpt.changelog:
                 ports.changelog.write(ckpt.changelog)
@@ -269,30 +283,37 @@ class Checkpointer:
                 await self.run_blocking(ports.forwarder.flush)
             if ckpt.registry and ports.erasures is not None:
                 await self.run_blocking(ports.erasures.publish, ckpt.registry)
+            lap("changelog")
             step = "4 dead letters"
             await ports.dead_letters.flush()
+            lap("dead_letters")
             rejected = []  # their dead letters are durable: never send them twice
             changelog_durable = True
             step = "5 OLAP rows"
             ckpt.rows = self.engine.scrub_rows(ckpt.rows)
             if ckpt.rows:
                 await self.run_blocking(ports.warehouse.write, ckpt.rows)
+            lap("olap")
         except Exception as exc:  # nothing committed; everything is retried
             await self._hand_back(ckpt, rejected, changelog_durable, events)
             return _failed(step, exc)
 
         if ports.erasures is not None:
             await self._settle_erasures(ports.erasures)
+            lap("erasures")
         if ckpt.cuts:
             await self._store(ckpt)
+            lap("store")
         step = "7 commit"
         committed = await self._commit(generation, offsets)
+        lap("commit")
         return Outcome(
             ok=True,
             events=events,
             changelog=len(ckpt.changelog),
             rows={t: len(r) for t, r in ckpt.rows.items()},
             committed=committed,
+            steps=laps,
         )
 
     async def _settle_erasures(self, port: Erasures) -> None:

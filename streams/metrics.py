@@ -101,6 +101,14 @@ class HealthMetrics:
             buckets=_FLUSH_BUCKETS,
             registry=r,
         )
+        self.checkpoint_step_seconds = Histogram(
+            "sluice_checkpoint_step_seconds",
+            "Time of one step of a checkpoint (streams/checkpoint.py: snapshot, sinks, "
+            "changelog, dead_letters, olap, erasures, store, commit, leftover).",
+            ["step"],
+            buckets=_FLUSH_BUCKETS,
+            registry=r,
+        )
         self.checkpoint_failures = Counter(
             "sluice_checkpoint_failures",
             "Checkpoints that failed (nothing acked; retried).",

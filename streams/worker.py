@@ -423,15 +423,18 @@ class Worker:
             return
         self.stats["checkpoints"] += 1
         self.health.checkpoint_seconds.observe(outcome.seconds)
+        for step, seconds in outcome.steps.items():
+            self.health.checkpoint_step_seconds.labels(step).observe(seconds)
         now = time.time()
         for table in outcome.rows:
             self.stats["last_flush"][table] = now
         log.info(
-            "checkpoint: %d events, %d changelog entries, %s rows in %.3fs",
+            "checkpoint: %d events, %d changelog entries, %s rows in %.3fs (%s)",
             outcome.events,
             outcome.changelog,
             outcome.rows,
             outcome.seconds,
+            " ".join(f"{step} {seconds:.3f}" for step, seconds in outcome.steps.items()),
         )
 
     def _count_late(self, late: dict[str, int]) -> None:

@@ -218,6 +218,17 @@ def test_steps_run_in_order_and_commit_what_they_cover(rig):
     ]
     assert rig.world.committed == {(TOPIC, 0): 2}
     assert rig.campaign_sent() == 2 and rig.progress.unflushed == 0
+    # what each step took, in order (metrics and the worker's log line)
+    assert list(outcome.steps) == [
+        "snapshot",
+        "sinks",
+        "changelog",
+        "dead_letters",
+        "olap",
+        "commit",
+    ]
+    assert all(s >= 0 for s in outcome.steps.values())
+    assert sum(outcome.steps.values()) <= outcome.seconds
     # nothing new: nothing written, nothing committed again
     rig.world.calls.clear()
     assert rig.run().ok and rig.world.calls == []
