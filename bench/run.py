@@ -35,6 +35,7 @@ Three more measurements, each on topics of its own, on request:
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import shutil
@@ -465,6 +466,9 @@ def main(
         raise typer.BadParameter(f"unknown contender(s) {sorted(unknown)}; pick from {CONTENDERS}")
     if latency and rate is None and "sluice" not in wanted:
         raise typer.BadParameter("--latency without the sluice contender needs --rate")
+    for name, value in (("--rate", rate), ("--latency-seconds", latency_seconds)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise typer.BadParameter(f"{name} {value}: a positive number is needed")
     sizes = [int(x) for x in memory_emails.replace("_", "").split(",") if x.strip()]
     if memory_store not in ("rocksdb", "memory"):
         raise typer.BadParameter(f"--memory-store {memory_store!r}: pick rocksdb or memory")
