@@ -209,12 +209,9 @@ def run_extras(
         from bench import latency as bench_latency
 
         sluice = next((r for r in results if r.name == "sluice" and r.verified), None)
-        if rate is not None:  # asked for: wins over the contender's
-            use, source = rate, "--rate"
-        elif sluice is not None:
+        use, source = rate, "--rate"  # asked for: wins over the contender's
+        if use is None and sluice is not None:
             use, source = sluice.events_per_s / 2, "half the sluice contender's, this run"
-        else:
-            use, source = None, "--rate"
         if use is None:
             extras["latency"] = {"ok": False, "problems": ["no sluice result and no --rate"]}
         else:

@@ -226,10 +226,10 @@ class Checkpointer:
         laps: dict[str, float] = {}
         mark = time.perf_counter()
 
-        def lap(name: str) -> None:
+        def lap(name: str) -> None:  # the time since the step before
             nonlocal mark
             now = time.perf_counter()
-            laps[name] = laps.get(name, 0.0) + now - mark
+            laps[name] = now - mark
             mark = now
 
         step = "0 leftover rows"
