@@ -411,11 +411,13 @@ class Engine:
         """Apply one decoded event of ``family`` read at ``topic[partition]@offset``, to
         the state of its ``home`` partition (default: the one it was read from; see the
         module docstring). The offset counts for ``partition``."""
-        ps = self.state(partition)
+        ps = self.partitions.get(partition) or self.state(partition)
         target = ps if home is None or home == partition else self.state(home)
         for component in target.by_family.get(family, ()):
             component.apply(event)
-        self.advance(ps, topic, offset)
+        if offset >= ps.positions.get(topic, 0):  # advance(), inline: once per event
+            ps.positions[topic] = offset + 1
+            ps.positions_dirty = True
 
     def apply_email(self, partition: int, topic: str, offset: int, event: Mapping) -> None:
         self.apply(partition, topic, offset, "email", event)

@@ -105,6 +105,7 @@ from topics.catalog import Catalog
 from topics.dead_letters import dead_letter_headers
 
 log = logging.getLogger("sluice.worker")
+new_tuple = tuple.__new__  # builds an Envelope without its Python-level __new__
 
 # Most unacknowledged events held between checkpoints before the reader stops taking more
 # (backpressure when ClickHouse is down: Kafka keeps the events, not our memory).
@@ -339,6 +340,7 @@ class Worker:
         routing = bool(self.router.sinks)
         consumed: dict[str, int] = {}
         letters: list[tuple[Message, DecodeError]] = []
+        last: dict[tuple[str, int], int] = {}  # (topic, partition) -> last offset read
         for message in messages:
             topic = message.topic()
             partition = message.partition()
@@ -358,7 +360,8 @@ class Worker:
                 if home == partition:
                     engine.apply(partition, topic, offset, family, record)
                     add(
-                        Envelope(record, topic, partition, offset, key, value)
+                        # tuple.__new__: the named tuple's own __new__ is a Python call
+                        new_tuple(Envelope, (record, topic, partition, offset, key, value))
                         if routing
                         else record
                     )
@@ -368,6 +371,8 @@ class Worker:
                     engine.forward(partition, topic, offset, forward)
                     self.stats["forwarded"] += 1
                     self.health.forwarded.labels(family).inc()
+            last[(topic, partition)] = offset
+        for (topic, partition), offset in last.items():
             applied[TP(topic, partition)] = offset + 1
         if routing:
             self.router.write(routed)
