@@ -26,10 +26,10 @@ import hashlib
 import hmac
 import ipaddress
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from enum import Enum
 from types import MappingProxyType
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 from topics.taxonomy import EVENT_TYPES, LEAD_ERASURE
@@ -255,3 +255,56 @@ def allowed_properties(
             continue
         out[name] = pseudo.scrub(value) if isinstance(value, str) else value
     return out
+
+
+#: What :func:`compile_allowlist` returns: ``(event, pseudonymizer, lead pseudonyms or
+#: None) -> properties``.
+Builder = Callable[[Mapping[str, Any], Pseudonymizer, "LeadPseudonyms | None"], dict[str, Any]]
+
+_TEMPLATES: Mapping[Treatment, str] = {
+    KEEP: """\
+    v = get({name})
+    if v is not None:
+        out[{name}] = scrub(v) if isinstance(v, str) else v
+""",
+    LEAD: """\
+    v = get({name})
+    if v is not None and lead is not None:
+        out[{name}] = lead({name}, str(v))
+""",
+    HASH: """\
+    v = get({name})
+    if v is not None:
+        v = pseudo(str(v))
+        if v is not None:
+            out[{name}] = scrub(v)
+""",
+    URL_HOST: """\
+    v = get({name})
+    if v is not None:
+        v = url_host(str(v))
+        if v is not None:
+            out[{name}] = scrub(v)
+""",
+}
+
+
+def compile_allowlist(allow: Mapping[str, Treatment]) -> Builder:
+    """:func:`allowed_properties` for one allowlist, as straight-line code: the same
+    properties in the same order (a test compares the two on every event type).
+
+    Written by hand because it is the PostHog route's hot path: the generic loop looked
+    up and compared a treatment per allowed field of every event, half of its cost. The
+    source is generated from the allowlist's field names (each written as a ``repr``,
+    never pasted) and the four treatments' templates above; nothing of an event is.
+    """
+    lines = ["def allowed(event, pseudo, lead):", "    get = event.get", "    scrub = pseudo.scrub"]
+    lines.append("    out = {}")
+    for name, treatment in allow.items():
+        if not isinstance(name, str) or not isinstance(treatment, Treatment):
+            raise TypeError(f"an allowlist maps field names to treatments, not {name!r}")
+        lines.append(_TEMPLATES[treatment].format(name=repr(name)).rstrip("\n"))
+    lines.append("    return out")
+    namespace: dict[str, Any] = {"url_host": url_host}
+    exec(compile("\n".join(lines), "<sluice allowlist>", "exec"), namespace)
+    return cast(Builder, namespace["allowed"])

@@ -76,10 +76,11 @@ from sinks.http import in_thread, new_session, post
 from sinks.pii import (
     LEAD_TARGET,
     POSTHOG_PROPERTIES,
+    Builder,
     LeadPseudonyms,
     Pseudonymizer,
     Treatment,
-    allowed_properties,
+    compile_allowlist,
     lead_of,
     lead_pseudonym,
 )
@@ -173,20 +174,42 @@ def posthog_uuid(event_id: str) -> str:
         return str(uuid.uuid5(_UUID_NAMESPACE, event_id))
 
 
-_DAY_MS = 86_400_000
 _DAY_ISO: dict[int, str] = {}
+_SECOND_ISO: dict[int, str] = {}  # epoch second -> "YYYY-MM-DDTHH:MM:SS." (recent ones)
+_SECONDS_KEPT = 4_096
 
 
 def iso_ms(epoch_ms: int) -> str:
-    """``datetime.isoformat(timespec="milliseconds")`` in UTC, without a datetime per call."""
-    day, rest = divmod(epoch_ms, _DAY_MS)
-    date_part = _DAY_ISO.get(day)
-    if date_part is None:
-        date_part = _DAY_ISO[day] = datetime.fromtimestamp(day * 86_400, tz=UTC).date().isoformat()
-    seconds, milli = divmod(rest, 1000)
-    hours, seconds = divmod(seconds, 3600)
-    minutes, seconds = divmod(seconds, 60)
-    return f"{date_part}T{hours:02d}:{minutes:02d}:{seconds:02d}.{milli:03d}+00:00"
+    """``datetime.isoformat(timespec="milliseconds")`` in UTC, without a datetime per call
+    (events come close together in time: the text up to the second is memoized)."""
+    second, milli = divmod(epoch_ms, 1000)
+    head = _SECOND_ISO.get(second)
+    if head is None:
+        day, rest = divmod(second, 86_400)
+        date_part = _DAY_ISO.get(day)
+        if date_part is None:
+            date_part = datetime.fromtimestamp(day * 86_400, tz=UTC).date().isoformat()
+            _DAY_ISO[day] = date_part
+        hours, rest = divmod(rest, 3600)
+        minutes, seconds = divmod(rest, 60)
+        head = f"{date_part}T{hours:02d}:{minutes:02d}:{seconds:02d}."
+        if len(_SECOND_ISO) >= _SECONDS_KEPT:
+            _SECOND_ISO.clear()
+        _SECOND_ISO[second] = head
+    return f"{head}{milli:03d}+00:00"
+
+
+_BUILDERS: dict[int, tuple[Mapping[str, Treatment], Builder]] = {}
+
+
+def _properties_of(allow: Mapping[str, Treatment]) -> Builder:
+    """The compiled :func:`sinks.pii.allowed_properties` of one allowlist (made once)."""
+    found = _BUILDERS.get(id(allow))
+    if found is None or found[0] is not allow:
+        found = (allow, compile_allowlist(allow))
+        if len(_BUILDERS) < 1_024:  # the allowlists are a handful of constants
+            _BUILDERS[id(allow)] = found
+    return found[1]
 
 
 def lead_distinct_id(secret: bytes, lead: str) -> str:
@@ -215,7 +238,7 @@ def to_posthog(
     identifiers are left out); ``lead_persons``: an email event's person is its lead."""
     tenant = pseudo.scrub_repeated(event["tenant_id"])
     lead = LeadPseudonyms(lead_secret) if lead_secret is not None else None
-    props = allowed_properties(event, allow, pseudo, lead)
+    props = _properties_of(allow)(event, pseudo, lead)
     if event.get("target_type") == LEAD_TARGET and "target_id" in props:  # the lead's id
         if lead is None:
             del props["target_id"]

@@ -14,8 +14,10 @@ from sinks.pii import (
     KEEP,
     POSTHOG_PROPERTIES,
     SENSITIVE_FIELDS,
+    LeadPseudonyms,
     Pseudonymizer,
     allowed_properties,
+    compile_allowlist,
     lead_of,
     lead_pseudonym,
     url_host,
@@ -185,3 +187,59 @@ def test_posthog_uuid_is_stable_for_non_uuid_ids():
 def test_free_text_filter_value_is_hashed():
     allow = POSTHOG_PROPERTIES["admin_filter_changed"]
     assert allow["filter_value"] is HASH
+
+
+VALUES = (
+    "plain",
+    "ann@example.com",
+    "https://t.example.com/c?u=ann@example.com",
+    "10.1.2.3",
+    "",
+    7,
+    2.5,
+    True,
+    None,
+)
+
+
+@pytest.mark.parametrize("event_type", sorted(POSTHOG_PROPERTIES))
+@pytest.mark.parametrize("key", [KEY, None])
+@pytest.mark.parametrize("with_lead", [True, False])
+def test_a_compiled_allowlist_gives_what_the_generic_one_gives(event_type, key, with_lead):
+    allow = POSTHOG_PROPERTIES[event_type]
+    build = compile_allowlist(allow)
+    pseudo = Pseudonymizer(key)
+    lead = LeadPseudonyms(b"lead-secret") if with_lead else None
+    names = sorted(allow)
+    for shift in range(len(VALUES)):
+        event = {name: VALUES[(i + shift) % len(VALUES)] for i, name in enumerate(names)}
+        event["unlisted"] = "ann@example.com"
+        got = build(event, pseudo, lead)
+        want = allowed_properties(event, allow, pseudo, lead)
+        assert list(got.items()) == list(want.items())  # the same order: the same JSON
+
+
+def test_a_compiled_allowlist_takes_only_field_names_and_treatments():
+    with pytest.raises(TypeError):
+        compile_allowlist({"x": "keep"})  # type: ignore[dict-item]
+    with pytest.raises(TypeError):
+        compile_allowlist({1: KEEP})  # type: ignore[dict-item]
+
+
+@pytest.mark.parametrize(
+    "start", [-86_400_123, -1, 0, 999, 1_763_500_000_000, 1_763_500_059_999, 4_102_444_800_000]
+)
+def test_iso_ms_is_datetimes_isoformat_in_utc(start):
+    from datetime import UTC, datetime, timedelta
+
+    from sinks import posthog
+
+    for ms in range(start, start + 3_000, 7):
+        want = (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms)).isoformat(
+            timespec="milliseconds"
+        )
+        assert posthog.iso_ms(ms) == want
+    posthog._SECOND_ISO.clear()  # the memo is only a memo
+    assert posthog.iso_ms(start) == (
+        datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=start)
+    ).isoformat(timespec="milliseconds")
