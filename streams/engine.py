@@ -471,10 +471,12 @@ class Engine:
                 rows = self._assemble(ps, layout, taken)
                 if rows:
                     suffix = [now, version] if layout.versioned else []
-                    if layout.sharded:
+                    out = ckpt.rows.setdefault(layout.name, [])
+                    if layout.sharded:  # each row built once: this runs under the state lock
                         width = len(layout.key_columns)
-                        rows = [[*r[:width], partition, *r[width:]] for r in rows]
-                    ckpt.rows.setdefault(layout.name, []).extend(r + suffix for r in rows)
+                        out.extend([*r[:width], partition, *r[width:], *suffix] for r in rows)
+                    else:
+                        out.extend(r + suffix for r in rows)
             if imaged:
                 assert ps.db is not None
                 rewrite = any(c.rewrite_pending() for c in ps.components)

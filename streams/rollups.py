@@ -651,6 +651,21 @@ WARMUP_ROLLUPS: tuple[Rollup, ...] = (WARMUP_ANALYTICS,)
 # --------------------------------------------------------------------------------------
 
 
+#: A message's counters -> its non-zero ones, ``((index, count), ...)``: a send counts in
+#: one or two of a row's 8-10 counters, and adding the zeros too was most of moving it.
+_NONZERO: dict[tuple[int, ...], tuple[tuple[int, int], ...]] = {}
+
+
+def _nonzero(counts: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
+    """The non-zero counters of ``counts``, memoized in :data:`_NONZERO` (an all-zero
+    message's ``()`` is falsy there, so it is made again each time: none exists, every
+    rollup counts its sent messages)."""
+    pairs = tuple((i, v) for i, v in enumerate(counts) if v)
+    if len(_NONZERO) < 65_536:  # at most 2 ** metrics combinations per rollup
+        _NONZERO[counts] = pairs
+    return pairs
+
+
 def _untally(tally: Tally, value: Hashable) -> None:
     """One ``value`` out of ``tally``."""
     left = tally[value] - 1
@@ -1017,7 +1032,7 @@ class AttributionRollups(Component):
             if old is not None:
                 key, counts, values = old
                 row = rows[key]
-                for i, v in enumerate(counts):
+                for i, v in _NONZERO.get(counts) or _nonzero(counts):
                     row[i] -= v
                 if values:
                     for tally, value in zip(row[width:], values, strict=True):
@@ -1030,7 +1045,7 @@ class AttributionRollups(Component):
                 if target is None:
                     rows[key] = [*counts, *[{value: 1} for value in values]]
                 else:
-                    for i, v in enumerate(counts):
+                    for i, v in _NONZERO.get(counts) or _nonzero(counts):
                         target[i] += v
                     if values:
                         for tally, value in zip(target[width:], values, strict=True):
@@ -1099,17 +1114,31 @@ class AttributionRollups(Component):
         self._rewrite = None
         return n
 
-    def take_dirty_rows(self) -> dict[str, list[tuple[RowKey, tuple]]]:
-        """Snapshot and clear the dirty rows: table -> [(key, value columns)].
+    def take_dirty_rows(self) -> dict[str, dict[RowKey, tuple]]:
+        """Snapshot and clear the dirty rows: table -> {key: value columns}, in the dirty
+        set's stable order (:meth:`value` of each, its lookups made once per table: this
+        runs under the state lock for every row a checkpoint writes).
 
         A row erased meanwhile (:meth:`EmailRollups.erase` removed it) is not written: a
         row of zeros would still name the lead."""
-        out: dict[str, list[tuple[RowKey, tuple]]] = {}
+        out: dict[str, dict[RowKey, tuple]] = {}
         for table, keys in self.dirty.take().items():
+            rows = self.rows[table]
             if table in ERASABLE_TABLES:
-                rows = self.rows[table]
                 keys = [k for k in keys if k in rows]
-            out[table] = [(k, self.value(table, k)) for k in keys]
+            rollup = self._by_table[table]
+            width, values = rollup.width, rollup.values
+            tallies = bool(rollup.tallies)
+            read = getattr(rows, "peek", None) or rows.get  # peek: see streams.state.peek
+            taken: dict[RowKey, tuple] = {}
+            for key in keys:
+                row = read(key, None)
+                taken[key] = (
+                    values([0] * width, None)
+                    if row is None
+                    else values(row[:width], row[width:] if tallies else None)
+                )
+            out[table] = taken
         return out
 
     def take(self) -> Taken:
@@ -1117,7 +1146,7 @@ class AttributionRollups(Component):
         self.dirty_states.clear()
         return Taken(
             changelog=[([tenant, mid], list(self.states[(tenant, mid)])) for tenant, mid in states],
-            rows={table: dict(items) for table, items in self.take_dirty_rows().items()},
+            rows=self.take_dirty_rows(),
             token=states,
         )
 

@@ -325,6 +325,11 @@ class SpillMap(MutableMapping):
         return list(map(pickle.dumps, zip(keys, values, strict=True), itertools.repeat(5)))
 
     def __getitem__(self, key: Hashable) -> Any:
+        value = self.hot.get(key, _MISSING)
+        if value is not _MISSING:  # get()'s first lines: the hot path's, one call less
+            if not self.store.direct:
+                self.changed.add(key)  # the caller may change it in place
+            return value
         value = self.get(key, _MISSING)
         if value is _MISSING:
             raise KeyError(key)
