@@ -421,6 +421,11 @@ def main(
         None, help="Latency: events/s to produce (default: half the sluice contender's)."
     ),
     latency_seconds: float = typer.Option(30.0, help="Latency: seconds of paced production."),
+    checkpoint_interval: float = typer.Option(
+        2.0,
+        help="The sluice contenders' SLUICE_FLUSH_INTERVAL_S (2, as every figure before "
+        "2026-12-03; the product's default is 5).",
+    ),
     scaling: bool = typer.Option(
         False, "--scaling", help="One worker, then two in one group (shared olap serve)."
     ),
@@ -463,7 +468,11 @@ def main(
         raise typer.BadParameter(f"unknown contender(s) {sorted(unknown)}; pick from {CONTENDERS}")
     if latency and rate is None and "sluice" not in wanted:
         raise typer.BadParameter("--latency without the sluice contender needs --rate")
-    for name, value in (("--rate", rate), ("--latency-seconds", latency_seconds)):
+    for name, value in (
+        ("--rate", rate),
+        ("--latency-seconds", latency_seconds),
+        ("--checkpoint-interval", checkpoint_interval),
+    ):
         if value is not None and not (math.isfinite(value) and value > 0):
             raise typer.BadParameter(f"{name} {value}: a positive number is needed")
     sizes = [int(x) for x in memory_emails.replace("_", "").split(",") if x.strip()]
@@ -506,6 +515,7 @@ def main(
         expected=bench_workload.expected_counts(wl.events),
         expected_destinations=bench_workload.expected_destinations(wl.events),
         timeout=timeout,
+        extra={"checkpoint_interval_s": checkpoint_interval},
     )
     from bench import limit, naive, peer, sluice_worker
 

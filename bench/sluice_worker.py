@@ -159,6 +159,7 @@ def run(
     rs = Rsyslog(root / "rsyslog").start() if sinks and shutil.which("rsyslogd") else None
     problems: list[str] = []
     detail: dict[str, Any] = {"sinks_on": sinks, "store": "http" if http_store else "embedded"}
+    detail["checkpoint_interval_s"] = float(ctx.extra.get("checkpoint_interval_s", 2.0))
     server = OlapServer(root / "olap-server").start() if http_store else None
     store_watcher = None
     if server is not None:
@@ -168,11 +169,12 @@ def run(
         # deferred: the receiver answers at once and parses after the run, so the harness
         # does not take the worker's CPU (two cores; a real destination has its own)
         with HttpReceiver(deferred=True) as rx:
-            env = {"SLUICE_FLUSH_INTERVAL_S": "2", "SLUICE_BATCH_MAX": "5000"}
+            interval = float(ctx.extra.get("checkpoint_interval_s", 2.0))
+            env = {"SLUICE_FLUSH_INTERVAL_S": str(interval), "SLUICE_BATCH_MAX": "5000"}
             if sinks:
                 env |= sink_env(rx, rs)
             extra = {"clickhouse_url": server.url} if server is not None else {}
-            dep = deployment(ctx, label, sink_env=env, flush_interval_s=2.0, **extra)
+            dep = deployment(ctx, label, sink_env=env, flush_interval_s=interval, **extra)
             dep.run("olap", "migrate")
             dep.start_worker()
             assert dep.worker is not None

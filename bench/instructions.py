@@ -1,0 +1,175 @@
+"""Instructions per event of the worker's hot path: a figure that a busy machine cannot move.
+
+``python -m bench.instructions [--events 40000] [--sinks/--no-sinks] [--store rocksdb]
+[--snapshot] [--tree DIR ...]``
+
+Wall and CPU times of one process vary by 20-30 % between identical runs on a shared
+2-core machine (``bench.hotpath``: 17.6-25.7 µs an event for one commit in one hour), far
+more than the few per cent one change to the hot path is worth. An instruction count
+does not: the same run twice differs by 0.01 %. This runs the bench workload (encoded
+once with Sluice's codec, into a temporary file) through a real
+:class:`streams.worker.Worker`'s ``process()`` — decode, state, routing, sink
+preparation; sinks at a closed port, nothing sent, as in ``bench.hotpath`` — under
+valgrind's cachegrind (``--cache-sim=no``: instructions only, about 50 times slower), and
+once more loading the same events without processing them, and prints the difference per
+event. ``--snapshot`` adds one checkpoint snapshot (``Engine.snapshot``) after the last
+batch. ``--tree DIR`` measures the source tree at ``DIR`` instead of this one (several:
+one line each, e.g. a ``git archive`` of an older commit beside this one).
+
+``PYTHONHASHSEED=0`` in every run (a seed changes set and dict layouts, and the count).
+Threads (librdkafka's) add a little noise: differences under ~0.5 % are not results. An
+instruction is not a nanosecond — a change that allocates less can save more time than
+its count says, and the reverse — so confirm a gain with ``bench.run`` end to end.
+Needs ``valgrind`` on the PATH.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+_SINK_ENV = {
+    "POSTHOG_API_KEY": "phc_bench",
+    "POSTHOG_HOST": "http://127.0.0.1:9",
+    "PII_HMAC_KEY": "bench",
+    "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9",
+    "SIEM_HEC_URL": "http://127.0.0.1:9/services/collector/event",
+    "SIEM_HEC_TOKEN": "bench",
+    "SIEM_SYSLOG_ADDRESS": "127.0.0.1:9",
+}
+_REFS = re.compile(r"I\s+refs:\s+([\d,]+)")
+
+
+def encode_workload(events: int, seed: int, path: Path) -> None:
+    """The bench workload, as the messages the worker would read, pickled to ``path``."""
+    from avro_schemas.codec import Codec
+    from bench.workload import build
+    from sluice.settings import Settings
+    from topics.catalog import Catalog
+    from topics.taxonomy import family_of
+
+    settings = Settings()
+    catalog, codec = Catalog.from_settings(settings), Codec(settings=settings)
+    offsets: dict[tuple[str, int], int] = {}
+    out = []
+    for event in build(events, seed).events:
+        family = family_of(event["event_type"])
+        assert family is not None
+        spec = catalog.for_family(family)
+        partition = spec.partition_of(event)
+        offset = offsets.get((spec.name, partition), 0)
+        offsets[(spec.name, partition)] = offset + 1
+        key = spec.record_key(event)
+        out.append((spec.name, partition, offset, key, codec.encode(family, event)))
+    path.write_bytes(pickle.dumps(out))
+
+
+def child(mode: str, path: str) -> None:
+    """One measured process: load the messages; then (``mode`` != load) process them."""
+    import asyncio
+    import gc
+
+    from bench.hotpath import FakeMessage
+    from sluice.settings import Settings
+    from streams.worker import Worker
+
+    messages = [FakeMessage(*m) for m in pickle.loads(Path(path).read_bytes())]
+    worker = Worker(Settings())
+    if os.environ["SLUICE_STATE_STORE"] == "rocksdb":
+        for partition in sorted({m.partition() for m in messages}):
+            worker.engine.open(partition)
+    gc.disable()  # a collection's instructions land wherever it happens to start
+    if mode != "load":
+
+        async def run() -> None:
+            for i in range(0, len(messages), 5_000):
+                await worker.process(messages[i : i + 5_000])
+
+        asyncio.new_event_loop().run_until_complete(run())
+        if mode == "snapshot":
+            worker.engine.snapshot()
+    os._exit(0)  # no teardown: its instructions are not the hot path's
+
+
+def count(tree: Path, mode: str, path: Path, sinks: bool, store: str) -> int:
+    """Instructions of one child run in source tree ``tree``."""
+    scratch = tempfile.mkdtemp(prefix="sluice-instructions-")
+    env = {
+        **{k: v for k, v in os.environ.items() if k not in _SINK_ENV},
+        "PYTHONHASHSEED": "0",
+        "PYTHONPATH": str(tree),
+        "SLUICE_DATA_DIR": scratch,
+        "SLUICE_STATE_STORE": store,
+        "CLICKHOUSE_URL": f"chdb://{scratch}/olap",
+        "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9",  # nothing is sent
+        **(_SINK_ENV if sinks else {}),
+    }
+    cmd = [
+        "valgrind",
+        "--tool=cachegrind",
+        "--cache-sim=no",
+        "--cachegrind-out-file=/dev/null",
+        sys.executable,
+        "-c",
+        # this file, run as a script without its directory on sys.path: every import
+        # comes from ``tree`` (which need not have this module)
+        "import runpy, sys; sys.argv = sys.argv[1:]; "
+        "runpy.run_path(sys.argv[0], run_name='__main__')",
+        __file__,
+        "--child",
+        mode,
+        str(path),
+    ]
+    try:
+        done = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True, timeout=900)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    found = _REFS.search(done.stderr)
+    if found is None:
+        tail = done.stderr.strip().splitlines()[-3:]
+        raise SystemExit(f"bench.instructions: no instruction count from valgrind: {tail}")
+    return int(found.group(1).replace(",", ""))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=40_000)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--sinks", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--store", choices=["memory", "rocksdb"], default="rocksdb")
+    parser.add_argument("--snapshot", action="store_true")
+    parser.add_argument("--tree", action="append", type=Path, default=None)
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        child(*args.child)
+        return 0
+    if args.events <= 0:
+        parser.error("--events must be positive")
+    if shutil.which("valgrind") is None:
+        parser.error("valgrind is not on the PATH (apt-get install valgrind)")
+    trees = [t.resolve() for t in args.tree or [Path(__file__).resolve().parent.parent]]
+    for tree in trees:
+        if not (tree / "streams" / "worker.py").is_file():
+            parser.error(f"{tree} is not a Sluice source tree")
+    with tempfile.TemporaryDirectory(prefix="sluice-instructions-") as tmp:
+        path = Path(tmp) / "messages.pickle"
+        encode_workload(args.events, args.seed, path)
+        mode = "snapshot" if args.snapshot else "process"
+        for tree in trees:
+            loaded = count(tree, "load", path, args.sinks, args.store)
+            ran = count(tree, mode, path, args.sinks, args.store)
+            per_event = (ran - loaded) / args.events
+            print(f"{tree}  {mode}  {per_event:,.0f} instructions/event  ({ran:,} - {loaded:,})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
