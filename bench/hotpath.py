@@ -16,8 +16,9 @@ then times a checkpoint's CPU work over that state, step by step: the snapshot (
 runs under the state lock), the changelog's serialization into librdkafka's queue (a
 producer with no broker: nothing is sent), and the rows written into an embedded chDB
 store (a fresh one in a temporary directory). ``--store rocksdb`` gives the worker its
-default local store (each partition opened first, as on assignment), so the snapshot
-includes the store's cut.
+default local store (each partition opened first, as on assignment, and made the image,
+as after a restore: before 2026-12-03 it stayed a rebuild's direct store, whose snapshot
+cuts nothing), so the snapshot includes the store's cut.
 """
 
 from __future__ import annotations
@@ -170,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.store == "rocksdb":
         for partition in sorted({m.partition() for m in messages}):
             worker.engine.open(partition)
+            db = worker.engine.partitions[partition].db
+            assert db is not None
+            db.imaged()  # a running worker's store: the image, its changes cut at a snapshot
     profiler = cProfile.Profile() if args.profile else None
     loop = asyncio.new_event_loop()
     if profiler is not None:

@@ -85,6 +85,9 @@ def child(mode: str, path: str) -> None:
     if os.environ["SLUICE_STATE_STORE"] == "rocksdb":
         for partition in sorted({m.partition() for m in messages}):
             worker.engine.open(partition)
+            db = worker.engine.partitions[partition].db
+            assert db is not None
+            db.imaged()  # a running worker's store: the image, every change cut at a snapshot
     gc.disable()  # a collection's instructions land wherever it happens to start
     if mode != "load":
 
