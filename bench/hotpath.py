@@ -59,23 +59,25 @@ class FakeMessage:
         return self._value
 
 
+#: Every sink on, at a port nobody listens on (nothing is sent anyway).
+SINK_ENV = {
+    "POSTHOG_API_KEY": "phc_bench",
+    "POSTHOG_HOST": "http://127.0.0.1:9",
+    "PII_HMAC_KEY": "bench",
+    "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9",
+    "SIEM_HEC_URL": "http://127.0.0.1:9/services/collector/event",
+    "SIEM_HEC_TOKEN": "bench",
+    "SIEM_SYSLOG_ADDRESS": "127.0.0.1:9",
+}
+
+
 def _env(sinks: bool, data_dir: str, store: str) -> None:
     os.environ["SLUICE_DATA_DIR"] = data_dir
     os.environ["SLUICE_STATE_STORE"] = store
     os.environ["CLICKHOUSE_URL"] = f"chdb://{data_dir}/olap"
     os.environ.setdefault("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9")  # nothing is sent
-    if sinks:  # every sink on, at a port nobody listens on (nothing is sent anyway)
-        os.environ.update(
-            {
-                "POSTHOG_API_KEY": "phc_bench",
-                "POSTHOG_HOST": "http://127.0.0.1:9",
-                "PII_HMAC_KEY": "bench",
-                "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9",
-                "SIEM_HEC_URL": "http://127.0.0.1:9/services/collector/event",
-                "SIEM_HEC_TOKEN": "bench",
-                "SIEM_SYSLOG_ADDRESS": "127.0.0.1:9",
-            }
-        )
+    if sinks:
+        os.environ.update(SINK_ENV)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,15 +35,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-_SINK_ENV = {
-    "POSTHOG_API_KEY": "phc_bench",
-    "POSTHOG_HOST": "http://127.0.0.1:9",
-    "PII_HMAC_KEY": "bench",
-    "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9",
-    "SIEM_HEC_URL": "http://127.0.0.1:9/services/collector/event",
-    "SIEM_HEC_TOKEN": "bench",
-    "SIEM_SYSLOG_ADDRESS": "127.0.0.1:9",
-}
 _REFS = re.compile(r"I\s+refs:\s+([\d,]+)")
 
 
@@ -103,16 +94,19 @@ def child(mode: str, path: str) -> None:
 
 def count(tree: Path, mode: str, path: Path, sinks: bool, store: str) -> int:
     """Instructions of one child run in source tree ``tree``."""
+    # here, not at the top: a child of an older ``tree`` imports that tree's bench.hotpath
+    from bench.hotpath import SINK_ENV
+
     scratch = tempfile.mkdtemp(prefix="sluice-instructions-")
     env = {
-        **{k: v for k, v in os.environ.items() if k not in _SINK_ENV},
+        **{k: v for k, v in os.environ.items() if k not in SINK_ENV},
         "PYTHONHASHSEED": "0",
         "PYTHONPATH": str(tree),
         "SLUICE_DATA_DIR": scratch,
         "SLUICE_STATE_STORE": store,
         "CLICKHOUSE_URL": f"chdb://{scratch}/olap",
         "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9",  # nothing is sent
-        **(_SINK_ENV if sinks else {}),
+        **(SINK_ENV if sinks else {}),
     }
     cmd = [
         "valgrind",

@@ -21,22 +21,23 @@ from bench.measure import Result, RunContext, run_child, write_result
 BATCH = 10_000
 
 
-def run(ctx: RunContext) -> Result:
-    """Run the child process and verify its counts."""
-    out = ctx.root / "limit.json"
+def run(ctx: RunContext, name: str = "limit") -> Result:
+    """Run the child process and verify its counts; ``name``: the contender's (its
+    consumer group, files and result), e.g. ``limit-after`` for a second run."""
+    out = ctx.root / f"{name}.json"
     cmd = [
         sys.executable,
         "-m",
         "bench.limit",
         "--group",
-        ctx.group("limit"),
+        ctx.group(name),
         "--events",
         str(ctx.events),
         "--out",
         str(out),
     ]
-    raw, peak = run_child(cmd, out, ctx.root / "limit.log", env=ctx.env(), timeout=ctx.timeout)
-    return ctx.verify("limit", raw, peak)
+    raw, peak = run_child(cmd, out, ctx.root / f"{name}.log", env=ctx.env(), timeout=ctx.timeout)
+    return ctx.verify(name, raw, peak)
 
 
 def main(argv: list[str] | None = None) -> int:

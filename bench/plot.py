@@ -18,6 +18,7 @@ from bench.measure import Result
 
 COLOURS = {
     "limit": "#9e9e9e",
+    "limit-after": "#bdbdbd",
     "sluice": "#1f77b4",
     "sluice-nosinks": "#6baed6",
     "naive": "#d62728",
