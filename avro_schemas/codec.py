@@ -68,6 +68,8 @@ __all__ = [
     "CONFLUENT_MAGIC",
     "Codec",
     "DecodeError",
+    "EVENT_TIME_END_MS",
+    "EVENT_TIME_MIN_MS",
     "EncodeError",
     "SINGLE_OBJECT_MAGIC",
     "ValidationError",
@@ -97,6 +99,15 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 _INT_STRING = re.compile(r"^-?[0-9]+$")
 _LONG_MIN, _LONG_MAX = -(2**63), 2**63 - 1
+#: The event times Sluice takes: 1970-01-01 up to the end of 2149-06-06 UTC, the range of
+#: ClickHouse's ``Date`` (a day number from 0 to 65535), which every rollup's day and month
+#: columns use. A time outside it could never be written, and the checkpoint that held it
+#: would fail again at every try; it goes to the dead letters (or is refused at encode).
+EVENT_TIME_MIN_MS = 0
+EVENT_TIME_END_MS = 65_536 * 86_400_000
+_EVENT_TIMES = (
+    "1970-01-01 to 2149-06-06 UTC (epoch ms 0 to 5662310399999: the days of ClickHouse's Date)"
+)
 _INT_MIN, _INT_MAX = -(2**31), 2**31 - 1
 # A schema id the registry did not know is asked again after this long (ids are
 # immutable, but a new schema may reach a lagging registry replica later).
@@ -254,8 +265,8 @@ def _check_boolean(value: Any) -> bool:
 
 def _check_timestamp(value: Any) -> int:
     ms = to_epoch_ms(value)
-    if not _LONG_MIN <= ms <= _LONG_MAX:
-        raise ValueError(f"{value!r} is out of range")
+    if not EVENT_TIME_MIN_MS <= ms < EVENT_TIME_END_MS:
+        raise ValueError(f"{value!r} is outside {_EVENT_TIMES}")
     return ms
 
 
@@ -700,14 +711,19 @@ def _canonical_type(type_schema: Any) -> str:
 
 
 class _Checks:
-    """The cheap checks decode runs on every event of a family."""
+    """The cheap checks decode runs on every event of a family (``reader``: its newest
+    schema, whose timestamp fields are checked against :data:`EVENT_TIME_MIN_MS` ..
+    :data:`EVENT_TIME_END_MS`)."""
 
-    __slots__ = ("event_types", "required", "allowed")
+    __slots__ = ("event_types", "required", "allowed", "times")
 
-    def __init__(self, family: str) -> None:
+    def __init__(self, family: str, reader: SchemaVersion) -> None:
         self.event_types = EVENT_TYPES.get(family, frozenset())
         self.required = ("event_id", "tenant_id", "source", *REQUIRED_FIELDS.get(family, ()))
         self.allowed = tuple(ALLOWED_VALUES.get(family, {}).items())
+        self.times = tuple(
+            spec.name for spec in map(_FieldSpec, reader.raw["fields"]) if spec.kind == "timestamp"
+        )
 
 
 def _describe(exc: Exception) -> str:
@@ -942,6 +958,10 @@ class Codec:
                 raise DecodeError(
                     INVALID_EVENT, f"{name} {value!r} is not one of {sorted(allowed)}"
                 )
+        for name in checks.times:
+            value = record[name]
+            if value is not None and not EVENT_TIME_MIN_MS <= value < EVENT_TIME_END_MS:
+                raise DecodeError(INVALID_EVENT, f"{name} {value} is outside {_EVENT_TIMES}")
         return record
 
     def _reader(self, family: str) -> SchemaVersion:
@@ -963,7 +983,9 @@ class Codec:
                 WRONG_FAMILY,
                 f"message is a {writer.family} v{writer.version} event, expected {family}",
             )
-        plan = self._plans[(fp, family)] = _ReadPlan(writer, reader, _Checks(family), self.compiled)
+        plan = self._plans[(fp, family)] = _ReadPlan(
+            writer, reader, _Checks(family, reader), self.compiled
+        )
         return plan
 
     def _plan_for_schema_id(self, schema_id: int, family: str) -> _ReadPlan:
@@ -985,7 +1007,7 @@ class Codec:
                 f"expected {reader.parsed.get('name')!r} ({family})",
             )
         plan = self._sr_plans[(schema_id, family)] = _ReadPlan(
-            writer, reader, _Checks(family), self.compiled
+            writer, reader, _Checks(family, reader), self.compiled
         )
         return plan
 

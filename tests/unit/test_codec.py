@@ -18,6 +18,8 @@ from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 
 from avro_schemas import SCHEMA_DIR, SchemaRepo, default_repo, fingerprint, latest, lookup
 from avro_schemas.codec import (
+    EVENT_TIME_END_MS,
+    EVENT_TIME_MIN_MS,
     Codec,
     DecodeError,
     ValidationError,
@@ -293,6 +295,38 @@ def test_decode_checks_the_event(codec: Codec) -> None:
     assert reason(codec, _raw_body("email", {**good, "tenant_id": ""})) == "invalid_event"
     assert reason(codec, _raw_body("email", {**good, "campaign_id": ""})) == "invalid_event"
     assert reason(codec, _raw_body("email", {**good, "bounce_type": "medium"})) == "invalid_event"
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+@pytest.mark.parametrize(
+    ("family", "field"),
+    [
+        ("email", "occurred_at"),
+        ("email", "sent_at"),
+        ("system", "started_at"),
+        ("infra", "occurred_at"),
+    ],
+)
+def test_decode_takes_only_event_times_the_olap_can_hold(family, field, compiled) -> None:
+    # a producer that skips validation can write any long: a day ClickHouse's Date cannot
+    # hold would fail every checkpoint after it, so it is a dead letter instead
+    codec = Codec(settings=no_registry(), compiled=compiled)
+    good = codec.validate(family, minimal(family))
+    for ms in (EVENT_TIME_MIN_MS, EVENT_TIME_END_MS - 1):
+        assert codec.decode(_raw_body(family, {**good, field: ms}), family)[field] == ms
+    for ms in (EVENT_TIME_MIN_MS - 1, EVENT_TIME_END_MS, 2**62, -(2**62)):
+        with pytest.raises(DecodeError, match=field) as exc_info:
+            codec.decode(_raw_body(family, {**good, field: ms}), family)
+        assert exc_info.value.reason == "invalid_event"
+
+
+@pytest.mark.parametrize(
+    "value", [-1, EVENT_TIME_END_MS, "1969-12-31T23:59:59Z", "2150-01-01T00:00:00Z"]
+)
+def test_encode_refuses_event_times_outside_the_range(codec: Codec, value: Any) -> None:
+    with pytest.raises(ValidationError, match="1970-01-01 to 2149-06-06") as exc_info:
+        codec.validate("email", minimal("email", occurred_at=value))
+    assert exc_info.value.field == "occurred_at"
 
 
 # --------------------------------------------------------------------------- validation
