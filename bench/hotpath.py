@@ -59,6 +59,32 @@ class FakeMessage:
         return self._value
 
 
+def encoded(events: int, seed: int) -> list[FakeMessage]:
+    """The seeded bench workload as the messages the worker reads: Sluice's codec, and
+    the record key and partition `sluice produce` gives each event (every event is read
+    at its home partition, as in the bench: none is forwarded)."""
+    from avro_schemas.codec import Codec
+    from bench.workload import build
+    from sluice.settings import Settings
+    from topics.catalog import Catalog
+    from topics.taxonomy import family_of
+
+    settings = Settings()
+    catalog, codec = Catalog.from_settings(settings), Codec(settings=settings)
+    offsets: dict[tuple[str, int], int] = {}
+    messages: list[FakeMessage] = []
+    for event in build(events, seed).events:
+        family = family_of(event["event_type"])
+        assert family is not None
+        spec = catalog.for_family(family)
+        partition = spec.partition_of(event)
+        offset = offsets.get((spec.name, partition), 0)
+        offsets[(spec.name, partition)] = offset + 1
+        key = spec.record_key(event)
+        messages.append(FakeMessage(spec.name, partition, offset, key, codec.encode(family, event)))
+    return messages
+
+
 #: Every sink on, at a port nobody listens on (nothing is sent anyway).
 SINK_ENV = {
     "POSTHOG_API_KEY": "phc_bench",
@@ -93,31 +119,15 @@ def main(argv: list[str] | None = None) -> int:
     _env(args.sinks, tempfile.mkdtemp(prefix="sluice-hotpath-"), args.store)
 
     from avro_schemas.codec import Codec
-    from bench.workload import build
     from sluice.settings import Settings
     from streams.routing import sink_targets
     from streams.worker import Worker
     from topics.catalog import Catalog
-    from topics.taxonomy import family_of
 
     settings = Settings()
-    catalog = Catalog.from_settings(settings)
     codec = Codec(settings=settings)
-    workload = build(args.events, args.seed)
-    offsets: dict[tuple[str, int], int] = {}
-    messages: list[FakeMessage] = []
-    for event in workload.events:
-        family = family_of(event["event_type"])
-        assert family is not None
-        spec = catalog.for_family(family)
-        topic = spec.name
-        # the record key and partition `sluice produce` gives it: every event is read at
-        # its home partition, as in the bench (none is forwarded)
-        key = spec.record_key(event)
-        partition = spec.partition_of(event)
-        offset = offsets.get((topic, partition), 0)
-        offsets[(topic, partition)] = offset + 1
-        messages.append(FakeMessage(topic, partition, offset, key, codec.encode(family, event)))
+    messages = encoded(args.events, args.seed)
+    families = Catalog.from_settings(settings).families()
     batches = [messages[i : i + args.batch] for i in range(0, len(messages), args.batch)]
     n = len(messages)
     figures: dict[str, Any] = {}
@@ -133,8 +143,6 @@ def main(argv: list[str] | None = None) -> int:
             f"{name:<34} {seconds:7.3f} s  {seconds / n * 1e6:6.2f} µs/event  "
             f"{n / seconds:9,.0f}/s  cpu {cpu / n * 1e6:6.2f} µs/event"
         )
-
-    families = catalog.families()
 
     def decode_only() -> None:
         decode = Worker.decode_batch if hasattr(Worker, "decode_batch") else None

@@ -38,30 +38,6 @@ from pathlib import Path
 _REFS = re.compile(r"I\s+refs:\s+([\d,]+)")
 
 
-def encode_workload(events: int, seed: int, path: Path) -> None:
-    """The bench workload, as the messages the worker would read, pickled to ``path``."""
-    from avro_schemas.codec import Codec
-    from bench.workload import build
-    from sluice.settings import Settings
-    from topics.catalog import Catalog
-    from topics.taxonomy import family_of
-
-    settings = Settings()
-    catalog, codec = Catalog.from_settings(settings), Codec(settings=settings)
-    offsets: dict[tuple[str, int], int] = {}
-    out = []
-    for event in build(events, seed).events:
-        family = family_of(event["event_type"])
-        assert family is not None
-        spec = catalog.for_family(family)
-        partition = spec.partition_of(event)
-        offset = offsets.get((spec.name, partition), 0)
-        offsets[(spec.name, partition)] = offset + 1
-        key = spec.record_key(event)
-        out.append((spec.name, partition, offset, key, codec.encode(family, event)))
-    path.write_bytes(pickle.dumps(out))
-
-
 def child(mode: str, path: str) -> None:
     """One measured process: load the messages; then (``mode`` != load) process them."""
     import asyncio
@@ -71,6 +47,8 @@ def child(mode: str, path: str) -> None:
     from sluice.settings import Settings
     from streams.worker import Worker
 
+    # (topic, partition, offset, key, value): plain tuples, so that a tree without
+    # today's bench.hotpath reads them too
     messages = [FakeMessage(*m) for m in pickle.loads(Path(path).read_bytes())]
     worker = Worker(Settings())
     if os.environ["SLUICE_STATE_STORE"] == "rocksdb":
@@ -163,7 +141,16 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"{tree} is not a Sluice source tree")
     with tempfile.TemporaryDirectory(prefix="sluice-instructions-") as tmp:
         path = Path(tmp) / "messages.pickle"
-        encode_workload(args.events, args.seed, path)
+        from bench.hotpath import encoded
+
+        path.write_bytes(
+            pickle.dumps(
+                [
+                    (m.topic(), m.partition(), m.offset(), m.key(), m.value())
+                    for m in encoded(args.events, args.seed)
+                ]
+            )
+        )
         mode = "snapshot" if args.snapshot else "process"
         for tree in trees:
             # bytecode first: else the first run (the load) compiles a fresh tree's
