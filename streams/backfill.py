@@ -303,6 +303,7 @@ def _read(
                 spec = specs.get(topic)
                 home = spec.home(event, partition, msg.key()) if spec is not None else partition
                 engine.apply(partition, topic, offset, families[topic], event, home=home)
+            engine.settle()
             on_progress(len(batch))
     except RuntimeError as exc:
         raise BackfillError(str(exc)) from None

@@ -419,6 +419,13 @@ class Engine:
             ps.positions[topic] = offset + 1
             ps.positions_dirty = True
 
+    def settle(self) -> None:
+        """A batch of :meth:`apply` ended: the components finish what they deferred to
+        it (the rollups move each changed state's contribution once per batch)."""
+        for ps in self.partitions.values():
+            for component in ps.components:
+                component.settle()
+
     def apply_email(self, partition: int, topic: str, offset: int, event: Mapping) -> None:
         self.apply(partition, topic, offset, "email", event)
 

@@ -74,6 +74,9 @@ DAY_MS = 86_400_000
 #: Flag changes whose effect on the rows is memoized per component (far more than occur:
 #: flags only gain bits, but for a warm-up landing's folder).
 MAX_FLAG_PLANS = 4_096
+#: Most states one component's deferred accounting holds before it settles them
+#: (:meth:`AttributionRollups.settle`; a batch's worth is 5,000 events at most).
+MAX_PENDING = 20_000
 
 # --------------------------------------------------------------------------------------
 # Email attribution state
@@ -741,13 +744,16 @@ class AttributionRollups(Component):
         self.states: MutableMapping[tuple[str, str], list] = new_map(f"{name}/states", json=True)
         # table -> row key -> its counters, then its tallies (rollups that have some): one
         # entry per row (a rebuild writes one per lead, not two)
-        self.rows: dict[str, MutableMapping[RowKey, list]] = {
+        self._rows: dict[str, MutableMapping[RowKey, list]] = {
             r.table: new_map(f"{name}/rows/{r.table}") for r in self.rollups
         }
-        self._maps = [self.states, *self.rows.values()]
+        self._maps = [self.states, *self._rows.values()]
         self.dirty = DirtyRows(self._by_table)
         # (old flags << 32 | new flags) -> what the change does to the rows (_flag_plan)
         self._flag_plans: dict[int, tuple] = {}
+        # states changed since the last settle(), each with its value before the first
+        # change (None: new): what they contribute to the rows is moved once per batch
+        self._pending: dict[tuple[str, str], list | None] = {}
         self.dirty_states: set[tuple[str, str]] = set()
         # events outside the attribution window, by type (a metric: replays count again)
         self.late: Counter[str] = Counter()
@@ -761,28 +767,62 @@ class AttributionRollups(Component):
             TablePart(r.table, r.key_columns, r.value_columns, sharded=True) for r in self.rollups
         )
 
+    @property
+    def rows(self) -> dict[str, MutableMapping[RowKey, list]]:
+        """table -> row key -> its counters, then its tallies (settled first)."""
+        self.settle()
+        return self._rows
+
     # -- state ---------------------------------------------------------------------------
     def apply(self, event: Mapping) -> bool:
-        """Apply one decoded, validated event. Return True if any state changed."""
+        """Apply one decoded, validated event. Return True if any state changed.
+
+        The state changes now; the rows it counts in change at :meth:`settle` (the worker
+        calls it after each batch, every other method here first), once per state
+        changed, however many of the batch's events changed it: a contribution is a
+        function of the state alone, so moving it from the state before the batch to
+        the state after is the sum of the moves event by event (measured on the bench's
+        workload: 1.9 email events per email in a batch of 5,000).
+        """
         key = (event["tenant_id"], event[self.attribution.id_field])
         state = self.states.get(key)
+        pending = self._pending
         if state is None:
             key = (intern(key[0]), key[1])
             state = self.states[key] = self.attribution.new_state()
             before = None
+            first = True
         else:
-            before = state.copy()
+            first = key not in pending
+            before = state.copy() if first else None
         late = self.attribution.late
         if late is not None:
             self.late.update(late(state, event))
         if not self.attribution.merge_event(state, event):
             return False
-        self._account(key[0], before, state)
+        if first:
+            pending[key] = before
+            if len(pending) >= MAX_PENDING:
+                self.settle()
         self.dirty_states.add(key)
         return True
 
+    def settle(self) -> None:
+        """Move what the states changed since the last call contribute to the rows."""
+        pending = self._pending
+        if not pending:
+            return
+        self._pending = {}
+        states = self.states
+        account = self._account
+        for key, before in pending.items():
+            after = states.get(key)
+            if after is not None:  # a pending state is never removed unsettled
+                account(key[0], before, after)
+
     def restore(self, key: list, value: list) -> None:
         """Join a state read back from the changelog into this partition's state."""
+        self.settle()
         tenant, message_id = intern(key[0]), key[1]
         state = self.states.get((tenant, message_id))
         mark = self._incremental
@@ -807,6 +847,7 @@ class AttributionRollups(Component):
         instead of once per email. Known emails go through :meth:`restore`. Takes the
         value lists (the engine's copies) as the states: they must not be used after.
         """
+        self.settle()
         merge = self.attribution.merge_states
         adopt = self.attribution.adopt
         keys = [(key[0], key[1]) for key, _ in entries]
@@ -874,7 +915,7 @@ class AttributionRollups(Component):
                 # a row per state (lead_analytics: one lead per email, mostly)
                 self._account_unique(rollup, columns, keys, masked, templates, nones, mark)
                 continue
-            rows = self.rows[table]
+            rows = self._rows[table]
             counted = Counter(zip(keys, masked, strict=True))
             order = list(distinct)
             found = get_many(rows, order)
@@ -928,7 +969,7 @@ class AttributionRollups(Component):
             masked = [masked[i] for i in live]
             tally_columns = [[column[i] for i in live] for column in tally_columns]
         present = cast(list[RowKey], keys)  # no None left
-        rows = self.rows[table]
+        rows = self._rows[table]
         found = get_many(rows, present)
         new_rows: list[tuple[RowKey, list]] = []
         append = new_rows.append
@@ -960,6 +1001,7 @@ class AttributionRollups(Component):
 
     def forget(self, key: list) -> None:
         """A changelog tombstone: the message's state goes, and its contribution with it."""
+        self.settle()
         tenant, message_id = key[0], key[1]
         state = self.states.get((tenant, message_id))
         if state is None:
@@ -975,7 +1017,7 @@ class AttributionRollups(Component):
             if old is None:
                 continue
             key, counts, values = old
-            row = self.rows[rollup.table][key]
+            row = self._rows[rollup.table][key]
             for i, v in enumerate(counts):
                 row[i] -= v
             if values:
@@ -987,9 +1029,11 @@ class AttributionRollups(Component):
         return not isinstance(self.states, dict)
 
     def reopened(self) -> None:
+        self.settle()
         self._incremental = True
 
     def restored(self) -> None:
+        self.settle()
         # dirty_states are kept: joins never add to them, so what they hold are events
         # applied before a rebalance that kept the partition here (their offsets are
         # read again, and a replay changes nothing, so only these marks get them into
@@ -1005,7 +1049,7 @@ class AttributionRollups(Component):
         return self._rewrite is not None
 
     def _all_row_keys(self) -> Iterator[tuple[str, RowKey]]:
-        for table, rows in self.rows.items():
+        for table, rows in self._rows.items():
             # a dict must not change while it is walked; a SpillMap may (and is not copied)
             for key in list(rows) if isinstance(rows, dict) else rows:
                 yield table, key
@@ -1019,7 +1063,7 @@ class AttributionRollups(Component):
             self._account_flags(tenant, before[FLAGS], after, mark)
             return
         counted = before is not None and before[SENT_AT] is not None  # else counts nowhere
-        all_rows, dirty = self.rows, self.dirty.keys
+        all_rows, dirty = self._rows, self.dirty.keys
         for rollup in self.rollups:
             old = rollup.contribution(tenant, before) if counted else None  # type: ignore[arg-type]
             new = rollup.contribution(tenant, after)
@@ -1059,7 +1103,7 @@ class AttributionRollups(Component):
         plan = self._flag_plans.get((old_flags << 32) | new_flags)
         if plan is None:
             plan = self._flag_plan(old_flags, new_flags)
-        all_rows, dirty = self.rows, self.dirty.keys
+        all_rows, dirty = self._rows, self.dirty.keys
         for table, key_of, deltas in plan:
             key = key_of(tenant, after)
             if key is None:
@@ -1094,8 +1138,9 @@ class AttributionRollups(Component):
 
     # -- rows ----------------------------------------------------------------------------
     def value(self, table: str, key: RowKey) -> tuple:
+        self.settle()
         rollup = self._by_table[table]
-        row = peek(self.rows[table], key)
+        row = peek(self._rows[table], key)
         if row is None:
             return rollup.values([0] * rollup.width, None)
         width = rollup.width
@@ -1104,6 +1149,7 @@ class AttributionRollups(Component):
     def mark_rewrites(self, limit: int) -> int:
         """Mark the next ``limit`` rows of a rewrite after a restore dirty (see
         :meth:`restored`); return how many."""
+        self.settle()
         if self._rewrite is None or limit <= 0:
             return 0
         n = 0
@@ -1121,9 +1167,10 @@ class AttributionRollups(Component):
 
         A row erased meanwhile (:meth:`EmailRollups.erase` removed it) is not written: a
         row of zeros would still name the lead."""
+        self.settle()
         out: dict[str, dict[RowKey, tuple]] = {}
         for table, keys in self.dirty.take().items():
-            rows = self.rows[table]
+            rows = self._rows[table]
             if table in ERASABLE_TABLES:
                 keys = [k for k in keys if k in rows]
             rollup = self._by_table[table]
@@ -1142,6 +1189,7 @@ class AttributionRollups(Component):
         return out
 
     def take(self) -> Taken:
+        self.settle()
         states = sorted(self.dirty_states)
         self.dirty_states.clear()
         return Taken(
@@ -1159,6 +1207,7 @@ class AttributionRollups(Component):
         return {"states": len(self.states)}
 
     def close(self) -> None:
+        self._pending = {}  # the partition's state goes: nothing left to count
         # the rewrite's walk holds a RocksDB iterator (and this component: a cycle that
         # would keep the store's files locked until the garbage collector came by)
         self._rewrite = None
@@ -1254,6 +1303,7 @@ class EmailRollups(AttributionRollups):
         """Empty the lead slot of every state of the tenants' leads whose reference is in
         ``by_tenant``, and drop those leads' ``lead_analytics`` rows (one walk of this
         partition's states, however many tenants)."""
+        self.settle()
         seen: dict[tuple[str, str], bool] = {}
 
         def matches(tenant: str, lead: str | None) -> bool:
@@ -1281,16 +1331,17 @@ class EmailRollups(AttributionRollups):
             self.dirty_states.add(key)
         # rows of a lead whose emails live elsewhere (none here) go too
         for table in ERASABLE_TABLES:
-            rows = self.rows[table]
+            rows = self._rows[table]
             for key in leads | {k for k in list(rows) if matches(k[0], k[1])}:
                 rows.pop(key, None)
                 self.dirty.keys[table].discard(key)
 
     def holds(self, tenant: str, lead: str) -> dict[str, int]:
+        self.settle()
         states = sum(
             1 for key, state in self.states.items() if key[0] == tenant and state[LEAD] == lead
         )
-        rows = sum(1 for table in ERASABLE_TABLES if (tenant, lead) in self.rows[table])
+        rows = sum(1 for table in ERASABLE_TABLES if (tenant, lead) in self._rows[table])
         return {k: v for k, v in (("email_states", states), ("lead_rows", rows)) if v}
 
     @property
@@ -1299,6 +1350,7 @@ class EmailRollups(AttributionRollups):
 
     @property
     def dirty_rows(self) -> dict[str, set[RowKey]]:
+        self.settle()
         return self.dirty.keys
 
 

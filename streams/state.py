@@ -132,6 +132,10 @@ class Component(ABC):
         Redelivery must be a no-op (and return False where the component can tell).
         """
 
+    def settle(self) -> None:  # noqa: B027
+        """The end of a batch of :meth:`apply`: finish what was deferred to it (most
+        components defer nothing; every other method settles first on its own)."""
+
     @abstractmethod
     def take(self) -> Taken:
         """Hand out everything changed since the last take (clears the dirty sets)."""

@@ -372,6 +372,7 @@ class Worker:
                     self.stats["forwarded"] += 1
                     self.health.forwarded.labels(family).inc()
             last[(topic, partition)] = offset
+        engine.settle()
         for (topic, partition), offset in last.items():
             applied[TP(topic, partition)] = offset + 1
         if routing:
