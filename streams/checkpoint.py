@@ -12,7 +12,9 @@ what it applied since the last checkpoint, then commits the offsets that covers:
    while a paused route holds events (a destination refused Sluice, ``pause`` policy):
    nothing could be committed;
 2. **sinks flushed**: every routed event durable at its destination; events a
-   destination refused for good are dead-lettered (stage = the sink);
+   destination refused for good are dead-lettered (stage = the sink). It runs beside
+   step 3 (one waits on the destinations, the other on the broker; neither needs the
+   other's result), and a failure of either fails the checkpoint once both have ended;
 3. **changelog** written and flushed (the state survives a crash from here on), and the
    erasure requests applied since the last checkpoint written to the erasure registry,
    and records read at a partition that is not their home forwarded there
@@ -267,23 +269,28 @@ class Checkpointer:
         rejected: list[Rejected] = []
         changelog_durable = False
         try:
+            # steps 2 and 3 side by side: the sinks' sends wait on their destinations
+            # here, the changelog's flush on the broker in a thread (neither needs the other)
+            flushing = asyncio.ensure_future(ports.sinks.flush())
+            try:
+                step = "3 changelog"
+                await self._changelog(ckpt)
+                lap("changelog")
+            except BaseException:
+                # the snapshot is handed back only once the flush has ended too (what the
+                # sinks refused for good goes back to them, as after a failure of step 3)
+                if _cancelled():
+                    flushing.cancel()
+                else:
+                    await asyncio.wait([flushing])
+                    if not flushing.cancelled() and flushing.exception() is None:
+                        rejected = flushing.result()
+                raise
             step = "2 sinks"
-            rejected = await ports.sinks.flush()
+            rejected = await flushing
             for item in rejected:
                 await ports.dead_letters.rejected(item)
-            lap("sinks")
-            step = "3 changelog"
-            if ckpt.changelog:
-                ports.changelog.write(ckpt.changelog)
-                await self.run_blocking(ports.changelog.flush)
-            if ckpt.forwards:
-                if ports.forwarder is None:
-                    raise RuntimeError("records to forward and no forwarder port")
-                ports.forwarder.write(ckpt.forwards)
-                await self.run_blocking(ports.forwarder.flush)
-            if ckpt.registry and ports.erasures is not None:
-                await self.run_blocking(ports.erasures.publish, ckpt.registry)
-            lap("changelog")
+            lap("sinks")  # what the flush took beyond the changelog's
             step = "4 dead letters"
             await ports.dead_letters.flush()
             lap("dead_letters")
@@ -315,6 +322,20 @@ class Checkpointer:
             committed=committed,
             steps=laps,
         )
+
+    async def _changelog(self, ckpt: Checkpoint) -> None:
+        """Step 3: the changelog, the forwarded records and the erasure registry, durable."""
+        ports = self.ports
+        if ckpt.changelog:
+            ports.changelog.write(ckpt.changelog)
+            await self.run_blocking(ports.changelog.flush)
+        if ckpt.forwards:
+            if ports.forwarder is None:
+                raise RuntimeError("records to forward and no forwarder port")
+            ports.forwarder.write(ckpt.forwards)
+            await self.run_blocking(ports.forwarder.flush)
+        if ckpt.registry and ports.erasures is not None:
+            await self.run_blocking(ports.erasures.publish, ckpt.registry)
 
     async def _settle_erasures(self, port: Erasures) -> None:
         """Step 5b (see the module docstring): never fails the checkpoint."""
@@ -372,6 +393,12 @@ class Checkpointer:
             return {}
         progress.committed.update(offsets)
         return offsets
+
+
+def _cancelled() -> bool:
+    """Whether the running task is being cancelled (a worker stopping)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _failed(step: str, exc: Exception) -> Outcome:
