@@ -258,3 +258,18 @@ def test_campaign_rollup_columns():
         "_version",
     ]
     assert CAMPAIGN_ANALYTICS.table == "campaign_analytics"
+
+
+def test_deferred_accounting_is_bounded(monkeypatch):
+    """A caller that never settles (a long backfill batch) holds at most MAX_PENDING
+    states' old values; the rows stay exact."""
+    import streams.rollups as rollups
+
+    monkeypatch.setattr(rollups, "MAX_PENDING", 50)
+    r = EmailRollups()
+    for i in range(175):
+        r.apply(ev("email_sent", T0 + i, email=f"e{i}"))
+        assert len(r._pending) < 50
+    r.apply(ev("email_opened", T0 + DAY, email="e3"))
+    assert rows(r) == {("t1", "c1", date(2026, 11, 1)): (175, 0, 1, 0, 0, 0, 0, 0)}
+    assert not r._pending  # reading the rows settled the rest
