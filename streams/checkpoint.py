@@ -14,7 +14,9 @@ what it applied since the last checkpoint, then commits the offsets that covers:
 2. **sinks flushed**: every routed event durable at its destination; events a
    destination refused for good are dead-lettered (stage = the sink). It runs beside
    step 3 (one waits on the destinations, the other on the broker; neither needs the
-   other's result), and a failure of either fails the checkpoint once both have ended;
+   other's result), and a failure of either fails the checkpoint once both have ended (a
+   failed flush after a durable changelog keeps only the rows, as in step 0: the sinks
+   keep what they could not send, and the changelog is not sent again);
 3. **changelog** written and flushed (the state survives a crash from here on), and the
    erasure requests applied since the last checkpoint written to the erasure registry,
    and records read at a partition that is not their home forwarded there
@@ -287,7 +289,14 @@ class Checkpointer:
                         rejected = flushing.result()
                 raise
             step = "2 sinks"
-            rejected = await flushing
+            try:
+                rejected = await flushing
+            except Exception:
+                # the state is durable: only the rows wait, as when the OLAP is down (the
+                # sinks keep what they could not send; a changelog resent at every retry
+                # while a destination is down would flood it)
+                changelog_durable = True
+                raise
             for item in rejected:
                 await ports.dead_letters.rejected(item)
             lap("sinks")  # what the flush took beyond the changelog's

@@ -411,6 +411,23 @@ def test_a_changelog_failure_waits_for_the_flush_and_hands_refusals_back(rig):
     assert rig.world.committed == {(TOPIC, 0): 1}
 
 
+def test_sinks_down_for_several_checkpoints_send_no_changelog_twice(rig):
+    """The changelog written beside a flush that fails is durable: the retries write the
+    rows it left (step 0) and what changed since, never the same states again."""
+    rig.apply(sent(1))
+    for n in range(2, 5):
+        rig.world.fail.add("sinks")
+        outcome = rig.run()
+        assert not outcome.ok and outcome.step == "2 sinks"
+        assert rig.world.committed == {} and rig.checkpointer.leftover
+        rig.apply(sent(n))
+    assert rig.run().ok
+    assert rig.world.committed == {(TOPIC, 0): 4}
+    assert rig.campaign_sent() == 4
+    keys = [k for k in rig.world.written if k.startswith('["acme"')]
+    assert len(keys) == len(set(keys)) == 4, keys  # each email's state sent once
+
+
 def test_a_paused_route_takes_no_snapshot_and_commits_nothing(rig):
     rig.apply(sent(1))
     rig.world.holding = ["posthog"]
