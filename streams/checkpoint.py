@@ -12,11 +12,10 @@ what it applied since the last checkpoint, then commits the offsets that covers:
    while a paused route holds events (a destination refused Sluice, ``pause`` policy):
    nothing could be committed;
 2. **sinks flushed**: every routed event durable at its destination; events a
-   destination refused for good are dead-lettered (stage = the sink). It runs beside
-   step 3 (one waits on the destinations, the other on the broker; neither needs the
-   other's result), and a failure of either fails the checkpoint once both have ended (a
-   failed flush after a durable changelog keeps only the rows, as in step 0: the sinks
-   keep what they could not send, and the changelog is not sent again);
+   destination refused for good are dead-lettered (stage = the sink). Before step 3, not
+   beside it: a changelog made durable while a flush fails would leave rows to write
+   while the destination still refuses (a paused route must hold them too), or be sent
+   again at every retry of an outage;
 3. **changelog** written and flushed (the state survives a crash from here on), and the
    erasure requests applied since the last checkpoint written to the erasure registry,
    and records read at a partition that is not their home forwarded there
@@ -271,35 +270,14 @@ class Checkpointer:
         rejected: list[Rejected] = []
         changelog_durable = False
         try:
-            # steps 2 and 3 side by side: the sinks' sends wait on their destinations
-            # here, the changelog's flush on the broker in a thread (neither needs the other)
-            flushing = asyncio.ensure_future(ports.sinks.flush())
-            try:
-                step = "3 changelog"
-                await self._changelog(ckpt)
-                lap("changelog")
-            except BaseException:
-                # the snapshot is handed back only once the flush has ended too (what the
-                # sinks refused for good goes back to them, as after a failure of step 3)
-                if _cancelled():
-                    flushing.cancel()
-                else:
-                    await asyncio.wait([flushing])
-                    if not flushing.cancelled() and flushing.exception() is None:
-                        rejected = flushing.result()
-                raise
             step = "2 sinks"
-            try:
-                rejected = await flushing
-            except Exception:
-                # the state is durable: only the rows wait, as when the OLAP is down (the
-                # sinks keep what they could not send; a changelog resent at every retry
-                # while a destination is down would flood it)
-                changelog_durable = True
-                raise
+            rejected = await ports.sinks.flush()
             for item in rejected:
                 await ports.dead_letters.rejected(item)
-            lap("sinks")  # what the flush took beyond the changelog's
+            lap("sinks")
+            step = "3 changelog"
+            await self._changelog(ckpt)
+            lap("changelog")
             step = "4 dead letters"
             await ports.dead_letters.flush()
             lap("dead_letters")
@@ -407,12 +385,6 @@ class Checkpointer:
 def _write_and_flush(port: Changelog | Forwarder, items: Sequence[Any]) -> None:
     port.write(items)
     port.flush()
-
-
-def _cancelled() -> bool:
-    """Whether the running task is being cancelled (a worker stopping)."""
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
 
 
 def _failed(step: str, exc: Exception) -> Outcome:

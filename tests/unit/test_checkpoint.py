@@ -208,20 +208,21 @@ def test_steps_run_in_order_and_commit_what_they_cover(rig):
     rig.apply(sent(1), sent(2))
     outcome = rig.run()
     assert outcome.ok and outcome.events == 2
-    calls = rig.world.calls
-    # the sinks' flush and the changelog run side by side (here: the changelog first,
-    # the fake's flush starts at the checkpoint's first wait), both before the rest
-    assert sorted(calls[:3]) == ["changelog", "changelog write", "sinks"]
-    assert calls.index("changelog write") < calls.index("changelog")
-    assert calls[3:] == ["dead letters", "olap", "commit"]
+    assert rig.world.calls == [
+        "sinks",
+        "changelog write",
+        "changelog",
+        "dead letters",
+        "olap",
+        "commit",
+    ]
     assert rig.world.committed == {(TOPIC, 0): 2}
     assert rig.campaign_sent() == 2 and rig.progress.unflushed == 0
-    # what each step took, in order (metrics and the worker's log line; "sinks": what
-    # the flush took beyond the changelog, beside which it ran)
+    # what each step took, in order (metrics and the worker's log line)
     assert list(outcome.steps) == [
         "snapshot",
-        "changelog",
         "sinks",
+        "changelog",
         "dead_letters",
         "olap",
         "commit",
@@ -358,8 +359,7 @@ def test_one_checkpoint_at_a_time(rig):
         assert rig.checkpointer.busy  # its I/O is under way (the sinks' flush waits)
         second = asyncio.ensure_future(rig.checkpointer.run())
         await asyncio.sleep(0)
-        # the second waits for the first (whose changelog is written beside the flush)
-        assert rig.world.calls == ["changelog write", "changelog", "sinks"]
+        assert rig.world.calls == ["sinks"]  # the second waits for the first
         rig.world.gate.set()
         return [await first, await second]
 
@@ -368,58 +368,15 @@ def test_one_checkpoint_at_a_time(rig):
     assert rig.world.calls.count("commit") == 1
 
 
-def test_the_changelog_is_durable_while_the_sinks_still_flush(rig):
-    rig.apply(sent(1))
-
-    async def held() -> Outcome:
-        rig.world.gate = asyncio.Event()
-        run = asyncio.ensure_future(rig.checkpointer.run())
-        for _ in range(5):
-            await asyncio.sleep(0)
-        assert rig.world.changelog, "written beside the flush, not after it"
-        assert "olap" not in rig.world.calls and not run.done()  # the rows wait for both
-        rig.world.gate.set()
-        return await run
-
-    assert asyncio.run(held()).ok
-    assert rig.world.calls[-3:] == ["dead letters", "olap", "commit"]
-    assert rig.world.committed == {(TOPIC, 0): 1}
-
-
-def test_a_changelog_failure_waits_for_the_flush_and_hands_refusals_back(rig):
-    rig.apply(sent(1))
-    envelope = Envelope(sent(1), TOPIC, 0, 0, b"acme", b"raw")
-    rig.world.refuse = [Rejected(envelope, "posthog", "http_400", "bad event")]
-    rig.world.fail.add("changelog")
-
-    async def held() -> Outcome:
-        rig.world.gate = asyncio.Event()
-        run = asyncio.ensure_future(rig.checkpointer.run())
-        for _ in range(5):
-            await asyncio.sleep(0)
-        assert not run.done(), "the snapshot is not handed back while the sinks flush"
-        rig.world.gate.set()
-        return await run
-
-    outcome = asyncio.run(held())
-    assert not outcome.ok and outcome.step == "3 changelog"
-    assert [r.sink for r in rig.world.restored] == ["posthog"]  # back to the sink
-    assert rig.world.dead == [] and rig.world.committed == {}
-    rig.world.gate = None
-    assert rig.run().ok
-    assert [r.sink for r in rig.world.dead] == ["posthog"]  # dead-lettered once, now
-    assert rig.world.committed == {(TOPIC, 0): 1}
-
-
 def test_sinks_down_for_several_checkpoints_send_no_changelog_twice(rig):
-    """The changelog written beside a flush that fails is durable: the retries write the
-    rows it left (step 0) and what changed since, never the same states again."""
+    """While a destination is down the changelog is not written (step 2 fails before it):
+    the states are sent once, by the checkpoint that gets through."""
     rig.apply(sent(1))
     for n in range(2, 5):
         rig.world.fail.add("sinks")
         outcome = rig.run()
         assert not outcome.ok and outcome.step == "2 sinks"
-        assert rig.world.committed == {} and rig.checkpointer.leftover
+        assert rig.world.committed == {} and not rig.world.written
         rig.apply(sent(n))
     assert rig.run().ok
     assert rig.world.committed == {(TOPIC, 0): 4}
