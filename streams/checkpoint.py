@@ -314,7 +314,7 @@ class Checkpointer:
         """Step 3: the changelog, the forwarded records and the erasure registry, durable."""
         ports = self.ports
         # written in the thread too: encoding and producing tens of thousands of entries
-        # on the event loop held up the sinks' sends beside it (measured: timers ~1 s late)
+        # on the event loop held up everything else on it (the sinks' sends, the timers)
         if ckpt.changelog:
             await self.run_blocking(_write_and_flush, ports.changelog, ckpt.changelog)
         if ckpt.forwards:
