@@ -3,7 +3,7 @@
 ``python -m bench.hotpath [--events 200000] [--sinks/--no-sinks] [--profile FILE]``
 
 Builds the seeded bench workload, encodes it with Sluice's codec once, then feeds it in
-batches of ``--batch`` (the worker's ``SLUICE_BATCH_MAX``: 5,000 in the bench) to a real
+batches of ``--batch`` (the worker's ``SLUICE_BATCH_MAX``: 1,000 by default) to a real
 :class:`streams.worker.Worker` — its ``process()``: decode, state updates, routing, sink
 preparation — and times each stage alone over the same events (decode only; decode +
 route + sink preparation; the whole ``process``). No broker, no checkpoints and no
@@ -109,7 +109,7 @@ def _env(sinks: bool, data_dir: str, store: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=200_000)
-    parser.add_argument("--batch", type=int, default=5_000)
+    parser.add_argument("--batch", type=int, default=1_000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--sinks", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--profile", default=None)

@@ -1,7 +1,7 @@
 """Instructions per event of the worker's hot path: a figure that a busy machine cannot move.
 
 ``python -m bench.instructions [--events 40000] [--sinks/--no-sinks] [--store rocksdb]
-[--snapshot] [--tree DIR ...]``
+[--snapshot] [--batch 5000] [--tree DIR ...]``
 
 Wall and CPU times of one process vary by 20-30 % between identical runs on a shared
 2-core machine (``bench.hotpath``: 17.6-25.7 µs an event for one commit in one hour), far
@@ -12,9 +12,11 @@ once with Sluice's codec, into a temporary file) through a real
 preparation; sinks at a closed port, nothing sent, as in ``bench.hotpath`` — under
 valgrind's cachegrind (``--cache-sim=no``: instructions only, about 50 times slower), and
 once more loading the same events without processing them, and prints the difference per
-event. ``--snapshot`` adds one checkpoint snapshot (``Engine.snapshot``) after the last
-batch. ``--tree DIR`` measures the source tree at ``DIR`` instead of this one (several:
-one line each, e.g. a ``git archive`` of an older commit beside this one).
+event, in batches of ``--batch`` events (``SLUICE_BATCH_MAX``; 5,000 by default, as
+every figure before 2026-12-03's eleventh session). ``--snapshot`` adds one checkpoint
+snapshot (``Engine.snapshot``) after the last batch. ``--tree DIR`` measures the source
+tree at ``DIR`` instead of this one (several: one line each, e.g. a ``git archive`` of an
+older commit beside this one).
 
 ``PYTHONHASHSEED=0`` in every run (a seed changes set and dict layouts, and the count).
 Threads (librdkafka's) add a little noise: differences under ~0.5 % are not results. An
@@ -38,7 +40,7 @@ from pathlib import Path
 _REFS = re.compile(r"I\s+refs:\s+([\d,]+)")
 
 
-def child(mode: str, path: str) -> None:
+def child(mode: str, path: str, batch: str = "5000") -> None:
     """One measured process: load the messages; then (``mode`` != load) process them."""
     import asyncio
     import gc
@@ -59,10 +61,11 @@ def child(mode: str, path: str) -> None:
             db.imaged()  # a running worker's store: the image, every change cut at a snapshot
     gc.disable()  # a collection's instructions land wherever it happens to start
     if mode != "load":
+        size = int(batch)
 
         async def run() -> None:
-            for i in range(0, len(messages), 5_000):
-                await worker.process(messages[i : i + 5_000])
+            for i in range(0, len(messages), size):
+                await worker.process(messages[i : i + size])
 
         asyncio.new_event_loop().run_until_complete(run())
         if mode == "snapshot":
@@ -70,7 +73,7 @@ def child(mode: str, path: str) -> None:
     os._exit(0)  # no teardown: its instructions are not the hot path's
 
 
-def count(tree: Path, mode: str, path: Path, sinks: bool, store: str) -> int:
+def count(tree: Path, mode: str, path: Path, sinks: bool, store: str, batch: int = 5_000) -> int:
     """Instructions of one child run in source tree ``tree``."""
     # here, not at the top: a child of an older ``tree`` imports that tree's bench.hotpath
     from bench.hotpath import SINK_ENV
@@ -101,6 +104,7 @@ def count(tree: Path, mode: str, path: Path, sinks: bool, store: str) -> int:
         "--child",
         mode,
         str(path),
+        str(batch),
     ]
     try:
         done = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True, timeout=900)
@@ -125,14 +129,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sinks", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--store", choices=["memory", "rocksdb"], default="rocksdb")
     parser.add_argument("--snapshot", action="store_true")
+    parser.add_argument("--batch", type=int, default=5_000, help="events per process() call")
     parser.add_argument("--tree", action="append", type=Path, default=None)
-    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         child(*args.child)
         return 0
     if args.events <= 0:
         parser.error("--events must be positive")
+    if args.batch <= 0:
+        parser.error("--batch must be positive")
     if shutil.which("valgrind") is None:
         parser.error("valgrind is not on the PATH (apt-get install valgrind)")
     trees = [t.resolve() for t in args.tree or [Path(__file__).resolve().parent.parent]]
@@ -160,10 +167,13 @@ def main(argv: list[str] | None = None) -> int:
                 check=False,
                 capture_output=True,
             )
-            loaded = count(tree, "load", path, args.sinks, args.store)
-            ran = count(tree, mode, path, args.sinks, args.store)
+            loaded = count(tree, "load", path, args.sinks, args.store, args.batch)
+            ran = count(tree, mode, path, args.sinks, args.store, args.batch)
             per_event = (ran - loaded) / args.events
-            print(f"{tree}  {mode}  {per_event:,.0f} instructions/event  ({ran:,} - {loaded:,})")
+            print(
+                f"{tree}  {mode}  batch {args.batch:,}  {per_event:,.0f} instructions/event  "
+                f"({ran:,} - {loaded:,})"
+            )
     return 0
 
 

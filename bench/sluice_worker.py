@@ -170,7 +170,7 @@ def run(
         # does not take the worker's CPU (two cores; a real destination has its own)
         with HttpReceiver(deferred=True) as rx:
             interval = float(ctx.extra.get("checkpoint_interval_s", 2.0))
-            env = {"SLUICE_FLUSH_INTERVAL_S": str(interval), "SLUICE_BATCH_MAX": "5000"}
+            env = {"SLUICE_FLUSH_INTERVAL_S": str(interval)}
             if sinks:
                 env |= sink_env(rx, rs)
             extra = {"clickhouse_url": server.url} if server is not None else {}

@@ -372,6 +372,7 @@ class BatchingSink(ABC):
         self._rejected: list[Rejected] = []
         self._pump: asyncio.Task[None] | None = None
         self._pump_paused = False
+        self._linger: asyncio.TimerHandle | None = None  # seals the open batch when due
         self._not_before = 0.0  # monotonic: a Retry-After applies to every request
         # where the sink stands with its destination (SinkState)
         self._state = OK
@@ -399,6 +400,9 @@ class BatchingSink(ABC):
 
     async def close(self) -> None:
         """Stop the background sender; subclasses close their connections too."""
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
         if self._pump is not None:
             self._pump.cancel()
             await asyncio.gather(self._pump, return_exceptions=True)
@@ -417,6 +421,7 @@ class BatchingSink(ABC):
                 continue
             if not self._open:
                 self._opened_at = now
+                self._arm_linger()
             self._open.append((released(env), item))
             if len(self._open) >= self.limits.max_events:
                 self._seal()
@@ -536,6 +541,30 @@ class BatchingSink(ABC):
     def _may_send(self) -> bool:
         """False while refused and no probe is due (no background send is started)."""
         return self._state != REFUSED or time.monotonic() >= self._next_probe
+
+    def _arm_linger(self) -> None:
+        """Seal the batch just opened once it is ``linger_s`` old, even if nothing more is
+        written to this sink: a quiet route's last events go out then, not at the next
+        checkpoint. One timer per sink; without a running loop (a synchronous test) the
+        next write or flush seals it."""
+        if self._linger is not None:
+            return  # armed for an older batch: when it fires, it re-arms for this one
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._linger = loop.call_later(self.limits.linger_s, self._linger_due)
+
+    def _linger_due(self) -> None:
+        self._linger = None
+        if not self._open:
+            return
+        age = time.monotonic() - self._opened_at
+        if age >= self.limits.linger_s:
+            self._seal()
+        else:  # the batch the timer was armed for was sealed; this one opened since
+            loop = asyncio.get_running_loop()
+            self._linger = loop.call_later(self.limits.linger_s - age, self._linger_due)
 
     def _seal(self, kick: bool = True) -> None:
         if self._open:

@@ -203,7 +203,7 @@ class Settings(BaseSettings):
     sink_retry_max_s: float = Field(10.0, gt=0, description="Cap of the retry backoff.")
     sink_max_in_flight: int = Field(4, gt=0, le=32, description="Concurrent requests per sink.")
     sink_linger_s: float = Field(
-        1.0, gt=0, description="Longest a partly filled sink batch waits before it is sent."
+        0.5, gt=0, description="Longest a partly filled sink batch waits before it is sent."
     )
     sink_max_buffered: int = Field(
         100_000,
@@ -273,6 +273,15 @@ class Settings(BaseSettings):
     )
     sluice_flush_interval_s: float = Field(
         5.0, gt=0, description="Seconds between checkpoints (OLAP flush + offset commit)."
+    )
+    sluice_batch_max: int = Field(
+        1_000,
+        ge=1,
+        le=100_000,
+        description="Most events the reader hands the worker at once. The event loop runs "
+        "nothing else while a batch is applied (sink sends, timers, the checkpoint's steps "
+        "wait), so smaller batches shorten those waits; larger ones cost a little less per "
+        "event when the worker is behind (bench/README.md).",
     )
     sluice_malloc_arenas: int = Field(
         2,

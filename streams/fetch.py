@@ -32,14 +32,17 @@ from streams.engine import Forward
 
 log = logging.getLogger("sluice.fetch")
 
-BATCH = 5_000  # most messages one fetch hands to the worker
+BATCH = 1_000  # most messages one fetch hands to the worker (SLUICE_BATCH_MAX)
 POLL_S = 0.1  # longest one fetch waits for the first message
 
 
 class Reader:
     """Reads the partitions it is assigned, in batches; thread-safe against the loop."""
 
-    def __init__(self, conf: dict[str, Any], group: str) -> None:
+    def __init__(self, conf: dict[str, Any], group: str, batch: int = BATCH) -> None:
+        if batch < 1:
+            raise ValueError(f"a batch holds at least one event, not {batch}")
+        self.batch = batch
         self._logger = logging.getLogger("sluice.fetch.librdkafka")
         self.consumer = Consumer(
             {
@@ -90,7 +93,8 @@ class Reader:
             if not self.assigned:
                 return []
             loop = asyncio.get_running_loop()
-            messages = await loop.run_in_executor(self._pool, self.consumer.consume, BATCH, POLL_S)
+            consume = self.consumer.consume
+            messages = await loop.run_in_executor(self._pool, consume, self.batch, POLL_S)
         good = []
         for message in messages:
             error = message.error()

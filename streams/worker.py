@@ -140,7 +140,9 @@ class Worker:
         self.specs = {spec.name: spec for spec in self.catalog.event_topics()}
         self.placement = Placement.of(self.catalog)
         self.progress = Progress()
-        self.fetcher = Reader(kafka_config(settings), settings.sluice_app_id)
+        self.fetcher = Reader(
+            kafka_config(settings), settings.sluice_app_id, settings.sluice_batch_max
+        )
         self.changelog = ChangelogWriter(kafka_config(settings), self.catalog.changelog.name)
         self.forwarder = Forwarder(kafka_config(settings))
         self.registry_writer = RegistryWriter(kafka_config(settings), self.catalog.erasures.name)

@@ -205,6 +205,37 @@ def test_full_batches_are_sent_in_the_background_before_flush():
     asyncio.run(main())
 
 
+def test_a_partial_batch_goes_out_after_linger_without_another_write():
+    async def main() -> tuple[list[int], list[int], int]:
+        sink = Scripted(max_events=1000, linger_s=0.1)
+        sink.write(envs(3))
+        await asyncio.sleep(0.02)
+        early = list(sink.received)  # younger than linger_s: still open
+        await asyncio.sleep(0.3)  # nothing more written, no flush
+        late = list(sink.received)
+        sink.write(envs(2, start=3))  # a batch opened after the first was sealed
+        await asyncio.sleep(0.3)
+        await sink.close()
+        return early, late, len(sink.received)
+
+    early, late, total = asyncio.run(main())
+    assert early == []
+    assert late == [0, 1, 2]
+    assert total == 5
+
+
+def test_a_closed_sink_arms_no_linger_timer():
+    async def main() -> Scripted:
+        sink = Scripted(max_events=1000, linger_s=0.05)
+        sink.write(envs(1))
+        await sink.close()
+        await asyncio.sleep(0.15)
+        return sink
+
+    sink = asyncio.run(main())
+    assert sink.received == [] and sink.buffered() == 1  # kept for the flush that owns it
+
+
 def test_forget_drops_buffered_events_of_revoked_partitions():
     async def main() -> Scripted:
         sink = Scripted(max_events=1000)
