@@ -369,6 +369,9 @@ class BatchingSink(ABC):
         self._seq = 0
         self._queue: deque[_Batch] = deque()
         self._sending = 0  # events in batches being sent right now
+        self._delivering = 0  # batches being sent right now (pump and flush together)
+        self._wakers: list[asyncio.Future[None]] = []  # a seal sets them: the drains look again
+        self._adopted: set[asyncio.Future[Any]] = set()  # a flush's sends left to the pump
         self._rejected: list[Rejected] = []
         self._pump: asyncio.Task[None] | None = None
         self._pump_paused = False
@@ -433,17 +436,17 @@ class BatchingSink(ABC):
         self._seal(kick=False)
         target = self._seq
         deadline = time.monotonic() + self.limits.flush_deadline_s
-        # One sender at a time: stop the background pump, then drive what's queued.
+        # One driver of the queue: the background pump launches nothing more, and the
+        # flush waits for what it has in flight (its failures are queued again, for the
+        # flush to send) while it drives the queue itself.
         self._pump_paused = True
         try:
-            if self._pump is not None:
-                await asyncio.gather(self._pump, return_exceptions=True)
-                self._pump = None
-            await self._drain(deadline, upto=target)
+            await self._drain(deadline, upto=target, pump=self._pump)
+            self._pump = None
         finally:
             self._pump_paused = False
             self.observer.flushed(self.name, time.perf_counter() - started)
-            if self._queue:
+            if self._queue or self._adopted:
                 self._kick()
         rejected, self._rejected = self._rejected, []
         return rejected
@@ -571,6 +574,9 @@ class BatchingSink(ABC):
             self._seq += 1
             self._queue.append(_Batch(self._seq, self._open))
             self._open = []
+            for waker in self._wakers:  # a drain waiting on its sends: one more to send
+                if not waker.done():
+                    waker.set_result(None)
         if kick:
             self._kick()
 
@@ -578,7 +584,7 @@ class BatchingSink(ABC):
         """Start the background sender for full batches, if a loop runs and none is."""
         if (
             self._pump_paused
-            or not self._queue
+            or not (self._queue or self._adopted)
             or (self._pump is not None and not self._pump.done())
             or not self._may_send()  # refused: the next flush (or due probe) decides
         ):
@@ -591,7 +597,9 @@ class BatchingSink(ABC):
 
     async def _background(self) -> None:
         try:
-            await self._drain(time.monotonic() + self.limits.flush_deadline_s, upto=None)
+            deadline = time.monotonic() + self.limits.flush_deadline_s
+            adopted, self._adopted = self._adopted, set()
+            await self._drain(deadline, upto=None, adopted=adopted)
         except SinkRefused:
             pass  # reported by the router, once per interval: never a line per batch
         except SinkUnavailable as exc:
@@ -600,9 +608,27 @@ class BatchingSink(ABC):
                 "sink %s: background send failed, retrying at the next flush: %s", self.name, exc
             )
 
-    async def _drain(self, deadline: float, upto: int | None) -> None:
-        """Send queued batches (seq <= upto), at most max_in_flight at once."""
-        running: set[asyncio.Task[None]] = set()
+    async def _drain(
+        self,
+        deadline: float,
+        upto: int | None,
+        pump: asyncio.Task[None] | None = None,
+        adopted: set[asyncio.Future[Any]] | None = None,
+    ) -> None:
+        """Send queued batches (seq <= upto), at most max_in_flight at once.
+
+        With ``upto`` (a flush; ``pump``: the paused background sender, whose batches in
+        flight it waits for), batches sealed after ``upto`` are sent too while one of those
+        it waits for is still in flight: events that arrive during a checkpoint's flush do
+        not wait for its end. Those later batches do not decide the flush: once the ones it
+        waits for are delivered, those still in flight are left to the background sender
+        (``adopted``: it waits for them as for its own; one that fails goes back to the
+        queue, where it would have waited anyway); the events they refused for good before
+        are returned with the flush's (their dead letters are written before their
+        offsets are committed either way)."""
+        running: dict[asyncio.Future[Any], bool] = dict.fromkeys(adopted or (), True)
+        if pump is not None and not pump.done():
+            running[pump] = True  # -> the flush waits for it
         failure: BaseException | None = None
         while True:
             # A refused sink sends one batch at a time: the first is the probe, and the
@@ -611,17 +637,39 @@ class BatchingSink(ABC):
             while (
                 self._queue
                 and failure is None
-                and len(running) < in_flight
-                and (upto is None or self._queue[0].seq <= upto)
+                and self._delivering < in_flight
                 and not (upto is None and self._pump_paused)
             ):
-                running.add(asyncio.create_task(self._deliver(self._queue.popleft(), deadline)))
+                due = upto is None or self._queue[0].seq <= upto
+                if not due and not any(running.values()):
+                    break  # everything the flush waits for is delivered
+                task = asyncio.ensure_future(self._deliver(self._queue.popleft(), deadline))
+                self._delivering += 1
+                task.add_done_callback(self._delivered_one)  # cancelled or not
+                running[task] = due
             if not running:
                 break
-            done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            if upto is not None and failure is None and not any(running.values()):
+                self._adopted.update(running)  # only later batches are left: the pump's
+                break
+            # woken by a batch sealed meanwhile too: it is sent now if a slot is free
+            wake = asyncio.get_running_loop().create_future()
+            self._wakers.append(wake)
+            try:
+                done, _ = await asyncio.wait([*running, wake], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                self._wakers.remove(wake)
+                wake.cancel()
             for task in done:
+                if task is wake:
+                    continue
+                due = running.pop(task)
+                if task is pump:
+                    continue  # what it failed to send is queued again: sent from here
                 exc = task.exception()
-                if exc is not None and failure is None:
+                if exc is None or failure is not None:
+                    continue
+                if due or not isinstance(exc, SinkError):
                     failure = exc
         if failure is not None:
             if isinstance(failure, SinkError) and self._state == REFUSED:
@@ -629,6 +677,9 @@ class BatchingSink(ABC):
             if isinstance(failure, SinkError):
                 raise SinkUnavailable(f"{self.name}: {redact(str(failure), 400)}") from failure
             raise failure
+
+    def _delivered_one(self, _task: asyncio.Future[Any]) -> None:
+        self._delivering -= 1
 
     async def _deliver(self, batch: _Batch, deadline: float) -> None:
         """Deliver one batch; bisect permanent refusals; re-queue it if time runs out."""

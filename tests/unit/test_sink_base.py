@@ -236,6 +236,48 @@ def test_a_closed_sink_arms_no_linger_timer():
     assert sink.received == [] and sink.buffered() == 1  # kept for the flush that owns it
 
 
+def test_a_batch_sealed_during_a_flush_is_sent_during_it():
+    async def main() -> tuple[Scripted, float, float, list[int]]:
+        sink = Scripted([0.3, 0.3], max_events=10, max_in_flight=4)
+        sink.write(envs(10))  # sealed and sent in the background: 0.3 s
+        flushing = asyncio.create_task(sink.flush())
+        await asyncio.sleep(0.05)
+        sink.write(envs(10, start=10))  # sealed after the flush began
+        await flushing
+        returned = time.monotonic()
+        at_return = sorted(sink.received)
+        await asyncio.sleep(0.3)  # the later batch, still in flight, is the pump's now
+        return sink, sink.calls[1][0], returned, at_return
+
+    sink, second_sent, returned, at_return = asyncio.run(main())
+    assert second_sent < returned  # not left waiting for the end of the flush
+    assert at_return[:10] == list(range(10))  # what the flush was for: delivered
+    assert sorted(sink.received) == list(range(20))
+    assert sink.buffered() == 0
+
+
+def test_a_later_batch_failing_does_not_fail_the_flush_it_rode_along():
+    async def main() -> tuple[Scripted, list[int]]:
+        # the first batch takes 0.2 s; the one sealed during the flush fails past the
+        # flush's deadline (every retry refused 503, 0.4 s deadline)
+        sink = Scripted([0.2] + [TransientError("http_503")] * 50, max_events=10)
+        sink.limits = BatchLimits(max_events=10, flush_deadline_s=0.4)
+        sink.write(envs(10))
+        flushing = asyncio.create_task(sink.flush())
+        await asyncio.sleep(0.05)
+        sink.write(envs(10, start=10))
+        assert await flushing == []
+        delivered = sorted(sink.received)
+        sink.script = []  # the destination is back
+        assert await sink.flush() == []
+        return sink, delivered
+
+    sink, delivered = asyncio.run(main())
+    assert delivered == list(range(10))  # the flush's own batch
+    assert sorted(sink.received) == list(range(20))  # the other one, queued again, later
+    assert sink.buffered() == 0
+
+
 def test_forget_drops_buffered_events_of_revoked_partitions():
     async def main() -> Scripted:
         sink = Scripted(max_events=1000)
