@@ -278,10 +278,10 @@ class Settings(BaseSettings):
         1_000,
         ge=1,
         le=100_000,
-        description="Most events the reader hands the worker at once. The event loop runs "
-        "nothing else while a batch is applied (sink sends, timers, the checkpoint's steps "
-        "wait), so smaller batches shorten those waits; larger ones cost a little less per "
-        "event when the worker is behind (bench/README.md).",
+        description="Most events the worker applies before the event loop gets a turn (the "
+        "reader fetches up to 5,000, or this many if more, and a fetch is applied as one "
+        "to a checkpoint). While events are applied the loop runs nothing else: sink sends, "
+        "timers and the checkpoint's flush wait, so smaller steps shorten those waits.",
     )
     sluice_malloc_arenas: int = Field(
         2,

@@ -32,7 +32,7 @@ from streams.engine import Forward
 
 log = logging.getLogger("sluice.fetch")
 
-BATCH = 1_000  # most messages one fetch hands to the worker (SLUICE_BATCH_MAX)
+BATCH = 5_000  # most messages one fetch hands to the worker (or SLUICE_BATCH_MAX, if more)
 POLL_S = 0.1  # longest one fetch waits for the first message
 
 

@@ -96,7 +96,7 @@ from streams import gcpolicy, seam
 from streams.checkpoint import Checkpointer, Outcome, Ports, Progress
 from streams.engine import Engine, ErasureWork, Forward
 from streams.erasure import Forget, LeadKeys
-from streams.fetch import ChangelogWriter, Forwarder, Reader
+from streams.fetch import BATCH, ChangelogWriter, Forwarder, Reader
 from streams.metrics import HealthMetrics
 from streams.rekey import Placement, misplaced
 from streams.restore import ChangelogSource, Restorer
@@ -140,8 +140,10 @@ class Worker:
         self.specs = {spec.name: spec for spec in self.catalog.event_topics()}
         self.placement = Placement.of(self.catalog)
         self.progress = Progress()
+        # fetches stay large (a fetch's round trip to the reader's thread is paid per
+        # fetch); the hot loop applies them SLUICE_BATCH_MAX events at a time
         self.fetcher = Reader(
-            kafka_config(settings), settings.sluice_app_id, settings.sluice_batch_max
+            kafka_config(settings), settings.sluice_app_id, max(BATCH, settings.sluice_batch_max)
         )
         self.changelog = ChangelogWriter(kafka_config(settings), self.catalog.changelog.name)
         self.forwarder = Forwarder(kafka_config(settings))
@@ -284,8 +286,8 @@ class Worker:
             seam.still_consuming(self.app.consumer)
             messages = await self.fetcher.fetch()
             if messages:
-                async with self.state_lock:
-                    await self.process(messages)
+                async with self.state_lock:  # one fetch is applied as one, as to a checkpoint
+                    await self._apply_in_steps(messages)
                 self.gc.tick()
             elif not self.fetcher.assigned:
                 await asyncio.sleep(0.05)
@@ -320,6 +322,19 @@ class Worker:
         if waited >= 1.0 or self._next_wait_log <= started:
             self._next_wait_log = started + 30.0
             log.info("reader waited %.2f s for sink %s (SINK_MAX_BUFFERED=%d)", waited, sink, limit)
+
+    async def _apply_in_steps(self, messages: Sequence[Message]) -> None:
+        """Process a fetch ``SLUICE_BATCH_MAX`` events at a time, giving the event loop a
+        turn between them (sink sends, timers, the checkpoint's flush run meanwhile; the
+        checkpoint's snapshot waits for the whole fetch, under the state lock)."""
+        step = self.settings.sluice_batch_max
+        if len(messages) <= step:
+            await self.process(messages)
+            return
+        for start in range(0, len(messages), step):
+            if start:
+                await asyncio.sleep(0)
+            await self.process(messages[start : start + step])
 
     def _start_checkpoint(self) -> None:
         """Checkpoint in the background (reading and applying go on meanwhile)."""
