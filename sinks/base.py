@@ -440,8 +440,11 @@ class BatchingSink(ABC):
         # flush waits for what it has in flight (its failures are queued again, for the
         # flush to send) while it drives the queue itself.
         self._pump_paused = True
+        # an earlier flush's later batches not yet taken over by a pump (none started:
+        # refused): waited for too, so that nothing is in flight when this one returns
+        adopted, self._adopted = self._adopted, set()
         try:
-            await self._drain(deadline, upto=target, pump=self._pump)
+            await self._drain(deadline, upto=target, pump=self._pump, adopted=adopted)
             self._pump = None
         finally:
             self._pump_paused = False

@@ -278,6 +278,26 @@ def test_a_later_batch_failing_does_not_fail_the_flush_it_rode_along():
     assert sink.buffered() == 0
 
 
+def test_a_flush_waits_for_later_batches_an_earlier_flush_left_in_flight():
+    async def main() -> tuple[Scripted, int]:
+        sink = Scripted([0.1, 0.4], max_events=10)
+        sink.write(envs(10))
+        flushing = asyncio.create_task(sink.flush())
+        await asyncio.sleep(0.02)
+        sink.write(envs(10, start=10))  # sent during the flush, still in flight after it
+        sink._may_send = lambda: False  # type: ignore[method-assign]  # as if refused: no
+        await flushing  # background sender is started to take that batch over
+        del sink._may_send
+        in_flight = sink._delivering  # noqa: SLF001
+        await sink.flush()  # nothing new to send: it still waits for that batch
+        return sink, in_flight
+
+    sink, in_flight = asyncio.run(main())
+    assert in_flight == 1
+    assert sorted(sink.received) == list(range(20))
+    assert sink._delivering == 0  # noqa: SLF001
+
+
 def test_forget_drops_buffered_events_of_revoked_partitions():
     async def main() -> Scripted:
         sink = Scripted(max_events=1000)
