@@ -203,7 +203,10 @@ class Settings(BaseSettings):
     sink_retry_max_s: float = Field(10.0, gt=0, description="Cap of the retry backoff.")
     sink_max_in_flight: int = Field(4, gt=0, le=32, description="Concurrent requests per sink.")
     sink_linger_s: float = Field(
-        0.5, gt=0, description="Longest a partly filled sink batch waits before it is sent."
+        0.5,
+        gt=0,
+        le=300,
+        description="Longest a partly filled sink batch waits before it is sent.",
     )
     sink_max_buffered: int = Field(
         100_000,

@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from sinks.base import (
     RELEASED,
@@ -20,6 +21,7 @@ from sinks.base import (
     parse_retry_after,
 )
 from sinks.http import raise_for_status
+from sluice.settings import Settings
 
 
 def test_backoff_is_exponential_and_capped():
@@ -330,3 +332,9 @@ def test_in_flight_is_bounded():
         return peak
 
     assert asyncio.run(main()) == 3
+
+def test_a_sink_linger_is_finite():
+    assert Settings(sink_linger_s=300).sink_linger_s == 300
+    for bad in (0, float("inf"), float("nan"), 301):
+        with pytest.raises(ValidationError):
+            Settings(sink_linger_s=bad)
