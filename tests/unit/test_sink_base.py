@@ -333,6 +333,7 @@ def test_in_flight_is_bounded():
 
     assert asyncio.run(main()) == 3
 
+
 def test_a_sink_linger_is_finite():
     assert Settings(sink_linger_s=300).sink_linger_s == 300
     for bad in (0, float("inf"), float("nan"), 301):
