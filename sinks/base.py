@@ -369,7 +369,8 @@ class BatchingSink(ABC):
         self._seq = 0
         self._queue: deque[_Batch] = deque()
         self._sending = 0  # events in batches being sent right now
-        self._delivering = 0  # batches being sent right now (pump and flush together)
+        # batches being sent right now (pump and flush together); see _delivering
+        self._deliveries: set[asyncio.Future[Any]] = set()
         self._wakers: list[asyncio.Future[None]] = []  # a seal sets them: the drains look again
         self._adopted: set[asyncio.Future[Any]] = set()  # a flush's sends left to the pump
         self._rejected: list[Rejected] = []
@@ -446,6 +447,8 @@ class BatchingSink(ABC):
         try:
             await self._drain(deadline, upto=target, pump=self._pump, adopted=adopted)
             self._pump = None
+            if self._queue and self._queue[0].seq <= target:  # never a success with them unsent
+                raise SinkUnavailable(f"{self.name}: batches left unsent by the flush")
         finally:
             self._pump_paused = False
             self.observer.flushed(self.name, time.perf_counter() - started)
@@ -647,8 +650,8 @@ class BatchingSink(ABC):
                 if not due and not any(running.values()):
                     break  # everything the flush waits for is delivered
                 task = asyncio.ensure_future(self._deliver(self._queue.popleft(), deadline))
-                self._delivering += 1
-                task.add_done_callback(self._delivered_one)  # cancelled or not
+                self._deliveries.add(task)
+                task.add_done_callback(self._deliveries.discard)  # cancelled or not
                 running[task] = due
             if not running:
                 break
@@ -681,8 +684,13 @@ class BatchingSink(ABC):
                 raise SinkUnavailable(f"{self.name}: {redact(str(failure), 400)}") from failure
             raise failure
 
-    def _delivered_one(self, _task: asyncio.Future[Any]) -> None:
-        self._delivering -= 1
+    @property
+    def _delivering(self) -> int:
+        """Sends in flight. A task is done before its done-callbacks run (they are only
+        scheduled), and a drain can see it done and return in between: a count kept by a
+        callback would still hold a slot then, and the next flush, started in the same
+        turn of the loop, would launch nothing and return with its batches unsent."""
+        return sum(1 for task in self._deliveries if not task.done())
 
     async def _deliver(self, batch: _Batch, deadline: float) -> None:
         """Deliver one batch; bisect permanent refusals; re-queue it if time runs out."""

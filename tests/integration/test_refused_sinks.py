@@ -34,7 +34,7 @@ from tests.integration.test_sinks import (
     security_events,
 )
 
-GRACE, PROBE = 0.3, 0.6
+GRACE, PROBE = 0.3, 1.5  # a probe interval a loaded CI machine does not reach by chance
 POLICY = RetryPolicy(
     initial_s=0.05, max_s=0.2, jitter=0.0, refused_after_s=GRACE, refused_probe_s=PROBE
 )

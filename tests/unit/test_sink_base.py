@@ -339,3 +339,35 @@ def test_a_sink_linger_is_finite():
     for bad in (0, float("inf"), float("nan"), 301):
         with pytest.raises(ValidationError):
             Settings(sink_linger_s=bad)
+
+
+def test_a_send_that_fails_as_the_flush_wakes_frees_its_slot_for_the_next_flush():
+    # A task is done before its done-callbacks run. Here a batch sealed meanwhile wakes
+    # the flush in the very turn of the loop in which its send fails: the flush sees the
+    # send done, fails, and the next flush starts in that same turn. A slot count kept by
+    # a done-callback still held the slot then: that flush sent nothing and returned
+    # success with every batch unsent (seen as a refused sink's flush that did not raise).
+    class FailsOnce(Scripted):
+        async def send(self, items: list[Any]) -> None:
+            if not self.calls:
+                self.calls.append((time.monotonic(), len(items)))
+                # a full batch, sealed in the next turn, in which this send fails too
+                asyncio.get_running_loop().call_soon(self.write, envs(10, start=10))
+                await asyncio.sleep(0)
+                raise RuntimeError("boom")
+            await super().send(items)
+
+    async def main() -> FailsOnce:
+        sink = FailsOnce(max_events=10, max_in_flight=1)
+        sink.write(envs(10))
+        # as if refused: no background sender is started, the next flush alone sends
+        sink._may_send = lambda: False  # type: ignore[method-assign]
+        with pytest.raises(RuntimeError, match="boom"):
+            await sink.flush()
+        assert await sink.flush() == []
+        assert sink.buffered() == 0
+        await sink.close()
+        return sink
+
+    sink = asyncio.run(main())
+    assert sorted(sink.received) == list(range(20))
