@@ -447,7 +447,7 @@ class BatchingSink(ABC):
         try:
             await self._drain(deadline, upto=target, pump=self._pump, adopted=adopted)
             self._pump = None
-            if self._queue and self._queue[0].seq <= target:  # never a success with them unsent
+            if self._owes(target):  # never a success with its own batches unsent
                 raise SinkUnavailable(f"{self.name}: batches left unsent by the flush")
         finally:
             self._pump_paused = False
@@ -647,7 +647,7 @@ class BatchingSink(ABC):
                 and not (upto is None and self._pump_paused)
             ):
                 due = upto is None or self._queue[0].seq <= upto
-                if not due and not any(running.values()):
+                if not due and not any(running.values()) and not self._owes(upto):
                     break  # everything the flush waits for is delivered
                 task = asyncio.ensure_future(self._deliver(self._queue.popleft(), deadline))
                 self._deliveries.add(task)
@@ -683,6 +683,11 @@ class BatchingSink(ABC):
             if isinstance(failure, SinkError):
                 raise SinkUnavailable(f"{self.name}: {redact(str(failure), 400)}") from failure
             raise failure
+
+    def _owes(self, upto: int | None) -> bool:
+        """A batch a flush up to ``upto`` must deliver is queued (a failed send goes back
+        in front, so a later batch re-queued after it can stand before it)."""
+        return upto is not None and any(batch.seq <= upto for batch in self._queue)
 
     @property
     def _delivering(self) -> int:
