@@ -17,7 +17,8 @@ def worker(
         raise needs("worker", exc) from None
     from streams.seam import SeamError
 
+    conf = settings()  # outside the try: its typer.Exit is a RuntimeError too
     try:
-        run_worker(settings(), loglevel=loglevel)
+        run_worker(conf, loglevel=loglevel)
     except (SeamError, RuntimeError) as exc:
         raise fail(str(exc)) from None

@@ -25,6 +25,8 @@ CASES = [
     (["topics", "create"], {}, 1),  # nothing listens on 127.0.0.1:1
     (["status"], {}, 1),
     (["schemas", "check"], {"SLUICE_SCHEMA_DIR": "no-such-dir"}, 1),
+    (["worker"], {"SLUICE_BATCH_MAX": "0"}, 1),
+    (["worker"], {"SINK_LINGER_S": "nan"}, 1),
     (["olap", "query", "SELECT 1"], {"CLICKHOUSE_URL": "http://u:pw-9@127.0.0.1:1/db"}, 1),
 ]
 
