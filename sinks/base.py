@@ -447,7 +447,7 @@ class BatchingSink(ABC):
         try:
             await self._drain(deadline, upto=target, pump=self._pump, adopted=adopted)
             self._pump = None
-            if self._owes(target):  # never a success with its own batches unsent
+            if self._queue and self._queue[0].seq <= target:  # never a success with them unsent
                 raise SinkUnavailable(f"{self.name}: batches left unsent by the flush")
         finally:
             self._pump_paused = False
@@ -647,7 +647,7 @@ class BatchingSink(ABC):
                 and not (upto is None and self._pump_paused)
             ):
                 due = upto is None or self._queue[0].seq <= upto
-                if not due and not any(running.values()) and not self._owes(upto):
+                if not due and not any(running.values()):
                     break  # everything the flush waits for is delivered
                 task = asyncio.ensure_future(self._deliver(self._queue.popleft(), deadline))
                 self._deliveries.add(task)
@@ -684,10 +684,13 @@ class BatchingSink(ABC):
                 raise SinkUnavailable(f"{self.name}: {redact(str(failure), 400)}") from failure
             raise failure
 
-    def _owes(self, upto: int | None) -> bool:
-        """A batch a flush up to ``upto`` must deliver is queued (a failed send goes back
-        in front, so a later batch re-queued after it can stand before it)."""
-        return upto is not None and any(batch.seq <= upto for batch in self._queue)
+    def _requeue(self, batch: _Batch) -> None:
+        """Put a batch whose send did not finish back in sequence order, in front of every
+        later one: the queue's head is always its oldest batch, which is what a flush's
+        check of what it still owes reads (at the very front, as nearly always, unless a
+        later batch's send failed first)."""
+        at = next((i for i, b in enumerate(self._queue) if b.seq > batch.seq), len(self._queue))
+        self._queue.insert(at, batch)
 
     @property
     def _delivering(self) -> int:
@@ -716,7 +719,7 @@ class BatchingSink(ABC):
                 except BaseException:
                     # Out of time (or cancelled): what was not delivered goes back in front.
                     left = [e for part in parts for e in part] + entries
-                    self._queue.appendleft(_Batch(batch.seq, left))
+                    self._requeue(_Batch(batch.seq, left))
                     raise
                 else:
                     self.observer.delivered(self.name, len(entries))
