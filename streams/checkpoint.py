@@ -92,22 +92,25 @@ class DeadLetters(Protocol):
 
 
 class Changelog(Protocol):
-    """The state changelog (blocking calls: run in a thread)."""
+    """The state changelog: ``write`` blocks (run in a thread); the acknowledgements are
+    awaited on the event loop (:class:`streams.fetch.AckedProducer`)."""
 
     def write(self, entries: Sequence[tuple[int, str, list]]) -> None: ...
 
-    def flush(self) -> None: ...
+    async def acknowledged(self) -> None:
+        """Every entry written acknowledged; raises if one was not."""
 
     def runs(self) -> Mapping[int, tuple[int, int]]:
         """Per partition, the last run of consecutive offsets written and acknowledged."""
 
 
 class Forwarder(Protocol):
-    """Produces records read at the wrong partition to their home (blocking: a thread)."""
+    """Produces records read at the wrong partition to their home (``write`` blocks: a
+    thread; the acknowledgements are awaited on the loop, as the changelog's)."""
 
     def write(self, records: Sequence[Forward]) -> None: ...
 
-    def flush(self) -> None:
+    async def acknowledged(self) -> None:
         """Every record written acknowledged; raises if one was not."""
 
 
@@ -313,14 +316,17 @@ class Checkpointer:
     async def _changelog(self, ckpt: Checkpoint) -> None:
         """Step 3: the changelog, the forwarded records and the erasure registry, durable."""
         ports = self.ports
-        # written in the thread too: encoding and producing tens of thousands of entries
-        # on the event loop held up everything else on it (the sinks' sends, the timers)
+        # written in a thread: encoding and producing tens of thousands of entries on the
+        # event loop held up everything else on it (the sinks' sends, the timers); their
+        # acknowledgements are served on the loop (streams.fetch.AckedProducer says why)
         if ckpt.changelog:
-            await self.run_blocking(_write_and_flush, ports.changelog, ckpt.changelog)
+            await self.run_blocking(ports.changelog.write, ckpt.changelog)
+            await ports.changelog.acknowledged()
         if ckpt.forwards:
             if ports.forwarder is None:
                 raise RuntimeError("records to forward and no forwarder port")
-            await self.run_blocking(_write_and_flush, ports.forwarder, ckpt.forwards)
+            await self.run_blocking(ports.forwarder.write, ckpt.forwards)
+            await ports.forwarder.acknowledged()
         if ckpt.registry and ports.erasures is not None:
             await self.run_blocking(ports.erasures.publish, ckpt.registry)
 
@@ -380,11 +386,6 @@ class Checkpointer:
             return {}
         progress.committed.update(offsets)
         return offsets
-
-
-def _write_and_flush(port: Changelog | Forwarder, items: Sequence[Any]) -> None:
-    port.write(items)
-    port.flush()
 
 
 def _failed(step: str, exc: Exception) -> Outcome:

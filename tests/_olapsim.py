@@ -168,6 +168,9 @@ class _Changelog:
         if lose:
             raise RuntimeError("crashed in the middle of a changelog flush")
 
+    async def acknowledged(self) -> None:
+        self.flush()
+
 
 class _Warehouse:
     def __init__(self, harness: Harness) -> None:

@@ -101,7 +101,7 @@ class World:
                 world.calls.append("changelog write")
                 world.queued.extend(entries)
 
-            def flush(self) -> None:
+            async def acknowledged(self) -> None:
                 queued, world.queued = world.queued, []
                 world._maybe_fail("changelog")
                 for partition, key, value in queued:
