@@ -120,7 +120,7 @@ def build_app(settings: Settings, worker: Worker) -> seam.SeamApp:
     app.on_partitions_revoked.connect(worker.on_revoked)
     app.on_partitions_assigned.connect(_assigned_handler(worker))
     app.agent(source, name="sluice-events")(worker.agent)
-    app.timer(s.sluice_flush_interval_s, on_leader=False)(worker.checkpoint)
+    app.timer(s.sluice_flush_interval_s, on_leader=False)(worker.on_timer)
     app.page(STATUS_PATH)(web.StatusView)
     app.page(QUERY_PATH)(web.QueryView)
     app.page(ROWS_PATH)(web.RowsView)
