@@ -231,13 +231,8 @@ class OlapClient:
 
     def write(self, batch: Mapping[str, tuple[Sequence[str], Sequence[Sequence[Any]]]]) -> None:
         """One flush: :meth:`insert` each table's ``(columns, rows)``; raises on any failure
-        (some tables may then be written: every insert is idempotent, retry the lot).
-
-        The tables go smallest first: a table's rows are visible the moment its insert
-        returns, so the small aggregates (``campaign_analytics``: a few thousand rows a
-        checkpoint) do not wait behind ``lead_analytics`` (several times as many); the
-        shortest first is the order with the least mean wait."""
-        for table, (columns, rows) in sorted(batch.items(), key=lambda item: len(item[1][1])):
+        (some tables may then be written: every insert is idempotent, retry the lot)."""
+        for table, (columns, rows) in batch.items():
             self.insert(table, columns, rows)
 
     def close(self) -> None:

@@ -110,22 +110,6 @@ def test_writer_refuses_tables_outside_the_catalog():
         client.insert("analytics_pool_metrics", ["a"], [[1]])
 
 
-def test_a_flush_inserts_its_tables_smallest_first():
-    class Recorder:
-        def __init__(self) -> None:
-            self.order: list[tuple[str, int]] = []
-
-        def insert(self, table: str, rows: list, **_: object) -> None:
-            self.order.append((table, len(rows)))
-
-    recorder = Recorder()
-    client = OlapClient(client=recorder, url="chdb://unused")  # type: ignore[arg-type]
-    sizes = {"lead_analytics": 900, "campaign_analytics": 40, "billing_analytics": 3}
-    sizes |= {"mailbox_analytics": 40, "admin_audit_log": 0}
-    client.write({t: (["a"], [[i] for i in range(n)]) for t, n in sizes.items()})
-    assert recorder.order == sorted(sizes.items(), key=lambda item: item[1])
-
-
 def test_docs_show_the_catalog():
     text = DOCS.read_text()
     block = text.split("<!-- catalog:begin -->\n", 1)[1].split("<!-- catalog:end -->", 1)[0]
