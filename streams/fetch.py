@@ -126,10 +126,11 @@ class AckedProducer:
     confluent-kafka hands every delivery report to Python by taking the GIL (even for a
     record produced without a callback), so a thread serving them beside the busy hot
     loop waited for the GIL once per record, up to the interpreter's switch interval
-    (5 ms) each time. Measured in the bench (200,000 events, OLAP only): 14,000–31,000
-    changelog entries took 1.2–2.8 s to flush from a thread while events were applied
-    and 0.04 s with the loop idle; a busy thread beside a flush of 26,000 records made it
-    take 10–18 s. The loop's thread already holds the GIL between reports.
+    (5 ms) each time. Measured in the bench (200,000 events): 13,000–31,000 changelog
+    entries took 1.2–2.8 s to flush from a thread while events were applied and 0.04 s
+    with the loop idle; a busy thread beside a flush of 26,000 records made it take
+    10–18 s. The loop's thread already holds the GIL between reports (bench/README.md,
+    2026-12-04).
     """
 
     def __init__(self, conf: dict[str, Any], logger: str, extra: dict[str, Any]) -> None:

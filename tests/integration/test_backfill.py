@@ -12,7 +12,15 @@ import pytest
 
 from streams.backfill import ROLLUP_TABLES
 from tests._olapsim import reference_tables
-from tests.faults._faults import RawProducer, _norm, _olap_table, query, verify, workload
+from tests.faults._faults import (
+    RawProducer,
+    _norm,
+    _olap_table,
+    query,
+    verify,
+    wait_for,
+    workload,
+)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.integration]
 
@@ -109,6 +117,16 @@ def test_backfill_restores_lost_rows_in_range_idempotently_while_the_worker_runs
     live = dep.run("backfill", "--from", str(days[0]))
     assert "the worker at" in live.stdout, live.stdout
     assert dep.worker is not None and dep.worker.poll() is None
+    # billing months before the first send day (plan events only) are not in the range:
+    # the worker brings those rows back itself, by rewriting its state at the checkpoints
+    # after its restart, which may come after the backfill returned (one per interval)
+    wanted = {t: {tuple(_norm(x) for x in k) for k in reference[t]} for t in ROLLUP_TABLES}
+    wait_for(
+        lambda: all(wanted[t] <= set(_olap_table(dep, t)) for t in ROLLUP_TABLES),
+        60,
+        "every rollup row back (the backfill's range, the worker's rewrite the rest)",
+        dep,
+    )
     verify(dep, wl, reference_olap)
 
 
