@@ -320,15 +320,17 @@ class Checkpointer:
         # event loop held up everything else on it (the sinks' sends, the timers); their
         # acknowledgements are served on the loop (streams.fetch.AckedProducer says why)
         if ckpt.changelog:
-            await self.run_blocking(ports.changelog.write, ckpt.changelog)
-            await ports.changelog.acknowledged()
+            await self._produce(ports.changelog, ckpt.changelog)
         if ckpt.forwards:
             if ports.forwarder is None:
                 raise RuntimeError("records to forward and no forwarder port")
-            await self.run_blocking(ports.forwarder.write, ckpt.forwards)
-            await ports.forwarder.acknowledged()
+            await self._produce(ports.forwarder, ckpt.forwards)
         if ckpt.registry and ports.erasures is not None:
             await self.run_blocking(ports.erasures.publish, ckpt.registry)
+
+    async def _produce(self, port: Changelog | Forwarder, items: Sequence[Any]) -> None:
+        await self.run_blocking(port.write, items)
+        await port.acknowledged()
 
     async def _settle_erasures(self, port: Erasures) -> None:
         """Step 5b (see the module docstring): never fails the checkpoint."""
